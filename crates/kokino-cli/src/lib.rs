@@ -1,0 +1,122 @@
+//! The four agent CLIs as data: their command lines, the environment they get, and parsers for
+//! their JSON-lines output.
+//!
+//! This crate does no IO. The executor feeds it lines it read from a real process and asks it
+//! what they mean; the parser tests feed it the captures of the real CLIs. Keeping both behind
+//! the same functions is what makes the captures a test of production code.
+
+use std::collections::BTreeMap;
+
+use kokino_core::{CliType, OutcomeClass, Usage};
+
+mod claude;
+mod codex;
+mod common;
+mod droid;
+mod env;
+mod gemini;
+mod invocation;
+
+pub use env::{
+    child_env, default_conflicting_vars, ENTRYPOINT_VALUE, ENTRYPOINT_VAR, NESTING_MARKER_VAR,
+    PROTECTED_VARS,
+};
+pub use invocation::{build_args, first_prompt_with_system, system_prompt_in_args};
+
+/// Whether the next run creates the CLI session or resumes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionArg<'a> {
+    /// First run of a session. `preassigned_id` is the id the broker chose for CLIs that take one
+    /// (`claude --session-id`); the other CLIs ignore it and report their own id.
+    New { preassigned_id: &'a str },
+    /// A later run: resume the CLI's own session id.
+    Resume { session_id: &'a str },
+}
+
+/// What the executor needs to build one headless command line (binary excluded).
+#[derive(Debug, Clone, Copy)]
+pub struct InvocationRequest<'a> {
+    pub cli: CliType,
+    pub model: Option<&'a str>,
+    pub system_prompt: Option<&'a str>,
+    pub extra_args: &'a [String],
+    pub session: SessionArg<'a>,
+}
+
+/// Whether the broker chooses the session id of a new session itself (Claude) or learns it from
+/// the CLI's first event (the others).
+pub fn preassigns_session_id(cli: CliType) -> bool {
+    matches!(cli, CliType::ClaudeCode)
+}
+
+/// Something a line of CLI output meant, in the broker's vocabulary. The executor turns these into
+/// stored state (the session id, as soon as it is seen) and into streaming events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// The CLI's own session id (Claude/Gemini/Droid `session_id`, Codex `thread_id`).
+    SessionId(String),
+    /// A block of assistant text. `partial` marks streaming deltas.
+    AssistantText { text: String, partial: bool },
+    /// A tool call: name and a short (≤ 200 chars) summary of its input.
+    ToolUse { name: String, input_summary: String },
+    /// A tool result: a short (≤ 200 chars) summary; never the whole output.
+    ToolResult { is_error: bool, summary: String },
+    /// The CLI is retrying an API call (Claude `system/api_retry`, Codex "Reconnecting…").
+    Retry { attempt: Option<u32>, error: String },
+    /// The CLI reported a rejected quota; `resets_at` in epoch seconds when known.
+    RateLimited { resets_at: Option<i64> },
+    /// The terminal event of the turn was read: the answer is final even if the process lingers.
+    Final,
+    /// A line that was not valid JSON (or not an object). Counted, never fatal.
+    Malformed { reason: String },
+    /// A well-formed event of a type this parser does not know. Kept, ignored.
+    Unknown { event_type: String },
+}
+
+/// How the process ended, as far as the parser needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProcessExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// The parser's verdict on a finished run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ParsedOutcome {
+    /// One of `Success`, `CliError`, `AuthError`, `RateLimited`. Timeouts, cancels and resource
+    /// kills are decided by the executor, which knows why it stopped the process.
+    pub class: Option<OutcomeClass>,
+    pub answer: Option<String>,
+    pub session_id: Option<String>,
+    pub usage: Option<Usage>,
+    pub cost_usd: Option<f64>,
+    pub num_turns: Option<u32>,
+    /// The CLI's own error message when the run failed.
+    pub error_message: Option<String>,
+    /// Epoch seconds at which a rejected quota resets, when the CLI said.
+    pub rate_limit_resets_at: Option<i64>,
+    pub malformed_lines: u64,
+    pub unknown_events: u64,
+}
+
+/// Incremental parser of one CLI's stdout. Memory use is bounded by the answer, never by tool
+/// output: tool results are summarised and dropped as they pass.
+pub trait StreamParser: Send {
+    /// Parses one line (without its newline) and appends what it meant to `out`.
+    fn feed_line(&mut self, line: &str, out: &mut Vec<StreamEvent>);
+    /// Called once after the process ended (or was stopped after the final event), with the
+    /// tail of its stderr, to decide the outcome.
+    fn finish(&mut self, exit: ProcessExit, stderr_tail: &str) -> ParsedOutcome;
+}
+
+pub fn parser_for(cli: CliType) -> Box<dyn StreamParser> {
+    match cli {
+        CliType::ClaudeCode => Box::new(claude::ClaudeParser::default()),
+        CliType::Codex => Box::new(codex::CodexParser::default()),
+        CliType::Gemini => Box::new(gemini::GeminiParser::default()),
+        CliType::FactoryDroid => Box::new(droid::DroidParser::default()),
+    }
+}
+
+/// Agent settings that shape the child environment.
+pub type EnvMap = BTreeMap<String, String>;

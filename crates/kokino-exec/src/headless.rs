@@ -1,0 +1,435 @@
+//! One headless CLI run, from spawn to reap.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use kokino_cli::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
+use kokino_core::OutcomeClass;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::lines::{BoundedLines, Line};
+use crate::procfs;
+
+/// A fully resolved command: the executor adds nothing to it but the process group and pipes.
+#[derive(Debug, Clone)]
+pub struct HeadlessCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The complete child environment; the broker's own environment is not inherited beyond it.
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    /// Written to the CLI's stdin, which is then closed. Prompts never go in argv.
+    pub stdin: Vec<u8>,
+}
+
+/// The watchdogs and ceilings of one run (behavior.md, "Cancellation, timeouts, process
+/// supervision").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub inactivity: Duration,
+    pub post_result_grace: Duration,
+    pub kill_grace: Duration,
+    pub max_memory_bytes: Option<u64>,
+    pub memory_sample_every: Duration,
+    pub max_line_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_millis(300_000),
+            inactivity: Duration::from_millis(600_000),
+            post_result_grace: Duration::from_millis(2_000),
+            kill_grace: Duration::from_millis(5_000),
+            max_memory_bytes: Some(2048 * 1024 * 1024),
+            memory_sample_every: Duration::from_millis(1_000),
+            // A 10 MB answer arrives as one JSON line of a little more than 10 MB; anything longer
+            // than this ceiling is tool output we would only throw away after parsing.
+            max_line_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the executor stopped the process itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    Timeout,
+    Inactivity,
+    /// The final event was read but the CLI did not exit within the post-result grace. The answer
+    /// stands.
+    PostResultGrace,
+    MemoryLimit { rss_bytes: u64 },
+}
+
+/// What happened during a run, as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecEvent {
+    Started { pid: i32, start_time: Option<i64> },
+    Stream(StreamEvent),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub outcome: OutcomeClass,
+    pub parsed: ParsedOutcome,
+    pub exit: ProcessExit,
+    pub stop: Option<StopReason>,
+    pub stderr_tail: String,
+    pub duration: Duration,
+    pub peak_rss_bytes: u64,
+    pub pid: Option<i32>,
+    /// Set when the process could not be started at all.
+    pub spawn_error: Option<String>,
+}
+
+impl RunResult {
+    /// The best one-line description of a failure, for the `system` turn and the error body.
+    pub fn error_message(&self) -> Option<String> {
+        if let Some(e) = &self.spawn_error {
+            return Some(e.clone());
+        }
+        match self.stop {
+            Some(StopReason::Cancelled) => return Some("execution cancelled".into()),
+            Some(StopReason::Timeout) => return Some("execution timeout".into()),
+            Some(StopReason::Inactivity) => {
+                return Some("no output from the CLI within the inactivity timeout".into())
+            }
+            Some(StopReason::MemoryLimit { rss_bytes }) => {
+                return Some(format!(
+                    "process group exceeded its memory limit ({} MB resident)",
+                    rss_bytes / (1024 * 1024)
+                ))
+            }
+            _ => {}
+        }
+        if self.outcome == OutcomeClass::Success {
+            return None;
+        }
+        self.parsed.error_message.clone().or_else(|| {
+            Some(format!(
+                "CLI failed (exit code {:?}, signal {:?})",
+                self.exit.code, self.exit.signal
+            ))
+        })
+    }
+}
+
+const STDERR_TAIL_BYTES: usize = 8 * 1024;
+/// After the CLI exits, how long stdout may stay silent before we stop reading it. A grandchild
+/// that inherited the pipe can keep it open forever; what the CLI itself wrote is already
+/// buffered and arrives at once.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// Kills the process group if the run is abandoned half-way (the future dropped), so that even
+/// a caller's bug cannot orphan a CLI.
+struct GroupGuard {
+    pgid: i32,
+    armed: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn signal_group(pgid: i32, signal: Signal) {
+    // ESRCH (no such group) is the normal case once everything exited.
+    let _ = killpg(Pid::from_raw(pgid), signal);
+}
+
+/// Live (non-zombie) members of the group. A zombie cannot be killed and holds no resources,
+/// and in a container whose init does not reap, orphaned zombies would otherwise look alive
+/// forever.
+fn group_alive(pgid: i32) -> bool {
+    procfs::group_members(pgid).into_iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rfind(')')
+                    .and_then(|i| s[i + 1..].split_whitespace().next())
+                    .is_some_and(|state| state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// SIGTERM to the whole group, wait up to `grace` for the CLI and everything it started to exit,
+/// then SIGKILL the group and reap. Returns the CLI's exit status if it had not been reaped yet.
+async fn terminate_group(pgid: i32, child: Option<&mut Child>, grace: Duration) -> Option<ExitStatus> {
+    signal_group(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    let mut status = None;
+    if let Some(child) = child {
+        match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(s) => status = s.ok(),
+            Err(_) => {
+                signal_group(pgid, Signal::SIGKILL);
+                status = child.wait().await.ok();
+            }
+        }
+    }
+    // Grandchildren are not our children, so nothing wakes us when they exit; look at procfs
+    // at a modest pace, and only during this rare escalation.
+    while group_alive(pgid) {
+        if Instant::now() >= deadline {
+            signal_group(pgid, Signal::SIGKILL);
+            break;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    status
+}
+
+/// Runs one CLI to completion, within the limits, and says how it ended. Never panics on what
+/// the CLI does, and never returns while a process of its group is still alive (short of the
+/// kernel refusing SIGKILL).
+pub async fn run_headless(
+    cmd: HeadlessCommand,
+    mut parser: Box<dyn StreamParser>,
+    limits: Limits,
+    cancel: CancellationToken,
+    events: mpsc::UnboundedSender<ExecEvent>,
+) -> RunResult {
+    let started = Instant::now();
+    let mut command = Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .env_clear()
+        .envs(&cmd.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that one signal reaches the CLI, its tools and its MCP
+        // servers, and so that a Ctrl-C in the broker's terminal does not reach the CLI directly.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &cmd.cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let message = if e.kind() == std::io::ErrorKind::NotFound {
+                match &cmd.cwd {
+                    Some(cwd) if !cwd.is_dir() => {
+                        format!("working directory {} does not exist", cwd.display())
+                    }
+                    _ => format!("binary {} not found", cmd.program.display()),
+                }
+            } else {
+                format!("cannot start {}: {e}", cmd.program.display())
+            };
+            return RunResult {
+                outcome: OutcomeClass::SpawnError,
+                parsed: ParsedOutcome::default(),
+                exit: ProcessExit::default(),
+                stop: None,
+                stderr_tail: String::new(),
+                duration: started.elapsed(),
+                peak_rss_bytes: 0,
+                pid: None,
+                spawn_error: Some(message),
+            };
+        }
+    };
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let pgid = pid;
+    let mut guard = GroupGuard { pgid, armed: true };
+    let _ = events.send(ExecEvent::Started {
+        pid,
+        start_time: procfs::start_time(pid),
+    });
+
+    // The prompt goes in from its own task: a large prompt must not deadlock against a CLI that
+    // writes before it has read everything.
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = cmd.stdin;
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
+    let (stderr_tx, mut stderr_rx) = mpsc::channel::<String>(64);
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = BoundedLines::new(stderr, 64 * 1024);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let text = match line {
+                    Line::Text(t) => t,
+                    Line::Oversized(n) => format!("<{n} bytes of stderr dropped>"),
+                };
+                if stderr_tx.send(text).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut stdout = child
+        .stdout
+        .take()
+        .map(|s| BoundedLines::new(s, limits.max_line_bytes));
+
+    let deadline = started + limits.timeout;
+    let mut last_activity = Instant::now();
+    let mut mem_tick = tokio::time::interval(limits.memory_sample_every);
+    mem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut peak_rss = 0u64;
+    let mut stderr_tail: VecDeque<String> = VecDeque::new();
+    let mut stderr_tail_len = 0usize;
+    let mut stop: Option<StopReason> = None;
+    let mut final_seen = false;
+    let mut child_status: Option<ExitStatus> = None;
+    let mut drain_deadline = Instant::now();
+    let mut parsed_events = Vec::new();
+    let mut oversized_lines = 0u64;
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => { stop = Some(StopReason::Cancelled); break; }
+            _ = sleep_until(deadline) => { stop = Some(StopReason::Timeout); break; }
+            _ = sleep_until(last_activity + limits.inactivity) => {
+                stop = Some(StopReason::Inactivity);
+                break;
+            }
+            _ = mem_tick.tick() => {
+                let rss = procfs::group_rss_bytes(pgid);
+                peak_rss = peak_rss.max(rss);
+                if limits.max_memory_bytes.is_some_and(|max| rss > max) {
+                    stop = Some(StopReason::MemoryLimit { rss_bytes: rss });
+                    break;
+                }
+            }
+            status = child.wait(), if child_status.is_none() => {
+                child_status = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+                drain_deadline = Instant::now() + DRAIN_AFTER_EXIT;
+                if stdout.is_none() { break; }
+            }
+            _ = sleep_until(drain_deadline), if child_status.is_some() => break,
+            line = next_stdout(&mut stdout), if stdout.is_some() => {
+                last_activity = Instant::now();
+                if child_status.is_some() {
+                    drain_deadline = last_activity + DRAIN_AFTER_EXIT;
+                }
+                match line {
+                    Some(Line::Text(text)) => {
+                        parser.feed_line(&text, &mut parsed_events);
+                        for ev in parsed_events.drain(..) {
+                            final_seen |= ev == StreamEvent::Final;
+                            let _ = events.send(ExecEvent::Stream(ev));
+                        }
+                        if final_seen { break; }
+                    }
+                    Some(Line::Oversized(n)) => {
+                        oversized_lines += 1;
+                        tracing::warn!(pid, bytes = n, "dropped an oversized output line");
+                        let _ = events.send(ExecEvent::Stream(StreamEvent::Malformed {
+                            reason: format!("line of {n} bytes exceeds the line limit"),
+                        }));
+                    }
+                    None => {
+                        stdout = None;
+                        if child_status.is_some() { break; }
+                    }
+                }
+            }
+            Some(line) = stderr_rx.recv() => {
+                last_activity = Instant::now();
+                stderr_tail_len += line.len() + 1;
+                stderr_tail.push_back(line);
+                while stderr_tail_len > STDERR_TAIL_BYTES && stderr_tail.len() > 1 {
+                    if let Some(old) = stderr_tail.pop_front() {
+                        stderr_tail_len -= old.len() + 1;
+                    }
+                }
+            }
+        }
+    }
+
+    // The run's verdict is reached; now make sure the CLI and its group are gone.
+    let status = match child_status {
+        Some(s) => Some(s),
+        None if stop.is_some() => terminate_group(pgid, Some(&mut child), limits.kill_grace).await,
+        None => {
+            // Final event read: the answer stands. Keep draining stdout so a chatty CLI cannot
+            // block on a full pipe, and give it the post-result grace to exit on its own.
+            if let Some(mut rest) = stdout.take() {
+                tokio::spawn(async move { while let Ok(Some(_)) = rest.next_line().await {} });
+            }
+            match tokio::time::timeout(limits.post_result_grace, child.wait()).await {
+                Ok(s) => s.ok(),
+                Err(_) => {
+                    stop = Some(StopReason::PostResultGrace);
+                    terminate_group(pgid, Some(&mut child), limits.kill_grace).await
+                }
+            }
+        }
+    };
+    // Grandchildren that outlived the CLI (a background tool, an MCP server) go with it.
+    if group_alive(pgid) {
+        terminate_group(pgid, None, limits.kill_grace).await;
+    }
+    guard.armed = false;
+    drop(guard);
+
+    // Whatever stderr the CLI wrote before exiting is already in the pipe.
+    while let Ok(Some(line)) =
+        tokio::time::timeout(Duration::from_millis(50), stderr_rx.recv()).await
+    {
+        stderr_tail.push_back(line);
+    }
+    let mut tail = stderr_tail.into_iter().collect::<Vec<_>>().join("\n");
+    if tail.len() > STDERR_TAIL_BYTES {
+        let mut cut = tail.len() - STDERR_TAIL_BYTES;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail.drain(..cut);
+    }
+
+    let exit = ProcessExit {
+        code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+    };
+    let mut parsed = parser.finish(exit, &tail);
+    parsed.malformed_lines += oversized_lines;
+    let outcome = match stop {
+        Some(StopReason::Cancelled) => OutcomeClass::Cancelled,
+        Some(StopReason::Timeout) | Some(StopReason::Inactivity) => OutcomeClass::Timeout,
+        Some(StopReason::MemoryLimit { .. }) => OutcomeClass::ResourceLimit,
+        Some(StopReason::PostResultGrace) | None => parsed.class.unwrap_or(OutcomeClass::CliError),
+    };
+    RunResult {
+        outcome,
+        parsed,
+        exit,
+        stop,
+        stderr_tail: tail,
+        duration: started.elapsed(),
+        peak_rss_bytes: peak_rss,
+        pid: Some(pid),
+        spawn_error: None,
+    }
+}
+
+async fn next_stdout<R: tokio::io::AsyncRead + Unpin>(
+    lines: &mut Option<BoundedLines<R>>,
+) -> Option<Line> {
+    match lines {
+        Some(l) => l.next_line().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}

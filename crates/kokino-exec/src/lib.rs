@@ -1,0 +1,20 @@
+//! Kokino's executors: the only crate that starts processes.
+//!
+//! A headless run is one CLI process in its own process group, fed its prompt on stdin, read line
+//! by line with bounded memory, watched by three watchdogs (execution timeout, inactivity, and the
+//! post-result grace) and a memory sampler, and stopped — when it must be — by signalling the
+//! whole group: SIGTERM, a grace period, SIGKILL, reap. Whatever happens, no process of the group
+//! outlives [`run_headless`].
+
+mod error;
+mod headless;
+mod lines;
+pub mod procfs;
+mod resolve;
+
+pub use error::ExecError;
+pub use headless::{
+    run_headless, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason,
+};
+pub use resolve::resolve_binary;
+pub use tokio_util::sync::CancellationToken;

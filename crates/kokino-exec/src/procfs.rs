@@ -1,0 +1,99 @@
+//! The little of procfs the supervisor needs: a process's start time (so a recorded pid is never
+//! mistaken for a later process that reused it) and the resident memory of a process group.
+
+use std::fs;
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn start_time(pid: i32) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&stat)?.nth(19)?.parse().ok()
+}
+
+/// The fields after the command name: the name is in parentheses and may itself contain spaces
+/// or parentheses, so split after the last `)`.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    let close = stat.rfind(')')?;
+    Some(stat[close + 1..].split_whitespace())
+}
+
+/// Process group of `pid` (field 5).
+fn pgrp_of(stat: &str) -> Option<i32> {
+    stat_fields(stat)?.nth(2)?.parse().ok()
+}
+
+/// Pids of every live process in the group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| pgrp_of(&s))
+                == Some(pgid)
+        })
+        .collect()
+}
+
+/// Resident set size of one process in bytes (`/proc/<pid>/statm`, second field, in pages).
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+/// Resident memory of the whole group: the CLI, its tools and its MCP servers together.
+pub fn group_rss_bytes(pgid: i32) -> u64 {
+    group_members(pgid).into_iter().filter_map(rss_bytes).sum()
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+/// Whether `pid` is alive and is still the process that started at `start` (not a reused pid).
+pub fn is_same_process(pid: i32, start: i64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_process() {
+        let me = std::process::id() as i32;
+        assert!(start_time(me).is_some());
+        assert!(rss_bytes(me).unwrap() > 0);
+        assert!(is_same_process(me, start_time(me).unwrap()));
+    }
+
+    #[test]
+    fn parses_names_with_spaces_and_parens() {
+        let stat = "123 (a b) c) S 1 77 77 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0";
+        assert_eq!(pgrp_of(stat), Some(77));
+        assert_eq!(stat_fields(stat).unwrap().nth(19), Some("4242"));
+    }
+}
+
+/// Kills the process group a previous life of the broker recorded, but only if its leader is
+/// still the very process that was recorded (same pid *and* same start time). Returns whether
+/// something was killed. A reused pid is never touched.
+pub fn kill_recorded_group(pid: i32, start: i64) -> bool {
+    if pid <= 1 || !is_same_process(pid, start) {
+        return false;
+    }
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .is_ok()
+}

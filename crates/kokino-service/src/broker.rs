@@ -1,0 +1,1011 @@
+//! The execution path and the agent/session operations around it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use kokino_cli::{
+    build_args, child_env, first_prompt_with_system, parser_for, InvocationRequest, SessionArg,
+    StreamEvent,
+};
+use kokino_core::lock::{AgentLocks, LockGuard};
+use kokino_core::{
+    AgentId, AgentRecord, AgentSpec, CliType, CommMode, Conversation, NewExecution, OutcomeClass,
+    Role, SessionRecord, Turn,
+};
+use kokino_exec::{
+    run_headless, CancellationToken, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason,
+};
+use kokino_store::{FinishExecution, NewTurn, Store};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::model::*;
+use crate::telemetry::{self, event, EventSink};
+use crate::{ServiceConfig, ServiceError};
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// What the broker knows about an execution while it runs.
+#[derive(Debug, Clone)]
+struct Running {
+    token: u64,
+    execution_id: String,
+    cancel: CancellationToken,
+    pid: Option<i32>,
+    started_at: DateTime<Utc>,
+    mode: CommMode,
+}
+
+struct Inner {
+    store: Store,
+    cfg: ServiceConfig,
+    locks: AgentLocks,
+    running: Mutex<HashMap<AgentId, Running>>,
+    /// Binaries resolved on the broker's PATH. Lookups happen once per distinct name, not per
+    /// execution (cli-adapters.md, Binary lookup); failures are not cached, so installing a
+    /// missing CLI needs no restart.
+    binaries: Mutex<HashMap<String, PathBuf>>,
+    events: EventSink,
+    tasks: TaskTracker,
+    shutting_down: AtomicBool,
+    queued: AtomicI64,
+    started: Instant,
+    instance_id: String,
+}
+
+/// The broker's application service. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl Broker {
+    /// Starts the service on an open store: recovers what a previous life left running, then
+    /// starts the event writer.
+    pub async fn start(store: Store, cfg: ServiceConfig) -> Result<Self> {
+        let (events, _writer) = EventSink::spawn(store.clone());
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                store,
+                cfg,
+                locks: AgentLocks::new(),
+                running: Mutex::new(HashMap::new()),
+                binaries: Mutex::new(HashMap::new()),
+                events,
+                tasks: TaskTracker::new(),
+                shutting_down: AtomicBool::new(false),
+                queued: AtomicI64::new(0),
+                started: Instant::now(),
+                instance_id: uuid::Uuid::new_v4().to_string(),
+            }),
+        };
+        broker.recover_interrupted().await?;
+        Ok(broker)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.cfg
+    }
+
+    /// Executions still `running` in the store belong to a previous life that died. Their
+    /// process groups are killed (only if pid *and* start time still match) and they are
+    /// recorded as `interrupted`; their locks were in memory and are free by construction.
+    async fn recover_interrupted(&self) -> Result<()> {
+        let store = &self.inner.store;
+        for exec in store.running_executions().await? {
+            if let (Some(pid), Some(start)) = (exec.pid, exec.pid_start_time) {
+                if kokino_exec::procfs::kill_recorded_group(pid as i32, start) {
+                    tracing::warn!(pid, agent = %exec.agent_id, "killed a CLI left over by a previous broker");
+                    let mut e = event(
+                        "PROCESS_ORPHAN_KILLED",
+                        Some(exec.agent_id.as_str()),
+                        Some(exec.cli_type.as_str()),
+                    );
+                    e.metadata = json!({"pid": pid, "executionId": exec.execution_id});
+                    self.inner.events.emit(e);
+                }
+            }
+            let message = "interrupted: the broker stopped while this execution was running";
+            store
+                .finish_execution(&FinishExecution {
+                    execution_id: exec.execution_id.clone(),
+                    outcome: OutcomeClass::Interrupted,
+                    exit_code: None,
+                    error_message: Some(message.into()),
+                    duration_ms: (Utc::now() - exec.started_at).num_milliseconds().max(0),
+                    usage: None,
+                    cost_usd: None,
+                    num_turns: None,
+                    peak_rss_mb: None,
+                    cli_session_id: None,
+                    turn: Some(NewTurn {
+                        turn_id: uuid::Uuid::new_v4().to_string(),
+                        role: Role::System,
+                        content: message.into(),
+                        metadata: json!({"executionId": exec.execution_id, "outcome": "interrupted"}),
+                    }),
+                })
+                .await?;
+            let mut e = event(
+                "EXECUTION_INTERRUPTED",
+                Some(exec.agent_id.as_str()),
+                Some(exec.cli_type.as_str()),
+            );
+            e.success = Some(false);
+            e.metadata = json!({"executionId": exec.execution_id});
+            self.inner.events.emit(e);
+            metrics::counter!(telemetry::EXECUTIONS_TOTAL,
+                "cli" => exec.cli_type.as_str(), "mode" => exec.mode.as_str(), "outcome" => "interrupted")
+            .increment(1);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ agents
+
+    /// Registers (or updates) an agent. The working directory must exist: finding out at the
+    /// first execute would be later and more confusing.
+    pub async fn register_agent(&self, spec: AgentSpec) -> Result<AgentRecord> {
+        if let Some(cwd) = &spec.cwd {
+            if !std::path::Path::new(cwd).is_dir() {
+                return Err(ServiceError::BadRequest {
+                    field: Some("cwd"),
+                    message: format!("cwd {cwd:?} does not exist or is not a directory"),
+                });
+            }
+        }
+        for (field, value) in [("timeoutMs", spec.timeout_ms), ("maxMemoryMB", spec.max_memory_mb)] {
+            if value == Some(0) {
+                return Err(ServiceError::BadRequest {
+                    field: Some(field),
+                    message: format!("{field} must be greater than 0"),
+                });
+            }
+        }
+        if let Some(key) = spec.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+            return Err(ServiceError::BadRequest {
+                field: Some("env"),
+                message: format!("env key {key:?} is not a valid environment variable name"),
+            });
+        }
+        if spec.env.values().any(|v| v.contains('\0')) {
+            return Err(ServiceError::BadRequest {
+                field: Some("env"),
+                message: "env values must not contain NUL bytes".into(),
+            });
+        }
+        let record = self.inner.store.upsert_agent(&spec).await?;
+        Ok(record)
+    }
+
+    pub async fn list_agents(
+        &self,
+        cli_type: Option<CliType>,
+        comm_mode: Option<CommMode>,
+    ) -> Result<Vec<AgentRecord>> {
+        let mut agents = self.inner.store.list_agents().await?;
+        agents.retain(|a| {
+            cli_type.is_none_or(|t| a.spec.cli_type == t)
+                && comm_mode.is_none_or(|m| a.spec.comm_mode == m)
+        });
+        Ok(agents)
+    }
+
+    async fn agent(&self, id: &AgentId) -> Result<AgentRecord> {
+        self.inner
+            .store
+            .get_agent(id)
+            .await?
+            .ok_or_else(|| ServiceError::AgentNotFound(id.to_string()))
+    }
+
+    pub async fn get_agent(&self, agent_id: &str) -> Result<AgentView> {
+        let id = AgentId::parse(agent_id)?;
+        let record = self.agent(&id).await?;
+        let session = self.inner.store.get_session(&id).await?.map(session_view);
+        let effective_mode = record.spec.comm_mode;
+        let executing = self.running(&id).is_some();
+        Ok(AgentView {
+            record,
+            session,
+            circuit: None,
+            fallback: None,
+            effective_mode,
+            executing,
+        })
+    }
+
+    /// Cancels a running execution, ends the session, and deletes the agent (with `purge`, its
+    /// conversations too). Returns whether the agent existed.
+    pub async fn delete_agent(&self, agent_id: &str, purge: bool) -> Result<bool> {
+        let id = AgentId::parse(agent_id)?;
+        self.cancel_and_wait(&id).await;
+        self.inner.store.end_session(&id).await?;
+        let existed = self.inner.store.delete_agent(&id, purge).await?;
+        self.inner.locks.forget(&id);
+        Ok(existed)
+    }
+
+    // ------------------------------------------------------------------ execution
+
+    fn running(&self, id: &AgentId) -> Option<Running> {
+        self.inner.running.lock().expect("running table").get(id).cloned()
+    }
+
+    /// The mode an execution of this agent will use. Only headless runs exist in this build;
+    /// an agent registered for tmux or shadow gets a clear 503 instead of a wrong run.
+    fn effective_mode(&self, agent: &AgentRecord) -> Result<CommMode> {
+        match agent.spec.comm_mode {
+            CommMode::Headless => Ok(CommMode::Headless),
+            other => Err(ServiceError::NoExecutionMode {
+                message: format!(
+                    "agent {} is registered with commMode {other}, which this broker cannot run yet; re-register it with commMode headless",
+                    agent.spec.agent_id
+                ),
+                retry_after: None,
+            }),
+        }
+    }
+
+    /// Runs one prompt on an agent and answers with the CLI's answer. `progress`, when given,
+    /// receives queue, start and stream events as they happen (for streaming clients).
+    pub async fn execute(
+        &self,
+        agent_id: &str,
+        req: ExecuteRequest,
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+    ) -> Result<ExecuteResponse> {
+        let id = AgentId::parse(agent_id)?;
+        if req.prompt.trim().is_empty() {
+            return Err(ServiceError::BadRequest {
+                field: Some("prompt"),
+                message: "prompt must be a non-empty string".into(),
+            });
+        }
+        if req.prompt.len() > self.inner.cfg.max_prompt_bytes {
+            return Err(ServiceError::PayloadTooLarge(format!(
+                "prompt is {} bytes; the limit is {} bytes",
+                req.prompt.len(),
+                self.inner.cfg.max_prompt_bytes
+            )));
+        }
+        // A zero lock wait is meaningful ("fail at once if busy"); a zero run time is not.
+        if req.timeout_ms == Some(0) {
+            return Err(ServiceError::BadRequest {
+                field: Some("timeoutMs"),
+                message: "timeoutMs must be greater than 0".into(),
+            });
+        }
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let agent = self.agent(&id).await?;
+        let mode = self.effective_mode(&agent)?;
+        let cli = agent.spec.cli_type;
+        let wait = req
+            .lock_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.inner.cfg.lock_wait);
+
+        if let Some(p) = &progress {
+            let st = self.inner.locks.status(&id);
+            let _ = p.send(Progress::Queued {
+                position: st.queue_length + usize::from(st.locked),
+            });
+        }
+        let depth = self.inner.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        metrics::gauge!(telemetry::QUEUE_DEPTH).set(depth as f64);
+        let acquired = self.inner.locks.acquire(&id, wait).await;
+        let depth = self.inner.queued.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!(telemetry::QUEUE_DEPTH).set(depth as f64);
+        let guard = match acquired {
+            Ok(g) => g,
+            Err(e) => {
+                metrics::counter!(telemetry::LOCK_TIMEOUTS_TOTAL, "cli" => cli.as_str()).increment(1);
+                let mut ev = event("LOCK_TIMEOUT", Some(id.as_str()), Some(cli.as_str()));
+                ev.success = Some(false);
+                ev.duration_ms = Some(millis(wait) as i64);
+                self.inner.events.emit(ev);
+                return Err(e.into());
+            }
+        };
+        metrics::histogram!(telemetry::LOCK_WAIT, "cli" => cli.as_str())
+            .record(guard.waited().as_secs_f64());
+        let mut ev = event("LOCK_ACQUIRED", Some(id.as_str()), Some(cli.as_str()));
+        ev.metadata = json!({"waitedMs": millis(guard.waited())});
+        self.inner.events.emit(ev);
+
+        // From here on the run belongs to its own task: a caller that disconnects does not stop
+        // it, and its result is stored whatever happens to the request.
+        let (tx, rx) = oneshot::channel();
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            let result = this.run_locked(agent, mode, req, guard, progress).await;
+            let _ = tx.send(result);
+        });
+        rx.await.unwrap_or(Err(ServiceError::ShuttingDown))
+    }
+
+    async fn resolve_binary(&self, agent: &AgentRecord) -> Result<PathBuf, String> {
+        let name = agent
+            .spec
+            .binary
+            .clone()
+            .unwrap_or_else(|| self.inner.cfg.binary_for(agent.spec.cli_type).to_owned());
+        if let Some(p) = self.inner.binaries.lock().expect("binary cache").get(&name) {
+            return Ok(p.clone());
+        }
+        let path_var = std::env::var_os("PATH");
+        match kokino_exec::resolve_binary(&name, path_var.as_deref()) {
+            Ok(p) => {
+                self.inner
+                    .binaries
+                    .lock()
+                    .expect("binary cache")
+                    .insert(name, p.clone());
+                Ok(p)
+            }
+            Err(e) => Err(format!(
+                "{e}; install the {} CLI or set its binary in the broker config or the agent's `binary`",
+                agent.spec.cli_type
+            )),
+        }
+    }
+
+    /// The execution proper, with the lock held.
+    async fn run_locked(
+        &self,
+        agent: AgentRecord,
+        mode: CommMode,
+        req: ExecuteRequest,
+        guard: LockGuard,
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+    ) -> Result<ExecuteResponse> {
+        let store = &self.inner.store;
+        let cfg = &self.inner.cfg;
+        let id = agent.spec.agent_id.clone();
+        let cli = agent.spec.cli_type;
+        let waited_ms = millis(guard.waited());
+
+        let session = match &req.conversation_id {
+            Some(conv) => store
+                .switch_session(&id, conv)
+                .await?
+                .ok_or_else(|| ServiceError::ConversationNotFound(conv.clone()))?,
+            None => match store.get_session(&id).await? {
+                Some(s) => s,
+                None => {
+                    let preassigned = kokino_cli::preassigns_session_id(cli)
+                        .then(|| uuid::Uuid::new_v4().to_string());
+                    let s = store.create_session(&id, cli, preassigned.as_deref()).await?;
+                    let mut ev = event("SESSION_CREATED", Some(id.as_str()), Some(cli.as_str()));
+                    ev.metadata = json!({"conversationId": s.conversation_id});
+                    self.inner.events.emit(ev);
+                    s
+                }
+            },
+        };
+        let resume_id = session
+            .cli_session_id
+            .clone()
+            .filter(|_| session.cli_session_started);
+        // A new CLI session gets a fresh id every time it is attempted: if an earlier attempt
+        // got far enough for the CLI to register the id but not far enough for us to see it,
+        // reusing it would fail with "already in use".
+        let fresh_id = uuid::Uuid::new_v4().to_string();
+        let session_arg = match &resume_id {
+            Some(sid) => {
+                let mut ev = event("SESSION_RESUMED", Some(id.as_str()), Some(cli.as_str()));
+                ev.metadata = json!({"sessionId": sid, "conversationId": session.conversation_id});
+                self.inner.events.emit(ev);
+                SessionArg::Resume { session_id: sid }
+            }
+            None => SessionArg::New {
+                preassigned_id: &fresh_id,
+            },
+        };
+        let cli_prompt = if resume_id.is_some() {
+            req.prompt.clone()
+        } else {
+            first_prompt_with_system(cli, agent.spec.system_prompt.as_deref(), &req.prompt)
+        };
+
+        let execution_id = uuid::Uuid::new_v4().to_string();
+        let mut user_meta = req
+            .metadata
+            .clone()
+            .filter(|m| m.is_object())
+            .unwrap_or_else(|| json!({}));
+        user_meta["executionId"] = json!(execution_id);
+        store
+            .begin_execution(&NewExecution {
+                execution_id: execution_id.clone(),
+                agent_id: id.clone(),
+                conversation_id: session.conversation_id.clone(),
+                cli_type: cli,
+                mode,
+                user_turn_id: uuid::Uuid::new_v4().to_string(),
+                prompt: req.prompt.clone(),
+                turn_metadata: user_meta,
+            })
+            .await?;
+
+        let timeout = Duration::from_millis(
+            req.timeout_ms
+                .or(agent.spec.timeout_ms)
+                .unwrap_or(millis(cfg.execution_timeout)),
+        );
+        let mut start_ev = event("EXECUTION_STARTED", Some(id.as_str()), Some(cli.as_str()));
+        start_ev.metadata = json!({
+            "executionId": execution_id,
+            "mode": mode.as_str(),
+            "resume": resume_id.is_some(),
+        });
+        if cfg.event_prompt_preview {
+            start_ev.metadata["promptPreview"] = json!(req.prompt.chars().take(100).collect::<String>());
+        }
+        self.inner.events.emit(start_ev);
+
+        let result = match self.resolve_binary(&agent).await {
+            Err(message) => RunResult {
+                outcome: OutcomeClass::SpawnError,
+                parsed: Default::default(),
+                exit: Default::default(),
+                stop: None,
+                stderr_tail: String::new(),
+                duration: Duration::ZERO,
+                peak_rss_bytes: 0,
+                pid: None,
+                spawn_error: Some(message),
+            },
+            Ok(program) => {
+                let args = build_args(&InvocationRequest {
+                    cli,
+                    model: agent.spec.model.as_deref(),
+                    system_prompt: agent.spec.system_prompt.as_deref(),
+                    extra_args: &agent.spec.extra_args,
+                    session: session_arg,
+                });
+                let env = child_env(
+                    cli,
+                    std::env::vars(),
+                    &agent.spec.env,
+                    &cfg.conflicting_for(cli),
+                );
+                let cmd = HeadlessCommand {
+                    program,
+                    args,
+                    env,
+                    cwd: agent.spec.cwd.as_ref().map(PathBuf::from),
+                    stdin: cli_prompt.into_bytes(),
+                };
+                let limits = Limits {
+                    timeout,
+                    inactivity: cfg.inactivity_timeout,
+                    post_result_grace: cfg.post_result_grace,
+                    kill_grace: cfg.kill_grace,
+                    max_memory_bytes: Some(
+                        agent.spec.max_memory_mb.unwrap_or(cfg.max_memory_mb) * 1024 * 1024,
+                    ),
+                    memory_sample_every: cfg.memory_sample_every,
+                    max_line_bytes: cfg.max_line_bytes,
+                };
+                self.run_process(&agent, mode, &session, &execution_id, guard.token(), cmd, limits, progress)
+                    .await
+            }
+        };
+
+        self.finish(&agent, mode, &session, &execution_id, waited_ms, timeout, result)
+            .await
+        // `guard` drops here, after the outcome is stored: the next waiter sees a finished run.
+    }
+
+    /// Runs the process, keeping the running table, the stored session id and the streaming
+    /// client up to date while it runs.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_process(
+        &self,
+        agent: &AgentRecord,
+        mode: CommMode,
+        session: &SessionRecord,
+        execution_id: &str,
+        token: u64,
+        cmd: HeadlessCommand,
+        limits: Limits,
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+    ) -> RunResult {
+        let id = &agent.spec.agent_id;
+        let cli = agent.spec.cli_type;
+        let cancel = CancellationToken::new();
+        self.inner.running.lock().expect("running table").insert(
+            id.clone(),
+            Running {
+                token,
+                execution_id: execution_id.to_owned(),
+                cancel: cancel.clone(),
+                pid: None,
+                started_at: Utc::now(),
+                mode,
+            },
+        );
+        metrics::gauge!(telemetry::RUNNING_PROCESSES, "cli" => cli.as_str(), "mode" => mode.as_str())
+            .increment(1.0);
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let run = run_headless(cmd, parser_for(cli), limits, cancel, tx);
+        let consume = async {
+            let mut known_session = session
+                .cli_session_id
+                .clone()
+                .filter(|_| session.cli_session_started);
+            let mut malformed = 0u64;
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    ExecEvent::Started { pid, start_time } => {
+                        if let Some(r) = self.inner.running.lock().expect("running table").get_mut(id) {
+                            if r.token == token {
+                                r.pid = Some(pid);
+                            }
+                        }
+                        if let Err(e) = self
+                            .inner
+                            .store
+                            .set_execution_process(execution_id, pid as i64, start_time)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "could not record the process of an execution");
+                        }
+                        let mut ev = event("PROCESS_STARTED", Some(id.as_str()), Some(cli.as_str()));
+                        ev.metadata = json!({"pid": pid, "executionId": execution_id});
+                        self.inner.events.emit(ev);
+                        if let Some(p) = &progress {
+                            let _ = p.send(Progress::Started {
+                                pid,
+                                mode,
+                                session_id: known_session.clone(),
+                            });
+                        }
+                    }
+                    ExecEvent::Stream(StreamEvent::SessionId(sid)) => {
+                        if known_session.as_deref() != Some(sid.as_str()) {
+                            // Persisted the moment it is seen, so that a broker that dies now
+                            // still resumes this CLI session next time.
+                            if let Err(e) = self
+                                .inner
+                                .store
+                                .set_cli_session(id, &session.conversation_id, &sid)
+                                .await
+                            {
+                                tracing::warn!(error = %e, "could not record the CLI session id");
+                            }
+                            known_session = Some(sid);
+                        }
+                    }
+                    ExecEvent::Stream(ev) => {
+                        if let StreamEvent::Malformed { reason } = &ev {
+                            malformed += 1;
+                            tracing::debug!(agent = %id, %reason, "malformed CLI output line");
+                        }
+                        if let Some(p) = &progress {
+                            let _ = p.send(Progress::Stream(ev));
+                        }
+                    }
+                }
+            }
+            malformed
+        };
+        let (result, malformed) = tokio::join!(run, consume);
+        if malformed > 0 {
+            metrics::counter!(telemetry::JSONL_PARSE_ERRORS_TOTAL, "cli" => cli.as_str())
+                .increment(malformed);
+            let mut ev = event("JSONL_PARSE_ERROR", Some(id.as_str()), Some(cli.as_str()));
+            ev.metadata = json!({"executionId": execution_id, "lines": malformed});
+            self.inner.events.emit(ev);
+        }
+        {
+            let mut running = self.inner.running.lock().expect("running table");
+            if running.get(id).is_some_and(|r| r.token == token) {
+                running.remove(id);
+            }
+        }
+        metrics::gauge!(telemetry::RUNNING_PROCESSES, "cli" => cli.as_str(), "mode" => mode.as_str())
+            .decrement(1.0);
+        result
+    }
+
+    /// Stores the outcome (answer or failure turn, in one transaction), records telemetry, and
+    /// turns the run into the caller's answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        agent: &AgentRecord,
+        mode: CommMode,
+        session: &SessionRecord,
+        execution_id: &str,
+        waited_ms: u64,
+        timeout: Duration,
+        result: RunResult,
+    ) -> Result<ExecuteResponse> {
+        let id = &agent.spec.agent_id;
+        let cli = agent.spec.cli_type;
+        let outcome = result.outcome;
+        let success = outcome == OutcomeClass::Success;
+        let error_message = result.error_message();
+        let session_id = result
+            .parsed
+            .session_id
+            .clone()
+            .or_else(|| session.cli_session_id.clone().filter(|_| session.cli_session_started));
+        let duration_ms = millis(result.duration);
+        let turn_meta = json!({
+            "executionId": execution_id,
+            "cliType": cli.as_str(),
+            "mode": mode.as_str(),
+            "outcome": outcome.as_str(),
+            "exitCode": result.exit.code,
+            "durationMs": duration_ms,
+            "sessionId": session_id,
+            "usage": result.parsed.usage,
+            "costUsd": result.parsed.cost_usd,
+            "numTurns": result.parsed.num_turns,
+        });
+        let (role, content) = if success {
+            (Role::Assistant, result.parsed.answer.clone().unwrap_or_default())
+        } else {
+            (
+                Role::System,
+                format!(
+                    "{}: {}",
+                    outcome.as_str(),
+                    error_message.clone().unwrap_or_default()
+                ),
+            )
+        };
+        let turn = self
+            .inner
+            .store
+            .finish_execution(&FinishExecution {
+                execution_id: execution_id.to_owned(),
+                outcome,
+                exit_code: result.exit.code.map(i64::from),
+                error_message: error_message.clone(),
+                duration_ms: duration_ms as i64,
+                usage: result.parsed.usage,
+                cost_usd: result.parsed.cost_usd,
+                num_turns: result.parsed.num_turns.map(i64::from),
+                peak_rss_mb: Some(result.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+                cli_session_id: session_id.clone(),
+                turn: Some(NewTurn {
+                    turn_id: uuid::Uuid::new_v4().to_string(),
+                    role,
+                    content,
+                    metadata: turn_meta,
+                }),
+            })
+            .await?;
+
+        metrics::counter!(telemetry::EXECUTIONS_TOTAL,
+            "cli" => cli.as_str(), "mode" => mode.as_str(), "outcome" => outcome.as_str())
+        .increment(1);
+        metrics::histogram!(telemetry::EXECUTION_DURATION,
+            "cli" => cli.as_str(), "mode" => mode.as_str(), "outcome" => outcome.as_str())
+        .record(result.duration.as_secs_f64());
+        if result.peak_rss_bytes > 0 {
+            metrics::histogram!(telemetry::PROCESS_PEAK_RSS, "cli" => cli.as_str())
+                .record(result.peak_rss_bytes as f64);
+        }
+        if let Some(pid) = result.pid {
+            let mut ev = event("PROCESS_EXITED", Some(id.as_str()), Some(cli.as_str()));
+            ev.metadata = json!({
+                "pid": pid, "exitCode": result.exit.code, "signal": result.exit.signal,
+                "peakRssBytes": result.peak_rss_bytes, "executionId": execution_id,
+            });
+            self.inner.events.emit(ev);
+        }
+        if let Some(StopReason::MemoryLimit { rss_bytes }) = result.stop {
+            let mut ev = event("PROCESS_LIMIT_EXCEEDED", Some(id.as_str()), Some(cli.as_str()));
+            ev.metadata = json!({"rssBytes": rss_bytes, "executionId": execution_id});
+            self.inner.events.emit(ev);
+        }
+        let event_type = match outcome {
+            OutcomeClass::Success => "EXECUTION_COMPLETED",
+            OutcomeClass::Timeout => "EXECUTION_TIMEOUT",
+            OutcomeClass::Cancelled => "EXECUTION_CANCELLED",
+            OutcomeClass::RateLimited => "RATE_LIMITED",
+            _ => "EXECUTION_FAILED",
+        };
+        let mut ev = event(event_type, Some(id.as_str()), Some(cli.as_str()));
+        ev.success = Some(success);
+        ev.duration_ms = Some(duration_ms as i64);
+        ev.metadata = json!({
+            "executionId": execution_id, "outcome": outcome.as_str(), "mode": mode.as_str(),
+            "exitCode": result.exit.code, "error": error_message,
+        });
+        self.inner.events.emit(ev);
+
+        let turn = turn.unwrap_or_else(|| Turn {
+            turn_id: String::new(),
+            conversation_id: session.conversation_id.clone(),
+            seq: 0,
+            role: Role::System,
+            content: String::new(),
+            metadata: json!({}),
+            created_at: Utc::now(),
+        });
+        match outcome {
+            OutcomeClass::Success => Ok(ExecuteResponse {
+                turn_id: turn.turn_id,
+                conversation_id: session.conversation_id.clone(),
+                content: result.parsed.answer.unwrap_or_default(),
+                success: true,
+                duration_ms,
+                session_id: session_id.clone(),
+                mode,
+                usage: result.parsed.usage,
+                cost_usd: result.parsed.cost_usd,
+                num_turns: result.parsed.num_turns,
+                metadata: ExecuteMetadata {
+                    session_id,
+                    exit_code: result.exit.code,
+                    cli_type: cli.as_str().to_owned(),
+                    waited_ms,
+                    execution_id: execution_id.to_owned(),
+                },
+            }),
+            OutcomeClass::Cancelled => Err(ServiceError::Cancelled {
+                agent_id: id.to_string(),
+                execution_id: execution_id.to_owned(),
+            }),
+            OutcomeClass::Timeout => Err(ServiceError::Timeout {
+                agent_id: id.to_string(),
+                execution_id: execution_id.to_owned(),
+                timeout_ms: match result.stop {
+                    Some(StopReason::Inactivity) => millis(self.inner.cfg.inactivity_timeout),
+                    _ => millis(timeout),
+                },
+            }),
+            class => Err(ServiceError::CliFailed {
+                agent_id: id.to_string(),
+                execution_id: execution_id.to_owned(),
+                class,
+                exit_code: result.exit.code,
+                signal: result.exit.signal,
+                stderr_tail: result.stderr_tail,
+                message: error_message.unwrap_or_else(|| format!("the CLI failed ({class})")),
+                retry_after_secs: result
+                    .parsed
+                    .rate_limit_resets_at
+                    .map(|at| (at - Utc::now().timestamp()).max(1) as u64),
+            }),
+        }
+    }
+
+    /// Cancels the agent's running execution, if any. Returns at once; the signal escalation
+    /// continues in the execution's own task.
+    pub fn cancel(&self, agent_id: &str) -> Result<CancelResult> {
+        let id = AgentId::parse(agent_id)?;
+        Ok(match self.running(&id) {
+            Some(r) => {
+                r.cancel.cancel();
+                CancelResult {
+                    cancelled: true,
+                    agent_id: id.to_string(),
+                    pid: r.pid,
+                    execution_id: Some(r.execution_id),
+                }
+            }
+            None => CancelResult {
+                cancelled: false,
+                agent_id: id.to_string(),
+                pid: None,
+                execution_id: None,
+            },
+        })
+    }
+
+    /// Cancels and waits until the agent's lock is free again (bounded by the kill escalation).
+    async fn cancel_and_wait(&self, id: &AgentId) {
+        if let Some(r) = self.running(id) {
+            r.cancel.cancel();
+            let wait = self.inner.cfg.kill_grace + Duration::from_secs(5);
+            // Taking the lock proves the cancelled run has finished and stored its outcome.
+            let _ = self.inner.locks.acquire(id, wait).await;
+        }
+    }
+
+    /// Cancels what runs and forgets the CLI session: the next execute starts a new one.
+    pub async fn end_session(&self, agent_id: &str) -> Result<EndSessionResult> {
+        let id = AgentId::parse(agent_id)?;
+        let agent = self.agent(&id).await?;
+        self.cancel_and_wait(&id).await;
+        let ended = self.inner.store.end_session(&id).await?;
+        if let Some(s) = &ended {
+            let mut ev = event("SESSION_ENDED", Some(id.as_str()), Some(agent.spec.cli_type.as_str()));
+            ev.metadata = json!({"sessionId": s.cli_session_id, "conversationId": s.conversation_id});
+            self.inner.events.emit(ev);
+        }
+        Ok(EndSessionResult {
+            ended: ended.is_some(),
+            agent_id: id.to_string(),
+            session_id: ended.and_then(|s| s.cli_session_id),
+        })
+    }
+
+    /// End-session for every agent that has a session or a running execution.
+    pub async fn clear_sessions(&self) -> Result<usize> {
+        let mut ended = 0;
+        for agent in self.inner.store.list_agents().await? {
+            let r = self.end_session(agent.spec.agent_id.as_str()).await?;
+            ended += usize::from(r.ended);
+        }
+        Ok(ended)
+    }
+
+    pub async fn sessions_status(&self) -> Result<Vec<SessionStatus>> {
+        let agents = self.inner.store.list_agents().await?;
+        let sessions: HashMap<AgentId, SessionRecord> = self
+            .inner
+            .store
+            .list_sessions()
+            .await?
+            .into_iter()
+            .map(|s| (s.agent_id.clone(), s))
+            .collect();
+        Ok(agents
+            .into_iter()
+            .map(|a| {
+                let id = &a.spec.agent_id;
+                let lock = self.inner.locks.status(id);
+                let running = self.running(id);
+                let session = sessions.get(id);
+                SessionStatus {
+                    agent_id: id.to_string(),
+                    session_id: session.and_then(|s| s.cli_session_id.clone()),
+                    has_session: session.is_some(),
+                    locked: lock.locked,
+                    executing: running.is_some(),
+                    execution_started_at: running.as_ref().map(|r| r.started_at.timestamp_millis()),
+                    queue_length: lock.queue_length,
+                    pid: running.as_ref().and_then(|r| r.pid),
+                    mode: running.as_ref().map(|r| r.mode).unwrap_or(a.spec.comm_mode),
+                    last_activity_at: session.map(|s| s.last_activity_at),
+                }
+            })
+            .collect())
+    }
+
+    // ------------------------------------------------------------------ conversations
+
+    /// The agent's current conversation (its session's), else its newest one.
+    pub async fn current_conversation(&self, agent_id: &str) -> Result<(Conversation, Vec<Turn>)> {
+        let id = AgentId::parse(agent_id)?;
+        self.agent(&id).await?;
+        let store = &self.inner.store;
+        let conv_id = match store.get_session(&id).await? {
+            Some(s) => Some(s.conversation_id),
+            None => store
+                .list_conversations(&id)
+                .await?
+                .into_iter()
+                .next()
+                .map(|c| c.conversation_id),
+        };
+        let conv_id = conv_id
+            .ok_or_else(|| ServiceError::ConversationNotFound(format!("(none yet for agent {id})")))?;
+        self.conversation(&conv_id).await
+    }
+
+    pub async fn conversations(&self, agent_id: &str) -> Result<Vec<Conversation>> {
+        let id = AgentId::parse(agent_id)?;
+        self.agent(&id).await?;
+        Ok(self.inner.store.list_conversations(&id).await?)
+    }
+
+    pub async fn conversation(&self, conversation_id: &str) -> Result<(Conversation, Vec<Turn>)> {
+        self.inner
+            .store
+            .get_conversation(conversation_id)
+            .await?
+            .ok_or_else(|| ServiceError::ConversationNotFound(conversation_id.to_owned()))
+    }
+
+    pub async fn turn(&self, agent_id: &str, turn_id: &str) -> Result<Turn> {
+        let id = AgentId::parse(agent_id)?;
+        self.agent(&id).await?;
+        self.inner
+            .store
+            .get_turn(&id, turn_id)
+            .await?
+            .ok_or_else(|| ServiceError::TurnNotFound(turn_id.to_owned()))
+    }
+
+    /// Deletes a conversation. Refused while an execution of it is running: deleting the rows
+    /// under a live run would lose its answer.
+    pub async fn delete_conversation(&self, conversation_id: &str) -> Result<()> {
+        let (conv, _) = self.conversation(conversation_id).await?;
+        if let Some(r) = self.running(&conv.agent_id) {
+            if let Some(exec) = self.inner.store.get_execution(&r.execution_id).await? {
+                if exec.conversation_id == conversation_id {
+                    return Err(ServiceError::Conflict(format!(
+                        "conversation {conversation_id} has a running execution; cancel it first"
+                    )));
+                }
+            }
+        }
+        self.inner.store.delete_conversation(conversation_id).await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ service
+
+    pub async fn health(&self) -> Health {
+        let mut reasons = Vec::new();
+        let agents = match self.inner.store.list_agents().await {
+            Ok(a) => a.len(),
+            Err(e) => {
+                reasons.push(format!("store unreachable: {e}"));
+                0
+            }
+        };
+        if let Err(e) = self.inner.store.ping().await {
+            if reasons.is_empty() {
+                reasons.push(format!("store unreachable: {e}"));
+            }
+        }
+        Health {
+            status: if reasons.is_empty() { "ok" } else { "degraded" },
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.inner.started.elapsed().as_secs(),
+            agents,
+            executing: self.inner.running.lock().expect("running table").len(),
+            store: self.inner.store.kind(),
+            instance_id: self.inner.instance_id.clone(),
+            reasons,
+        }
+    }
+
+    /// Stops accepting executions, cancels the running ones (recorded as `cancelled`) and waits
+    /// for them to finish, so that no CLI outlives the broker.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        let running: Vec<Running> = self
+            .inner
+            .running
+            .lock()
+            .expect("running table")
+            .values()
+            .cloned()
+            .collect();
+        for r in &running {
+            r.cancel.cancel();
+        }
+        self.inner.tasks.close();
+        let wait = self.inner.cfg.kill_grace + Duration::from_secs(5);
+        if tokio::time::timeout(wait, self.inner.tasks.wait()).await.is_err() {
+            tracing::error!("some executions did not stop in time");
+        }
+    }
+}
+
+fn session_view(s: SessionRecord) -> SessionView {
+    SessionView {
+        conversation_id: s.conversation_id,
+        has_session: true,
+        session_id: s.cli_session_id.filter(|_| s.cli_session_started),
+        created_at: s.created_at,
+        last_activity_at: s.last_activity_at,
+    }
+}

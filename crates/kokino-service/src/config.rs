@@ -1,0 +1,65 @@
+//! The settings of the execution path. Every number here is one of behavior.md's defaults and can
+//! be changed by the broker's config file, environment or flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kokino_core::CliType;
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub data_dir: PathBuf,
+    /// Binary per CLI type when the agent does not name one (default: the type's usual name).
+    pub binaries: BTreeMap<CliType, String>,
+    /// Variables removed from the child environment unless the agent sets them explicitly.
+    pub conflicting_vars: BTreeMap<CliType, Vec<String>>,
+    pub execution_timeout: Duration,
+    pub lock_wait: Duration,
+    pub inactivity_timeout: Duration,
+    pub post_result_grace: Duration,
+    pub kill_grace: Duration,
+    pub max_memory_mb: u64,
+    pub memory_sample_every: Duration,
+    pub max_prompt_bytes: usize,
+    pub max_line_bytes: usize,
+    /// Whether `EXECUTION_STARTED` events carry the first 100 characters of the prompt.
+    pub event_prompt_preview: bool,
+}
+
+impl ServiceConfig {
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        ServiceConfig {
+            data_dir: data_dir.into(),
+            binaries: BTreeMap::new(),
+            conflicting_vars: BTreeMap::new(),
+            execution_timeout: Duration::from_millis(300_000),
+            lock_wait: Duration::from_millis(300_000),
+            inactivity_timeout: Duration::from_millis(600_000),
+            post_result_grace: Duration::from_millis(2_000),
+            kill_grace: Duration::from_millis(5_000),
+            max_memory_mb: 2048,
+            memory_sample_every: Duration::from_millis(1_000),
+            max_prompt_bytes: 1024 * 1024,
+            max_line_bytes: 32 * 1024 * 1024,
+            event_prompt_preview: true,
+        }
+    }
+
+    pub fn binary_for(&self, cli: CliType) -> &str {
+        self.binaries
+            .get(&cli)
+            .map(String::as_str)
+            .unwrap_or(cli.default_binary())
+    }
+
+    pub fn conflicting_for(&self, cli: CliType) -> Vec<String> {
+        match self.conflicting_vars.get(&cli) {
+            Some(v) => v.clone(),
+            None => kokino_cli::default_conflicting_vars(cli)
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Kokino's application layer.
+//!
+//! [`Broker`] is the execution path of behavior.md written once: validate, resolve the mode, wait
+//! for the agent's lock, persist the user turn, run the executor, persist the answer and the
+//! outcome in one transaction, record events and metrics, release, answer. The HTTP crate calls it
+//! and knows nothing of processes or SQL; the executor and the store know nothing of each other.
+
+mod broker;
+mod config;
+mod error;
+mod model;
+pub mod telemetry;
+
+pub use broker::Broker;
+pub use config::ServiceConfig;
+pub use error::ServiceError;
+pub use model::*;

@@ -1,0 +1,166 @@
+//! Metric names and the asynchronous event writer.
+//!
+//! Metric names live in one table so that `docs/reference/metrics.md` can be generated from it
+//! and checked against it. Events go through a channel to one writer task that inserts them in
+//! batches: the execute path never waits for an event to reach the disk.
+
+use kokino_store::{NewEvent, Store};
+use tokio::sync::mpsc;
+
+/// One exported metric: name, kind, labels and help text.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+pub const EXECUTIONS_TOTAL: &str = "kokino_executions_total";
+pub const EXECUTION_DURATION: &str = "kokino_execution_duration_seconds";
+pub const LOCK_WAIT: &str = "kokino_lock_wait_seconds";
+pub const LOCK_TIMEOUTS_TOTAL: &str = "kokino_lock_timeouts_total";
+pub const QUEUE_DEPTH: &str = "kokino_lock_queue_depth";
+pub const RUNNING_PROCESSES: &str = "kokino_running_processes";
+pub const PROCESS_PEAK_RSS: &str = "kokino_process_peak_rss_bytes";
+pub const JSONL_PARSE_ERRORS_TOTAL: &str = "kokino_jsonl_parse_errors_total";
+pub const HTTP_REQUESTS_TOTAL: &str = "kokino_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "kokino_http_request_duration_seconds";
+pub const EVENTS_DROPPED_TOTAL: &str = "kokino_events_dropped_total";
+
+pub const METRICS: &[MetricDef] = &[
+    MetricDef {
+        name: EXECUTIONS_TOTAL,
+        kind: "counter",
+        labels: &["cli", "mode", "outcome"],
+        help: "Finished executions by CLI type, mode and outcome class.",
+    },
+    MetricDef {
+        name: EXECUTION_DURATION,
+        kind: "histogram",
+        labels: &["cli", "mode", "outcome"],
+        help: "Execution duration from process start to result, in seconds.",
+    },
+    MetricDef {
+        name: LOCK_WAIT,
+        kind: "histogram",
+        labels: &["cli"],
+        help: "Time spent waiting for an agent's lock before executing, in seconds.",
+    },
+    MetricDef {
+        name: LOCK_TIMEOUTS_TOTAL,
+        kind: "counter",
+        labels: &["cli"],
+        help: "Requests that gave up waiting for an agent's lock (409 LOCK_TIMEOUT).",
+    },
+    MetricDef {
+        name: QUEUE_DEPTH,
+        kind: "gauge",
+        labels: &[],
+        help: "Requests currently waiting for an agent's lock, over all agents.",
+    },
+    MetricDef {
+        name: RUNNING_PROCESSES,
+        kind: "gauge",
+        labels: &["cli", "mode"],
+        help: "CLI executions currently running.",
+    },
+    MetricDef {
+        name: PROCESS_PEAK_RSS,
+        kind: "histogram",
+        labels: &["cli"],
+        help: "Peak resident memory of an execution's process group, in bytes.",
+    },
+    MetricDef {
+        name: JSONL_PARSE_ERRORS_TOTAL,
+        kind: "counter",
+        labels: &["cli"],
+        help: "CLI output lines that were not valid JSON events (never fatal).",
+    },
+    MetricDef {
+        name: HTTP_REQUESTS_TOTAL,
+        kind: "counter",
+        labels: &["route", "method", "status"],
+        help: "HTTP requests by matched route, method and status code.",
+    },
+    MetricDef {
+        name: HTTP_REQUEST_DURATION,
+        kind: "histogram",
+        labels: &["route", "method"],
+        help: "HTTP request latency, in seconds.",
+    },
+    MetricDef {
+        name: EVENTS_DROPPED_TOTAL,
+        kind: "counter",
+        labels: &[],
+        help: "Telemetry events dropped because the event writer fell behind.",
+    },
+];
+
+/// Registers the help texts with whatever recorder is installed.
+pub fn describe_metrics() {
+    for m in METRICS {
+        match m.kind {
+            "counter" => metrics::describe_counter!(m.name, m.help),
+            "gauge" => metrics::describe_gauge!(m.name, m.help),
+            _ => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
+/// Bucket boundaries (seconds) for the execution-duration histogram: around 1, 5, 10, 30, 60,
+/// 120 and 300 s as behavior.md asks, with finer buckets below a second for fast agents.
+pub const EXECUTION_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+pub const LOCK_WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Cheap handle for emitting events; sending never blocks.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<NewEvent>,
+}
+
+const EVENT_QUEUE: usize = 10_000;
+const EVENT_BATCH: usize = 256;
+
+impl EventSink {
+    /// Starts the writer task. It stops when every sink is dropped, after writing what is queued.
+    pub fn spawn(store: Store) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<NewEvent>(EVENT_QUEUE);
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(EVENT_BATCH);
+            while rx.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+                if let Err(e) = store.insert_events(&batch).await {
+                    tracing::warn!(error = %e, count = batch.len(), "could not write telemetry events");
+                }
+                batch.clear();
+            }
+        });
+        (EventSink { tx }, task)
+    }
+
+    pub fn emit(&self, event: NewEvent) {
+        if self.tx.try_send(event).is_err() {
+            metrics::counter!(EVENTS_DROPPED_TOTAL).increment(1);
+        }
+    }
+}
+
+/// Shorthand for building an event.
+pub fn event(
+    event_type: &str,
+    agent_id: Option<&str>,
+    cli_type: Option<&str>,
+) -> NewEvent {
+    NewEvent {
+        event_type: event_type.to_owned(),
+        agent_id: agent_id.map(str::to_owned),
+        cli_type: cli_type.map(str::to_owned),
+        duration_ms: None,
+        success: None,
+        metadata: serde_json::Value::Object(Default::default()),
+    }
+}
