@@ -23,8 +23,11 @@ pub struct AgentSpec {
     pub role: Option<String>,
     pub system_prompt: Option<String>,
     pub timeout_ms: Option<u64>,
+    #[serde(rename = "maxMemoryMB")]
     pub max_memory_mb: Option<u64>,
-    #[serde(default)]
+    /// Never serialised: values are often credentials, and the agent record is shown to anyone
+    /// who can `GET /agents`.
+    #[serde(default, skip_serializing)]
     pub env: BTreeMap<String, String>,
     pub binary: Option<String>,
     #[serde(default)]

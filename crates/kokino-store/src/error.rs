@@ -1,0 +1,26 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot prepare the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt row in {table}: {message}")]
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("execution {0} not found")]
+    ExecutionNotFound(String),
+}

@@ -1,0 +1,270 @@
+//! Kokino's store: the only crate that speaks SQL.
+//!
+//! Callers see one concrete type, [`Store`], whose methods speak in domain records. Behind it sits
+//! one backend per database (SQLite now, PostgreSQL later); dialect differences — placeholders,
+//! upserts, types — stay inside each backend's module, so no caller ever needs to know which
+//! database it talks to. A concrete enum rather than a trait object keeps the async methods simple
+//! and lets the compiler check that every backend handles every operation.
+
+use chrono::{DateTime, Utc};
+use kokino_core::{
+    AgentId, AgentRecord, AgentSpec, CliType, Conversation, ExecutionRecord, NewExecution,
+    OutcomeClass, Role, SessionRecord, Turn, Usage,
+};
+use serde::Serialize;
+
+mod error;
+mod sqlite;
+
+pub use error::StoreError;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything written in the single transaction that ends an execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishExecution {
+    pub execution_id: String,
+    pub outcome: OutcomeClass,
+    pub exit_code: Option<i64>,
+    pub error_message: Option<String>,
+    pub duration_ms: i64,
+    pub usage: Option<Usage>,
+    pub cost_usd: Option<f64>,
+    pub num_turns: Option<i64>,
+    pub peak_rss_mb: Option<f64>,
+    pub cli_session_id: Option<String>,
+    /// The turn that records the result: `assistant` with the answer, or `system` describing the
+    /// failure. `None` only when there is nothing to say (never in practice).
+    pub turn: Option<NewTurn>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTurn {
+    pub turn_id: String,
+    pub role: Role,
+    pub content: String,
+    pub metadata: serde_json::Value,
+}
+
+/// A telemetry event (behavior.md, Telemetry events).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub agent_id: Option<String>,
+    pub cli_type: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub success: Option<bool>,
+    pub metadata: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub agent_id: Option<String>,
+    pub cli_type: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub success: Option<bool>,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub agent_id: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: u32,
+}
+
+/// The store. Cheap to clone (it holds a connection pool).
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => b.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the database named by `url` (`sqlite://path/to/kokino.db`, or a bare path), creating
+    /// the file and its directory on first use and applying the embedded migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(StoreError::Unsupported(
+                "PostgreSQL is not supported yet; use a sqlite:// URL".into(),
+            ));
+        }
+        Ok(Store {
+            backend: Backend::Sqlite(sqlite::SqliteStore::open(url).await?),
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`, as `/health` reports it.
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A cheap query proving the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        dispatch!(self.ping())
+    }
+
+    /// Reads one of a few fixed SQLite pragmas (`journal_mode`, `synchronous`, `foreign_keys`,
+    /// `busy_timeout`) from a pooled connection, as text. Exists so that tests and diagnostics
+    /// can confirm the settings every connection runs with.
+    pub async fn sqlite_pragma(&self, name: &str) -> Result<String> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.pragma(name).await,
+        }
+    }
+
+    // ---- agents ----
+
+    /// Inserts or updates an agent (idempotent); `created_at` is kept on update.
+    pub async fn upsert_agent(&self, spec: &AgentSpec) -> Result<AgentRecord> {
+        dispatch!(self.upsert_agent(spec))
+    }
+    pub async fn get_agent(&self, id: &AgentId) -> Result<Option<AgentRecord>> {
+        dispatch!(self.get_agent(id))
+    }
+    /// All agents ordered by id.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
+        dispatch!(self.list_agents())
+    }
+    /// Deletes the agent and its session. With `purge`, also its conversations, turns and
+    /// executions; without, those stay (with the agent id as plain text) for history.
+    /// Returns whether the agent existed.
+    pub async fn delete_agent(&self, id: &AgentId, purge: bool) -> Result<bool> {
+        dispatch!(self.delete_agent(id, purge))
+    }
+
+    // ---- sessions and conversations ----
+
+    pub async fn get_session(&self, agent: &AgentId) -> Result<Option<SessionRecord>> {
+        dispatch!(self.get_session(agent))
+    }
+    /// All current sessions (one per agent at most).
+    pub async fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
+        dispatch!(self.list_sessions())
+    }
+    /// Opens a new conversation for the agent and makes it the agent's session, replacing any
+    /// previous session row. `cli_session_id` is the preassigned id for CLIs that take one.
+    pub async fn create_session(
+        &self,
+        agent: &AgentId,
+        cli_type: CliType,
+        cli_session_id: Option<&str>,
+    ) -> Result<SessionRecord> {
+        dispatch!(self.create_session(agent, cli_type, cli_session_id))
+    }
+    /// Makes an existing conversation of this agent its session again (continuing it resumes the
+    /// conversation's CLI session). Returns `None` when the conversation is not the agent's.
+    pub async fn switch_session(
+        &self,
+        agent: &AgentId,
+        conversation_id: &str,
+    ) -> Result<Option<SessionRecord>> {
+        dispatch!(self.switch_session(agent, conversation_id))
+    }
+    /// Records the CLI's session id on the session and its conversation, and marks the session
+    /// started (the next run resumes). Written as soon as the CLI reports the id.
+    pub async fn set_cli_session(
+        &self,
+        agent: &AgentId,
+        conversation_id: &str,
+        cli_session_id: &str,
+    ) -> Result<()> {
+        dispatch!(self.set_cli_session(agent, conversation_id, cli_session_id))
+    }
+    /// Ends the agent's session: the session row is removed, the conversation is marked `ended`
+    /// (its CLI session id is kept in history). Returns the ended session.
+    pub async fn end_session(&self, agent: &AgentId) -> Result<Option<SessionRecord>> {
+        dispatch!(self.end_session(agent))
+    }
+    /// Ends sessions whose last activity is older than `before`; returns them.
+    pub async fn end_sessions_idle_since(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<SessionRecord>> {
+        dispatch!(self.end_sessions_idle_since(before))
+    }
+    pub async fn get_conversation(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<(Conversation, Vec<Turn>)>> {
+        dispatch!(self.get_conversation(conversation_id))
+    }
+    /// The agent's conversations, newest first.
+    pub async fn list_conversations(&self, agent: &AgentId) -> Result<Vec<Conversation>> {
+        dispatch!(self.list_conversations(agent))
+    }
+    pub async fn get_turn(&self, agent: &AgentId, turn_id: &str) -> Result<Option<Turn>> {
+        dispatch!(self.get_turn(agent, turn_id))
+    }
+    /// Deletes a conversation with its turns and executions (and the session pointing at it).
+    pub async fn delete_conversation(&self, conversation_id: &str) -> Result<bool> {
+        dispatch!(self.delete_conversation(conversation_id))
+    }
+
+    // ---- executions ----
+
+    /// Writes the user turn (next `seq` of the conversation) and the execution row (state
+    /// `running`) in one transaction, before any process starts.
+    pub async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
+        dispatch!(self.begin_execution(new))
+    }
+    /// Records the pid and process start time as soon as the process exists.
+    pub async fn set_execution_process(
+        &self,
+        execution_id: &str,
+        pid: i64,
+        start_time: Option<i64>,
+    ) -> Result<()> {
+        dispatch!(self.set_execution_process(execution_id, pid, start_time))
+    }
+    /// Writes the result turn and the outcome in one transaction and touches the session's
+    /// last activity. Returns the result turn.
+    pub async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
+        dispatch!(self.finish_execution(fin))
+    }
+    pub async fn get_execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>> {
+        dispatch!(self.get_execution(execution_id))
+    }
+    /// Executions still `running` (used at start-up to find what a previous life left behind).
+    pub async fn running_executions(&self) -> Result<Vec<ExecutionRecord>> {
+        dispatch!(self.running_executions())
+    }
+
+    // ---- events ----
+
+    pub async fn insert_event(&self, event: &NewEvent) -> Result<i64> {
+        dispatch!(self.insert_event(event))
+    }
+    /// Inserts several events; used by the batching event writer.
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
+        // One insert each keeps the backends simple; the writer calls this off the execute path.
+        for e in events {
+            self.insert_event(e).await?;
+        }
+        Ok(())
+    }
+    /// Events newest first, filtered; `limit` 0 means the default of 100.
+    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        dispatch!(self.list_events(filter))
+    }
+}

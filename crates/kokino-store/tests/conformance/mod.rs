@@ -1,0 +1,891 @@
+//! Backend-independent store behaviour.
+//!
+//! Every case takes a freshly opened, empty [`Store`] and checks one part of the contract through
+//! the public API only, so the same cases can run against every backend: each backend's test
+//! file builds a store and calls these functions from its own `#[tokio::test]`s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::Utc;
+use kokino_core::{
+    AgentId, AgentSpec, CliType, CommMode, ExecutionState, NewExecution, OutcomeClass, Role, Usage,
+};
+use kokino_store::{EventFilter, FinishExecution, NewEvent, NewTurn, Store, StoreError};
+use serde_json::json;
+
+// ---- helpers ----
+
+pub fn agent_id(s: &str) -> AgentId {
+    AgentId::parse(s).expect("valid agent id")
+}
+
+pub fn spec(id: &str) -> AgentSpec {
+    AgentSpec {
+        agent_id: agent_id(id),
+        cli_type: CliType::ClaudeCode,
+        comm_mode: CommMode::Headless,
+        cwd: None,
+        model: None,
+        role: None,
+        system_prompt: None,
+        timeout_ms: None,
+        max_memory_mb: None,
+        env: BTreeMap::new(),
+        binary: None,
+        extra_args: Vec::new(),
+        metadata: serde_json::Map::new(),
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub fn new_execution(agent: &str, conversation_id: &str, prompt: &str) -> NewExecution {
+    NewExecution {
+        execution_id: new_id(),
+        agent_id: agent_id(agent),
+        conversation_id: conversation_id.to_owned(),
+        cli_type: CliType::ClaudeCode,
+        mode: CommMode::Headless,
+        user_turn_id: new_id(),
+        prompt: prompt.to_owned(),
+        turn_metadata: json!({ "source": "test" }),
+    }
+}
+
+pub fn finish(execution_id: &str, content: &str) -> FinishExecution {
+    FinishExecution {
+        execution_id: execution_id.to_owned(),
+        outcome: OutcomeClass::Success,
+        exit_code: Some(0),
+        error_message: None,
+        duration_ms: 1234,
+        usage: Some(Usage {
+            input_tokens: 10,
+            output_tokens: 20,
+            cache_read_tokens: 30,
+            cache_creation_tokens: 40,
+        }),
+        cost_usd: Some(0.25),
+        num_turns: Some(2),
+        peak_rss_mb: Some(87.5),
+        cli_session_id: Some("cli-session-1".into()),
+        turn: Some(NewTurn {
+            turn_id: new_id(),
+            role: Role::Assistant,
+            content: content.to_owned(),
+            metadata: json!({ "exitCode": 0 }),
+        }),
+    }
+}
+
+/// Registers an agent and opens a session for it; returns the conversation id.
+async fn agent_with_session(store: &Store, id: &str) -> String {
+    store.upsert_agent(&spec(id)).await.unwrap();
+    store
+        .create_session(&agent_id(id), CliType::ClaudeCode, None)
+        .await
+        .unwrap()
+        .conversation_id
+}
+
+/// Timestamps are kept to the millisecond; pausing a little longer guarantees that two writes
+/// get distinguishable times.
+async fn tick() {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+// ---- cases ----
+
+pub async fn ping_answers(store: &Store) {
+    store.ping().await.unwrap();
+}
+
+pub async fn agent_upsert_is_idempotent(store: &Store) {
+    let first = store.upsert_agent(&spec("alpha")).await.unwrap();
+    assert_eq!(first.created_at, first.updated_at);
+    tick().await;
+
+    let mut changed = spec("alpha");
+    changed.model = Some("opus".into());
+    let second = store.upsert_agent(&changed).await.unwrap();
+    assert_eq!(second.created_at, first.created_at, "created_at is kept");
+    assert!(second.updated_at > first.updated_at);
+    assert_eq!(second.spec.model.as_deref(), Some("opus"));
+
+    let again = store.upsert_agent(&changed).await.unwrap();
+    assert_eq!(again.created_at, first.created_at);
+    assert_eq!(again.spec, second.spec);
+
+    let read = store.get_agent(&agent_id("alpha")).await.unwrap().unwrap();
+    assert_eq!(read, again, "the returned record equals the stored one");
+    assert_eq!(store.list_agents().await.unwrap().len(), 1);
+}
+
+pub async fn agent_record_round_trips(store: &Store) {
+    let mut full = spec("full-agent");
+    full.cli_type = CliType::FactoryDroid;
+    full.comm_mode = CommMode::Tmux;
+    full.cwd = Some("/srv/work".into());
+    full.model = Some("m1".into());
+    full.role = Some("reviewer".into());
+    full.system_prompt = Some("Be brief.\nReally.".into());
+    full.timeout_ms = Some(600_000);
+    full.max_memory_mb = Some(2048);
+    full.env = BTreeMap::from([("A".into(), "1".into()), ("B".into(), "x y".into())]);
+    full.binary = Some("/usr/local/bin/droid".into());
+    full.extra_args = vec!["--flag".into(), "value with space".into()];
+    full.metadata = json!({ "team": "core", "n": 3, "nested": { "ok": true } })
+        .as_object()
+        .unwrap()
+        .clone();
+    let written = store.upsert_agent(&full).await.unwrap();
+    assert_eq!(written.spec, full);
+    store.upsert_agent(&spec("b-agent")).await.unwrap();
+    store.upsert_agent(&spec("a-agent")).await.unwrap();
+
+    let read = store
+        .get_agent(&agent_id("full-agent"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, written);
+    let ids: Vec<String> = store
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.spec.agent_id.to_string())
+        .collect();
+    assert_eq!(ids, ["a-agent", "b-agent", "full-agent"], "ordered by id");
+    assert!(store
+        .get_agent(&agent_id("nobody"))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn session_lifecycle(store: &Store) {
+    let alpha = agent_id("alpha");
+    store.upsert_agent(&spec("alpha")).await.unwrap();
+    store.upsert_agent(&spec("beta")).await.unwrap();
+    assert!(store.get_session(&alpha).await.unwrap().is_none());
+
+    // A new session carries the preassigned CLI session id but is not started yet.
+    let first = store
+        .create_session(&alpha, CliType::ClaudeCode, Some("pre-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.cli_session_id.as_deref(), Some("pre-1"));
+    assert!(!first.cli_session_started);
+    assert_eq!(store.get_session(&alpha).await.unwrap().unwrap(), first);
+    let (conv, turns) = store
+        .get_conversation(&first.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conv.agent_id, alpha);
+    assert_eq!(conv.cli_type, CliType::ClaudeCode);
+    assert_eq!(conv.status, "active");
+    assert!(turns.is_empty());
+
+    // The CLI confirms its session id: session and conversation both record it.
+    store
+        .set_cli_session(&alpha, &first.conversation_id, "cli-1")
+        .await
+        .unwrap();
+    let started = store.get_session(&alpha).await.unwrap().unwrap();
+    assert_eq!(started.cli_session_id.as_deref(), Some("cli-1"));
+    assert!(started.cli_session_started);
+    let (conv, _) = store
+        .get_conversation(&first.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conv.session_id.as_deref(), Some("cli-1"));
+
+    // A second session replaces the first, whose conversation ends.
+    tick().await;
+    let second = store
+        .create_session(&alpha, CliType::ClaudeCode, None)
+        .await
+        .unwrap();
+    assert_ne!(second.conversation_id, first.conversation_id);
+    assert_eq!(second.cli_session_id, None);
+    assert!(!second.cli_session_started);
+    let (old, _) = store
+        .get_conversation(&first.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.status, "ended");
+    assert_eq!(
+        old.session_id.as_deref(),
+        Some("cli-1"),
+        "history keeps the CLI id"
+    );
+    assert_eq!(store.list_sessions().await.unwrap(), vec![second.clone()]);
+
+    // Switching back resumes the first conversation's CLI session.
+    let switched = store
+        .switch_session(&alpha, &first.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(switched.conversation_id, first.conversation_id);
+    assert_eq!(switched.cli_session_id.as_deref(), Some("cli-1"));
+    assert!(switched.cli_session_started);
+    let (reactivated, _) = store
+        .get_conversation(&first.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reactivated.status, "active");
+    let (left, _) = store
+        .get_conversation(&second.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left.status, "ended");
+
+    // Switching to a conversation that never had a CLI session does not claim one.
+    let unstarted = store
+        .switch_session(&alpha, &second.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(unstarted.cli_session_id, None);
+    assert!(!unstarted.cli_session_started);
+
+    // Another agent's conversation, or an unknown one, is refused.
+    assert!(store
+        .switch_session(&agent_id("beta"), &first.conversation_id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .switch_session(&alpha, "no-such-conversation")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_session(&agent_id("beta"))
+        .await
+        .unwrap()
+        .is_none());
+
+    // set_cli_session for a conversation the session no longer points at leaves the session.
+    store
+        .set_cli_session(&alpha, &first.conversation_id, "cli-2")
+        .await
+        .unwrap();
+    let current = store.get_session(&alpha).await.unwrap().unwrap();
+    assert_eq!(current.conversation_id, second.conversation_id);
+    assert_eq!(current.cli_session_id, None);
+
+    // Ending removes the session row and ends the conversation.
+    let ended = store.end_session(&alpha).await.unwrap().unwrap();
+    assert_eq!(ended, current);
+    assert!(store.get_session(&alpha).await.unwrap().is_none());
+    let (conv, _) = store
+        .get_conversation(&second.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conv.status, "ended");
+    assert!(store.end_session(&alpha).await.unwrap().is_none());
+    assert!(store.list_sessions().await.unwrap().is_empty());
+}
+
+pub async fn session_requires_known_agent(store: &Store) {
+    let err = store
+        .create_session(&agent_id("ghost"), CliType::Codex, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert!(store.list_sessions().await.unwrap().is_empty());
+    assert!(store
+        .list_conversations(&agent_id("ghost"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn execution_begin_and_finish(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    let before = store
+        .get_session(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .unwrap();
+    tick().await;
+
+    let new = new_execution("alpha", &conv, "hello");
+    let user = store.begin_execution(&new).await.unwrap();
+    assert_eq!(user.seq, 1);
+    assert_eq!(user.role, Role::User);
+    assert_eq!(user.content, "hello");
+    assert_eq!(user.turn_id, new.user_turn_id);
+    assert_eq!(user.metadata, new.turn_metadata);
+
+    let running = store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.state, ExecutionState::Running);
+    assert_eq!(running.outcome, None);
+    assert_eq!(running.finished_at, None);
+    assert_eq!(running.usage, None);
+    assert_eq!(running.conversation_id, conv);
+    assert_eq!(running.agent_id, agent_id("alpha"));
+    let listed = store.running_executions().await.unwrap();
+    assert_eq!(listed, vec![running.clone()]);
+
+    store
+        .set_execution_process(&new.execution_id, 4242, Some(987_654))
+        .await
+        .unwrap();
+    let with_pid = store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(with_pid.pid, Some(4242));
+    assert_eq!(with_pid.pid_start_time, Some(987_654));
+
+    let session = store
+        .get_session(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(session.last_activity_at > before.last_activity_at);
+    tick().await;
+
+    let fin = finish(&new.execution_id, "hi there");
+    let result = store.finish_execution(&fin).await.unwrap().unwrap();
+    assert_eq!(result.seq, 2);
+    assert_eq!(result.role, Role::Assistant);
+    assert_eq!(result.content, "hi there");
+
+    let done = store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, ExecutionState::Finished);
+    assert_eq!(done.outcome, Some(OutcomeClass::Success));
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(done.duration_ms, Some(1234));
+    assert_eq!(done.usage, fin.usage);
+    assert_eq!(done.cost_usd, Some(0.25));
+    assert_eq!(done.num_turns, Some(2));
+    assert_eq!(done.peak_rss_mb, Some(87.5));
+    assert_eq!(done.cli_session_id.as_deref(), Some("cli-session-1"));
+    assert_eq!(done.pid, Some(4242), "finishing keeps the recorded pid");
+    assert!(done.finished_at.unwrap() >= done.started_at);
+    assert!(store.running_executions().await.unwrap().is_empty());
+
+    let (conversation, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
+    assert_eq!(turns, vec![user, result]);
+    assert!(conversation.updated_at > conversation.created_at);
+    let after = store
+        .get_session(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.last_activity_at > session.last_activity_at);
+}
+
+pub async fn failed_execution_records_system_turn(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    let new = new_execution("alpha", &conv, "do it");
+    store.begin_execution(&new).await.unwrap();
+    let fin = FinishExecution {
+        execution_id: new.execution_id.clone(),
+        outcome: OutcomeClass::Timeout,
+        exit_code: None,
+        error_message: Some("timed out after 1000 ms".into()),
+        duration_ms: 1000,
+        usage: None,
+        cost_usd: None,
+        num_turns: None,
+        peak_rss_mb: None,
+        cli_session_id: None,
+        turn: Some(NewTurn {
+            turn_id: new_id(),
+            role: Role::System,
+            content: "The run timed out.".into(),
+            metadata: json!({ "outcome": "timeout" }),
+        }),
+    };
+    let turn = store.finish_execution(&fin).await.unwrap().unwrap();
+    assert_eq!((turn.seq, turn.role), (2, Role::System));
+    let done = store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.outcome, Some(OutcomeClass::Timeout));
+    assert_eq!(
+        done.error_message.as_deref(),
+        Some("timed out after 1000 ms")
+    );
+    assert_eq!(done.usage, None);
+    assert_eq!(done.exit_code, None);
+    assert_eq!(done.cli_session_id, None);
+}
+
+pub async fn finish_of_unknown_execution_writes_nothing(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    let err = store
+        .finish_execution(&finish("no-such-execution", "lost"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::ExecutionNotFound(id) if id == "no-such-execution"),
+        "{err:?}"
+    );
+    let err = store
+        .set_execution_process("no-such-execution", 1, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ExecutionNotFound(_)), "{err:?}");
+    let (_, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
+    assert!(turns.is_empty());
+}
+
+pub async fn begin_on_unknown_conversation_writes_nothing(store: &Store) {
+    store.upsert_agent(&spec("alpha")).await.unwrap();
+    let new = new_execution("alpha", "no-such-conversation", "hello");
+    assert!(store.begin_execution(&new).await.is_err());
+    assert!(store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_turn(&agent_id("alpha"), &new.user_turn_id)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn duplicate_execution_id_rolls_back_the_user_turn(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    let first = new_execution("alpha", &conv, "one");
+    store.begin_execution(&first).await.unwrap();
+    let mut clash = new_execution("alpha", &conv, "two");
+    clash.execution_id = first.execution_id.clone();
+    assert!(store.begin_execution(&clash).await.is_err());
+    let (_, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
+    assert_eq!(turns.len(), 1, "the user turn is not left behind");
+    assert_eq!(turns[0].content, "one");
+}
+
+/// 50 concurrent begin/finish pairs spread over 10 conversations: every turn lands, and every
+/// conversation's sequence numbers are exactly 1..=n.
+pub async fn concurrent_executions_keep_sequences_contiguous(store: &Store) {
+    const CONVERSATIONS: usize = 10;
+    const TASKS: usize = 50;
+    let mut conversations = Vec::new();
+    for i in 0..CONVERSATIONS {
+        conversations.push(agent_with_session(store, &format!("agent-{i}")).await);
+    }
+
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        let agent = format!("agent-{}", task % CONVERSATIONS);
+        let conv = conversations[task % CONVERSATIONS].clone();
+        handles.push(tokio::spawn(async move {
+            let new = new_execution(&agent, &conv, &format!("prompt {task}"));
+            store.begin_execution(&new).await?;
+            store
+                .finish_execution(&finish(&new.execution_id, &format!("answer {task}")))
+                .await?;
+            Ok::<_, StoreError>(new.execution_id)
+        }));
+    }
+    let mut execution_ids = Vec::new();
+    for handle in handles {
+        execution_ids.push(
+            handle
+                .await
+                .expect("task panicked")
+                .expect("store write failed"),
+        );
+    }
+
+    let per_conversation = 2 * TASKS / CONVERSATIONS;
+    for conv in &conversations {
+        let (_, turns) = store.get_conversation(conv).await.unwrap().unwrap();
+        let seqs: Vec<i64> = turns.iter().map(|t| t.seq).collect();
+        let expected: Vec<i64> = (1..=per_conversation as i64).collect();
+        assert_eq!(seqs, expected, "conversation {conv}");
+        let users = turns.iter().filter(|t| t.role == Role::User).count();
+        assert_eq!(users, per_conversation / 2);
+    }
+    for id in &execution_ids {
+        let exec = store.get_execution(id).await.unwrap().unwrap();
+        assert_eq!(exec.state, ExecutionState::Finished);
+    }
+    assert!(store.running_executions().await.unwrap().is_empty());
+}
+
+pub async fn turns_are_visible_only_to_their_agent(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    store.upsert_agent(&spec("beta")).await.unwrap();
+    let new = new_execution("alpha", &conv, "secret");
+    let turn = store.begin_execution(&new).await.unwrap();
+    let found = store
+        .get_turn(&agent_id("alpha"), &turn.turn_id)
+        .await
+        .unwrap();
+    assert_eq!(found, Some(turn.clone()));
+    assert!(store
+        .get_turn(&agent_id("beta"), &turn.turn_id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_turn(&agent_id("alpha"), "no-such-turn")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn conversations_list_newest_first(store: &Store) {
+    store.upsert_agent(&spec("alpha")).await.unwrap();
+    store.upsert_agent(&spec("beta")).await.unwrap();
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        let s = store
+            .create_session(&agent_id("alpha"), CliType::Gemini, None)
+            .await
+            .unwrap();
+        created.push(s.conversation_id);
+        tick().await;
+    }
+    store
+        .create_session(&agent_id("beta"), CliType::Codex, None)
+        .await
+        .unwrap();
+    let listed: Vec<String> = store
+        .list_conversations(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.conversation_id)
+        .collect();
+    created.reverse();
+    assert_eq!(listed, created);
+    let statuses: Vec<String> = store
+        .list_conversations(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, ["active", "ended", "ended"]);
+}
+
+pub async fn delete_conversation_cascades(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    let new = new_execution("alpha", &conv, "hello");
+    let turn = store.begin_execution(&new).await.unwrap();
+    store
+        .finish_execution(&finish(&new.execution_id, "bye"))
+        .await
+        .unwrap();
+
+    assert!(store.delete_conversation(&conv).await.unwrap());
+    assert!(store.get_conversation(&conv).await.unwrap().is_none());
+    assert!(store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_turn(&agent_id("alpha"), &turn.turn_id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_session(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.get_agent(&agent_id("alpha")).await.unwrap().is_some());
+    assert!(!store.delete_conversation(&conv).await.unwrap());
+}
+
+pub async fn delete_agent_without_purge_keeps_history(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    let new = new_execution("alpha", &conv, "hello");
+    store.begin_execution(&new).await.unwrap();
+    store
+        .finish_execution(&finish(&new.execution_id, "bye"))
+        .await
+        .unwrap();
+
+    assert!(store.delete_agent(&agent_id("alpha"), false).await.unwrap());
+    assert!(store.get_agent(&agent_id("alpha")).await.unwrap().is_none());
+    assert!(store
+        .get_session(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .is_none());
+    let (conversation, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
+    assert_eq!(conversation.status, "ended");
+    assert_eq!(turns.len(), 2);
+    assert!(store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store
+            .list_conversations(&agent_id("alpha"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(!store.delete_agent(&agent_id("alpha"), false).await.unwrap());
+}
+
+pub async fn delete_agent_with_purge_removes_history(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    let other = agent_with_session(store, "beta").await;
+    let new = new_execution("alpha", &conv, "hello");
+    store.begin_execution(&new).await.unwrap();
+    let kept = new_execution("beta", &other, "hello");
+    store.begin_execution(&kept).await.unwrap();
+    // An older, ended conversation of the agent goes too.
+    store
+        .create_session(&agent_id("alpha"), CliType::ClaudeCode, None)
+        .await
+        .unwrap();
+
+    assert!(store.delete_agent(&agent_id("alpha"), true).await.unwrap());
+    assert!(store.get_agent(&agent_id("alpha")).await.unwrap().is_none());
+    assert!(store
+        .list_conversations(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.get_conversation(&conv).await.unwrap().is_none());
+    assert!(store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_session(&agent_id("alpha"))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Another agent's data is untouched.
+    assert!(store
+        .get_session(&agent_id("beta"))
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .get_execution(&kept.execution_id)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.running_executions().await.unwrap().len(), 1);
+    assert!(!store.delete_agent(&agent_id("alpha"), true).await.unwrap());
+}
+
+pub async fn idle_sessions_are_swept(store: &Store) {
+    let idle_conv = agent_with_session(store, "idle").await;
+    tick().await;
+    let cutoff = Utc::now();
+    tick().await;
+    let busy_conv = agent_with_session(store, "busy").await;
+
+    let ended = store.end_sessions_idle_since(cutoff).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].agent_id, agent_id("idle"));
+    assert_eq!(ended[0].conversation_id, idle_conv);
+    assert!(store
+        .get_session(&agent_id("idle"))
+        .await
+        .unwrap()
+        .is_none());
+    let (conv, _) = store.get_conversation(&idle_conv).await.unwrap().unwrap();
+    assert_eq!(conv.status, "ended");
+
+    let busy = store.get_session(&agent_id("busy")).await.unwrap().unwrap();
+    assert_eq!(busy.conversation_id, busy_conv);
+    assert!(store
+        .end_sessions_idle_since(cutoff)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Activity (an execution) keeps a session alive past a cutoff taken before it.
+    tick().await;
+    let cutoff = Utc::now();
+    tick().await;
+    store
+        .begin_execution(&new_execution("busy", &busy_conv, "still here"))
+        .await
+        .unwrap();
+    assert!(store
+        .end_sessions_idle_since(cutoff)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn events_filter_and_order(store: &Store) {
+    let event = |t: &str, agent: Option<&str>, success: Option<bool>| NewEvent {
+        event_type: t.to_owned(),
+        agent_id: agent.map(str::to_owned),
+        cli_type: Some("codex".into()),
+        duration_ms: Some(12),
+        success,
+        metadata: json!({ "k": t }),
+    };
+    let first = store
+        .insert_event(&event("EXECUTION_STARTED", Some("alpha"), None))
+        .await
+        .unwrap();
+    tick().await;
+    let since = Utc::now();
+    let second = store
+        .insert_event(&event("EXECUTION_COMPLETED", Some("alpha"), Some(true)))
+        .await
+        .unwrap();
+    let third = store
+        .insert_event(&event("EXECUTION_STARTED", Some("beta"), Some(false)))
+        .await
+        .unwrap();
+    let fourth = store
+        .insert_event(&event("CIRCUIT_OPENED", None, None))
+        .await
+        .unwrap();
+    assert!(first < second && second < third && third < fourth);
+
+    let ids =
+        |events: Vec<kokino_store::Event>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+
+    let all = store.list_events(&EventFilter::default()).await.unwrap();
+    assert_eq!(
+        ids(all.clone()),
+        [fourth, third, second, first],
+        "newest first"
+    );
+    let completed = all.iter().find(|e| e.id == second).unwrap();
+    assert_eq!(completed.event_type, "EXECUTION_COMPLETED");
+    assert_eq!(completed.agent_id.as_deref(), Some("alpha"));
+    assert_eq!(completed.cli_type.as_deref(), Some("codex"));
+    assert_eq!(completed.duration_ms, Some(12));
+    assert_eq!(completed.success, Some(true));
+    assert_eq!(completed.metadata, json!({ "k": "EXECUTION_COMPLETED" }));
+    assert_eq!(all.iter().find(|e| e.id == fourth).unwrap().agent_id, None);
+
+    let by_type = EventFilter {
+        event_type: Some("EXECUTION_STARTED".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_events(&by_type).await.unwrap()),
+        [third, first]
+    );
+
+    let by_agent = EventFilter {
+        agent_id: Some("alpha".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_events(&by_agent).await.unwrap()),
+        [second, first]
+    );
+
+    let recent = EventFilter {
+        since: Some(since),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_events(&recent).await.unwrap()),
+        [fourth, third, second]
+    );
+
+    let combined = EventFilter {
+        event_type: Some("EXECUTION_STARTED".into()),
+        agent_id: Some("beta".into()),
+        since: Some(since),
+        limit: 0,
+    };
+    assert_eq!(ids(store.list_events(&combined).await.unwrap()), [third]);
+
+    let limited = EventFilter {
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_events(&limited).await.unwrap()),
+        [fourth, third]
+    );
+}
+
+pub async fn event_limit_defaults_and_caps(store: &Store) {
+    for i in 0..120 {
+        store
+            .insert_event(&NewEvent {
+                event_type: "LOCK_ACQUIRED".into(),
+                agent_id: None,
+                cli_type: None,
+                duration_ms: None,
+                success: None,
+                metadata: json!({ "waitedMs": i }),
+            })
+            .await
+            .unwrap();
+    }
+    let default = store.list_events(&EventFilter::default()).await.unwrap();
+    assert_eq!(default.len(), 100);
+    // Same-millisecond events still come back newest first, by id.
+    assert!(default.windows(2).all(|w| w[0].id > w[1].id));
+    let huge = EventFilter {
+        limit: u32::MAX,
+        ..Default::default()
+    };
+    assert_eq!(store.list_events(&huge).await.unwrap().len(), 120);
+}
+
+/// Quick consistency check over a mix of operations: the map of conversation → turn count seen
+/// through `get_conversation` matches what was written.
+pub async fn conversations_are_independent(store: &Store) {
+    let a = agent_with_session(store, "alpha").await;
+    let b = agent_with_session(store, "beta").await;
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for (i, conv) in [&a, &b, &a, &a, &b].into_iter().enumerate() {
+        let agent = if conv == &a { "alpha" } else { "beta" };
+        let new = new_execution(agent, conv, &format!("p{i}"));
+        let turn = store.begin_execution(&new).await.unwrap();
+        let count = expected.entry(conv.clone()).or_default();
+        *count += 1;
+        assert_eq!(turn.seq, *count);
+        let result = store
+            .finish_execution(&finish(&new.execution_id, "ok"))
+            .await
+            .unwrap()
+            .unwrap();
+        *count += 1;
+        assert_eq!(result.seq, *count);
+    }
+    for (conv, count) in expected {
+        let (_, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
+        assert_eq!(turns.len() as i64, count);
+    }
+}

@@ -1,0 +1,229 @@
+//! The store against real SQLite files: the shared conformance cases, plus what only SQLite has
+//! (the file, its directory, pragmas, URL forms).
+
+mod conformance;
+
+use std::path::Path;
+
+use kokino_core::{AgentId, CliType};
+use kokino_store::{Store, StoreError};
+use sqlx::Connection;
+use tempfile::TempDir;
+
+/// A store on a fresh database file; the directory lives as long as the returned guard.
+async fn sqlite_store() -> (Store, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kokino.db").display());
+    (Store::open(&url).await.unwrap(), dir)
+}
+
+/// Runs one conformance case per test, each on its own database.
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let (store, _dir) = sqlite_store().await;
+                conformance::$case(&store).await;
+            }
+        )+
+    };
+}
+
+conformance!(
+    ping_answers,
+    agent_upsert_is_idempotent,
+    agent_record_round_trips,
+    session_lifecycle,
+    session_requires_known_agent,
+    execution_begin_and_finish,
+    failed_execution_records_system_turn,
+    finish_of_unknown_execution_writes_nothing,
+    begin_on_unknown_conversation_writes_nothing,
+    duplicate_execution_id_rolls_back_the_user_turn,
+    concurrent_executions_keep_sequences_contiguous,
+    turns_are_visible_only_to_their_agent,
+    conversations_list_newest_first,
+    delete_conversation_cascades,
+    delete_agent_without_purge_keeps_history,
+    delete_agent_with_purge_removes_history,
+    idle_sessions_are_swept,
+    events_filter_and_order,
+    event_limit_defaults_and_caps,
+    conversations_are_independent,
+);
+
+#[tokio::test]
+async fn open_creates_directory_file_and_pragmas() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("nested").join("kokino.db");
+    assert!(!db.parent().unwrap().exists());
+    let store = Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    assert!(db.is_file());
+    assert_eq!(store.kind(), "sqlite");
+
+    // Read through the store's own pooled connections: synchronous and foreign_keys are
+    // per-connection settings, so only the store's connections can prove them.
+    assert_eq!(store.sqlite_pragma("journal_mode").await.unwrap(), "wal");
+    assert_eq!(store.sqlite_pragma("synchronous").await.unwrap(), "2");
+    assert_eq!(store.sqlite_pragma("foreign_keys").await.unwrap(), "1");
+    assert_eq!(store.sqlite_pragma("busy_timeout").await.unwrap(), "5000");
+    assert!(matches!(
+        store.sqlite_pragma("writable_schema").await,
+        Err(StoreError::Unsupported(_))
+    ));
+
+    // Several reads at once, so the pool opens more connections; all carry the settings.
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.sqlite_pragma("foreign_keys").await })
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.await.unwrap().unwrap(), "1");
+    }
+}
+
+#[tokio::test]
+async fn accepts_every_url_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let forms = [
+        format!("sqlite://{}", dir.path().join("a/one.db").display()),
+        format!("sqlite:{}", dir.path().join("b/two.db").display()),
+        dir.path().join("c/three.db").display().to_string(),
+        format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("d/four.db").display()
+        ),
+    ];
+    for url in &forms {
+        let store = Store::open(url).await.unwrap();
+        store.ping().await.unwrap();
+    }
+    for file in ["a/one.db", "b/two.db", "c/three.db", "d/four.db"] {
+        assert!(dir.path().join(file).is_file(), "{file}");
+    }
+    assert!(matches!(
+        Store::open("sqlite::memory:").await,
+        Err(StoreError::Unsupported(_))
+    ));
+    assert!(matches!(
+        Store::open("postgres://localhost/kokino").await,
+        Err(StoreError::Unsupported(_))
+    ));
+}
+
+#[tokio::test]
+async fn unusable_data_directory_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let err = Store::open(&format!(
+        "sqlite://{}/kokino.db",
+        blocker.join("sub").display()
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::DataDir { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn reopen_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kokino.db").display());
+    let alpha = AgentId::parse("alpha").unwrap();
+    let (agent, session, turn) = {
+        let store = Store::open(&url).await.unwrap();
+        let agent = store
+            .upsert_agent(&conformance::spec("alpha"))
+            .await
+            .unwrap();
+        let session = store
+            .create_session(&alpha, CliType::ClaudeCode, Some("pre"))
+            .await
+            .unwrap();
+        let turn = store
+            .begin_execution(&conformance::new_execution(
+                "alpha",
+                &session.conversation_id,
+                "persist me",
+            ))
+            .await
+            .unwrap();
+        (agent, session, turn)
+    };
+
+    // Opening again applies no migration twice and finds everything.
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(store.get_agent(&alpha).await.unwrap().unwrap(), agent);
+    let reread = store.get_session(&alpha).await.unwrap().unwrap();
+    assert_eq!(reread.conversation_id, session.conversation_id);
+    let (_, turns) = store
+        .get_conversation(&session.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(turns, vec![turn]);
+    assert_eq!(store.running_executions().await.unwrap().len(), 1);
+}
+
+/// Writes through a separate connection, bypassing the store, to plant bad rows.
+async fn raw_execute(db: &Path, sql: &str) {
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_rows_are_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kokino.db");
+    let store = Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    store
+        .upsert_agent(&conformance::spec("alpha"))
+        .await
+        .unwrap();
+    raw_execute(
+        &db,
+        "UPDATE agents SET type = 'claude' WHERE agent_id = 'alpha'",
+    )
+    .await;
+
+    let alpha = AgentId::parse("alpha").unwrap();
+    let err = store.get_agent(&alpha).await.unwrap_err();
+    match &err {
+        StoreError::Corrupt { table, message } => {
+            assert_eq!(*table, "agents");
+            assert!(message.contains("type"), "{message}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        store.list_agents().await,
+        Err(StoreError::Corrupt {
+            table: "agents",
+            ..
+        })
+    ));
+
+    raw_execute(
+        &db,
+        "INSERT INTO conversations VALUES \
+         ('c1', 'alpha', 'codex', NULL, 'active', 'yesterday', '2025-01-01T00:00:00.000Z')",
+    )
+    .await;
+    assert!(matches!(
+        store.get_conversation("c1").await,
+        Err(StoreError::Corrupt {
+            table: "conversations",
+            ..
+        })
+    ));
+}
