@@ -155,7 +155,17 @@ mod tests {
     #[test]
     fn agent_ids_reject_separators_metacharacters_control_and_length() {
         for bad in [
-            "", "-a", ".a", "a/b", "../x", "a b", "a;rm", "a$(x)", "a\nb", "a\u{0}", "é",
+            "",
+            "-a",
+            ".a",
+            "a/b",
+            "../x",
+            "a b",
+            "a;rm",
+            "a$(x)",
+            "a\nb",
+            "a\u{0}",
+            "é",
             &"a".repeat(129),
         ] {
             let err = AgentId::parse(bad).unwrap_err();

@@ -64,10 +64,10 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         // Only clear the holder if it is still us; the permit itself is released right after.
-        let _ = self
-            .slot
-            .holder
-            .compare_exchange(self.token, 0, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.slot
+                .holder
+                .compare_exchange(self.token, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -237,7 +237,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn different_agents_do_not_wait_for_each_other() {
         let locks = AgentLocks::new();
-        let _a = locks.acquire(&id("a"), Duration::from_secs(1)).await.unwrap();
+        let _a = locks
+            .acquire(&id("a"), Duration::from_secs(1))
+            .await
+            .unwrap();
         let b = locks.acquire(&id("b"), Duration::ZERO).await;
         assert!(b.is_ok());
     }

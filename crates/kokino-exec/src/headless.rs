@@ -69,7 +69,9 @@ pub enum StopReason {
     /// The final event was read but the CLI did not exit within the post-result grace. The answer
     /// stands.
     PostResultGrace,
-    MemoryLimit { rss_bytes: u64 },
+    MemoryLimit {
+        rss_bytes: u64,
+    },
 }
 
 /// What happened during a run, as it happens.
@@ -168,7 +170,11 @@ fn group_alive(pgid: i32) -> bool {
 
 /// SIGTERM to the whole group, wait up to `grace` for the CLI and everything it started to exit,
 /// then SIGKILL the group and reap. Returns the CLI's exit status if it had not been reaped yet.
-async fn terminate_group(pgid: i32, child: Option<&mut Child>, grace: Duration) -> Option<ExitStatus> {
+async fn terminate_group(
+    pgid: i32,
+    child: Option<&mut Child>,
+    grace: Duration,
+) -> Option<ExitStatus> {
     signal_group(pgid, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     let mut status = None;

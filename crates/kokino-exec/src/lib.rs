@@ -13,8 +13,6 @@ pub mod procfs;
 mod resolve;
 
 pub use error::ExecError;
-pub use headless::{
-    run_headless, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason,
-};
+pub use headless::{run_headless, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason};
 pub use resolve::resolve_binary;
 pub use tokio_util::sync::CancellationToken;

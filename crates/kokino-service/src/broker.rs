@@ -167,7 +167,10 @@ impl Broker {
                 });
             }
         }
-        for (field, value) in [("timeoutMs", spec.timeout_ms), ("maxMemoryMB", spec.max_memory_mb)] {
+        for (field, value) in [
+            ("timeoutMs", spec.timeout_ms),
+            ("maxMemoryMB", spec.max_memory_mb),
+        ] {
             if value == Some(0) {
                 return Err(ServiceError::BadRequest {
                     field: Some(field),
@@ -175,7 +178,11 @@ impl Broker {
                 });
             }
         }
-        if let Some(key) = spec.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        if let Some(key) = spec
+            .env
+            .keys()
+            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
             return Err(ServiceError::BadRequest {
                 field: Some("env"),
                 message: format!("env key {key:?} is not a valid environment variable name"),
@@ -242,7 +249,12 @@ impl Broker {
     // ------------------------------------------------------------------ execution
 
     fn running(&self, id: &AgentId) -> Option<Running> {
-        self.inner.running.lock().expect("running table").get(id).cloned()
+        self.inner
+            .running
+            .lock()
+            .expect("running table")
+            .get(id)
+            .cloned()
     }
 
     /// The mode an execution of this agent will use. Only headless runs exist in this build;
@@ -314,7 +326,8 @@ impl Broker {
         let guard = match acquired {
             Ok(g) => g,
             Err(e) => {
-                metrics::counter!(telemetry::LOCK_TIMEOUTS_TOTAL, "cli" => cli.as_str()).increment(1);
+                metrics::counter!(telemetry::LOCK_TIMEOUTS_TOTAL, "cli" => cli.as_str())
+                    .increment(1);
                 let mut ev = event("LOCK_TIMEOUT", Some(id.as_str()), Some(cli.as_str()));
                 ev.success = Some(false);
                 ev.duration_ms = Some(millis(wait) as i64);
@@ -390,7 +403,9 @@ impl Broker {
                 None => {
                     let preassigned = kokino_cli::preassigns_session_id(cli)
                         .then(|| uuid::Uuid::new_v4().to_string());
-                    let s = store.create_session(&id, cli, preassigned.as_deref()).await?;
+                    let s = store
+                        .create_session(&id, cli, preassigned.as_deref())
+                        .await?;
                     let mut ev = event("SESSION_CREATED", Some(id.as_str()), Some(cli.as_str()));
                     ev.metadata = json!({"conversationId": s.conversation_id});
                     self.inner.events.emit(ev);
@@ -455,7 +470,8 @@ impl Broker {
             "resume": resume_id.is_some(),
         });
         if cfg.event_prompt_preview {
-            start_ev.metadata["promptPreview"] = json!(req.prompt.chars().take(100).collect::<String>());
+            start_ev.metadata["promptPreview"] =
+                json!(req.prompt.chars().take(100).collect::<String>());
         }
         self.inner.events.emit(start_ev);
 
@@ -503,13 +519,30 @@ impl Broker {
                     memory_sample_every: cfg.memory_sample_every,
                     max_line_bytes: cfg.max_line_bytes,
                 };
-                self.run_process(&agent, mode, &session, &execution_id, guard.token(), cmd, limits, progress)
-                    .await
+                self.run_process(
+                    &agent,
+                    mode,
+                    &session,
+                    &execution_id,
+                    guard.token(),
+                    cmd,
+                    limits,
+                    progress,
+                )
+                .await
             }
         };
 
-        self.finish(&agent, mode, &session, &execution_id, waited_ms, timeout, result)
-            .await
+        self.finish(
+            &agent,
+            mode,
+            &session,
+            &execution_id,
+            waited_ms,
+            timeout,
+            result,
+        )
+        .await
         // `guard` drops here, after the outcome is stored: the next waiter sees a finished run.
     }
 
@@ -555,7 +588,13 @@ impl Broker {
             while let Some(ev) = rx.recv().await {
                 match ev {
                     ExecEvent::Started { pid, start_time } => {
-                        if let Some(r) = self.inner.running.lock().expect("running table").get_mut(id) {
+                        if let Some(r) = self
+                            .inner
+                            .running
+                            .lock()
+                            .expect("running table")
+                            .get_mut(id)
+                        {
                             if r.token == token {
                                 r.pid = Some(pid);
                             }
@@ -568,7 +607,8 @@ impl Broker {
                         {
                             tracing::warn!(error = %e, "could not record the process of an execution");
                         }
-                        let mut ev = event("PROCESS_STARTED", Some(id.as_str()), Some(cli.as_str()));
+                        let mut ev =
+                            event("PROCESS_STARTED", Some(id.as_str()), Some(cli.as_str()));
                         ev.metadata = json!({"pid": pid, "executionId": execution_id});
                         self.inner.events.emit(ev);
                         if let Some(p) = &progress {
@@ -644,11 +684,12 @@ impl Broker {
         let outcome = result.outcome;
         let success = outcome == OutcomeClass::Success;
         let error_message = result.error_message();
-        let session_id = result
-            .parsed
-            .session_id
-            .clone()
-            .or_else(|| session.cli_session_id.clone().filter(|_| session.cli_session_started));
+        let session_id = result.parsed.session_id.clone().or_else(|| {
+            session
+                .cli_session_id
+                .clone()
+                .filter(|_| session.cli_session_started)
+        });
         let duration_ms = millis(result.duration);
         let turn_meta = json!({
             "executionId": execution_id,
@@ -663,7 +704,10 @@ impl Broker {
             "numTurns": result.parsed.num_turns,
         });
         let (role, content) = if success {
-            (Role::Assistant, result.parsed.answer.clone().unwrap_or_default())
+            (
+                Role::Assistant,
+                result.parsed.answer.clone().unwrap_or_default(),
+            )
         } else {
             (
                 Role::System,
@@ -716,7 +760,11 @@ impl Broker {
             self.inner.events.emit(ev);
         }
         if let Some(StopReason::MemoryLimit { rss_bytes }) = result.stop {
-            let mut ev = event("PROCESS_LIMIT_EXCEEDED", Some(id.as_str()), Some(cli.as_str()));
+            let mut ev = event(
+                "PROCESS_LIMIT_EXCEEDED",
+                Some(id.as_str()),
+                Some(cli.as_str()),
+            );
             ev.metadata = json!({"rssBytes": rss_bytes, "executionId": execution_id});
             self.inner.events.emit(ev);
         }
@@ -833,8 +881,13 @@ impl Broker {
         self.cancel_and_wait(&id).await;
         let ended = self.inner.store.end_session(&id).await?;
         if let Some(s) = &ended {
-            let mut ev = event("SESSION_ENDED", Some(id.as_str()), Some(agent.spec.cli_type.as_str()));
-            ev.metadata = json!({"sessionId": s.cli_session_id, "conversationId": s.conversation_id});
+            let mut ev = event(
+                "SESSION_ENDED",
+                Some(id.as_str()),
+                Some(agent.spec.cli_type.as_str()),
+            );
+            ev.metadata =
+                json!({"sessionId": s.cli_session_id, "conversationId": s.conversation_id});
             self.inner.events.emit(ev);
         }
         Ok(EndSessionResult {
@@ -903,8 +956,9 @@ impl Broker {
                 .next()
                 .map(|c| c.conversation_id),
         };
-        let conv_id = conv_id
-            .ok_or_else(|| ServiceError::ConversationNotFound(format!("(none yet for agent {id})")))?;
+        let conv_id = conv_id.ok_or_else(|| {
+            ServiceError::ConversationNotFound(format!("(none yet for agent {id})"))
+        })?;
         self.conversation(&conv_id).await
     }
 
@@ -945,7 +999,10 @@ impl Broker {
                 }
             }
         }
-        self.inner.store.delete_conversation(conversation_id).await?;
+        self.inner
+            .store
+            .delete_conversation(conversation_id)
+            .await?;
         Ok(())
     }
 
@@ -994,7 +1051,10 @@ impl Broker {
         }
         self.inner.tasks.close();
         let wait = self.inner.cfg.kill_grace + Duration::from_secs(5);
-        if tokio::time::timeout(wait, self.inner.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(wait, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::error!("some executions did not stop in time");
         }
     }

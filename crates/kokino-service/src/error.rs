@@ -9,7 +9,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ServiceError {
     #[error("{message}")]
-    BadRequest { field: Option<&'static str>, message: String },
+    BadRequest {
+        field: Option<&'static str>,
+        message: String,
+    },
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("agent {0} is not registered")]
@@ -21,8 +24,13 @@ pub enum ServiceError {
     #[error("timed out after {waited_ms} ms waiting for agent {agent_id}'s lock (another execution is running)")]
     LockTimeout { agent_id: String, waited_ms: u64 },
     #[error("execution of agent {agent_id} was cancelled")]
-    Cancelled { agent_id: String, execution_id: String },
-    #[error("execution of agent {agent_id} exceeded its timeout of {timeout_ms} ms and was stopped")]
+    Cancelled {
+        agent_id: String,
+        execution_id: String,
+    },
+    #[error(
+        "execution of agent {agent_id} exceeded its timeout of {timeout_ms} ms and was stopped"
+    )]
     Timeout {
         agent_id: String,
         execution_id: String,

@@ -6,7 +6,10 @@ use kokino_cli::StreamEvent;
 use kokino_core::{AgentRecord, CommMode, Usage};
 use serde::{Deserialize, Serialize};
 
+/// The body of `POST /agents/{id}/execute`. Unknown fields are refused: a misspelt
+/// `timeoutMS` silently ignored would be worse than a 400.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExecuteRequest {
     pub prompt: String,
     pub timeout_ms: Option<u64>,
@@ -47,7 +50,9 @@ pub struct ExecuteResponse {
 /// Progress of one execute call, for streaming clients.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
-    Queued { position: usize },
+    Queued {
+        position: usize,
+    },
     Started {
         pid: i32,
         mode: CommMode,

@@ -150,11 +150,7 @@ impl EventSink {
 }
 
 /// Shorthand for building an event.
-pub fn event(
-    event_type: &str,
-    agent_id: Option<&str>,
-    cli_type: Option<&str>,
-) -> NewEvent {
+pub fn event(event_type: &str, agent_id: Option<&str>, cli_type: Option<&str>) -> NewEvent {
     NewEvent {
         event_type: event_type.to_owned(),
         agent_id: agent_id.map(str::to_owned),

@@ -1,0 +1,153 @@
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kokino_core::OutcomeClass;
+use kokino_service::ServiceError;
+use serde_json::{json, Value};
+
+/// An error as the client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: json!({}),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(field: Option<&str>, message: impl Into<String>) -> Self {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message);
+        if let Some(f) = field {
+            e.details = json!({ "field": f });
+        }
+        e
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// The JSON body, shared by plain responses and the SSE `error` event.
+    pub fn body(&self) -> Value {
+        json!({"error": self.message, "code": self.code, "details": self.details})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServiceError::BadRequest { field, .. } => ApiError::bad_request(field, message),
+            ServiceError::PayloadTooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message)
+            }
+            ServiceError::AgentNotFound(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, "AGENT_NOT_FOUND", message)
+                    .with_details(json!({"agentId": id}))
+            }
+            ServiceError::ConversationNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "CONVERSATION_NOT_FOUND", message)
+            }
+            ServiceError::TurnNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "TURN_NOT_FOUND", message)
+            }
+            ServiceError::LockTimeout {
+                agent_id,
+                waited_ms,
+            } => ApiError::new(StatusCode::CONFLICT, "LOCK_TIMEOUT", message)
+                .with_details(json!({"agentId": agent_id, "waitedMs": waited_ms})),
+            ServiceError::Cancelled {
+                agent_id,
+                execution_id,
+            } => ApiError::new(StatusCode::CONFLICT, "EXECUTION_CANCELLED", message)
+                .with_details(json!({"agentId": agent_id, "executionId": execution_id})),
+            ServiceError::Timeout {
+                agent_id,
+                execution_id,
+                timeout_ms,
+            } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "EXECUTION_TIMEOUT", message)
+                .with_details(json!({
+                    "agentId": agent_id, "executionId": execution_id, "timeoutMs": timeout_ms,
+                    "classification": "timeout",
+                })),
+            ServiceError::CliFailed {
+                agent_id,
+                execution_id,
+                class,
+                exit_code,
+                signal,
+                stderr_tail,
+                retry_after_secs,
+                ..
+            } => {
+                let details = json!({
+                    "agentId": agent_id, "executionId": execution_id,
+                    "classification": class.as_str(), "exitCode": exit_code,
+                    "signal": signal, "stderrTail": stderr_tail,
+                });
+                if class == OutcomeClass::RateLimited {
+                    let mut e =
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "RATE_LIMITED", message)
+                            .with_details(details);
+                    e.retry_after = Some(Duration::from_secs(retry_after_secs.unwrap_or(60)));
+                    e
+                } else {
+                    ApiError::new(StatusCode::BAD_GATEWAY, "CLI_FAILED", message)
+                        .with_details(details)
+                }
+            }
+            ServiceError::NoExecutionMode { retry_after, .. } => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NO_EXECUTION_MODE",
+                    message,
+                );
+                e.retry_after = retry_after;
+                e
+            }
+            ServiceError::StoreUnavailable(_) => {
+                tracing::error!(error = %message, "store error");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORE_UNAVAILABLE",
+                    message,
+                );
+                e.retry_after = Some(Duration::from_secs(5));
+                e
+            }
+            ServiceError::ShuttingDown => {
+                let mut e =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", message);
+                e.retry_after = Some(Duration::from_secs(5));
+                e
+            }
+            ServiceError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", message),
+        }
+    }
+}

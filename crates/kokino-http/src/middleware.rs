@@ -1,0 +1,86 @@
+//! Cross-cutting request handling: bearer-token auth and per-route metrics.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use kokino_service::telemetry;
+
+use crate::{ApiError, AppState};
+
+/// When a token is configured, every non-GET request and every log read needs it. Reads of
+/// status stay open so that dashboards and `curl | jq` work without credentials, but logs can
+/// hold prompts and answers.
+pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = state.token.as_deref() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let needs = !matches!(*req.method(), Method::GET | Method::HEAD)
+        || (path.starts_with("/agents/") && path.ends_with("/logs"));
+    if !needs {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "invalid bearer token",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "this endpoint needs `Authorization: Bearer <token>`",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a guess was
+/// right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Requests by route template (bounded: never the raw path), method and status, with latency.
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(telemetry::HTTP_REQUESTS_TOTAL,
+        "route" => route.clone(), "method" => method.clone(), "status" => status)
+    .increment(1);
+    metrics::histogram!(telemetry::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

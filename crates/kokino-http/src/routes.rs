@@ -1,0 +1,383 @@
+//! Routes and handlers.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kokino_core::{AgentId, AgentSpec, CliType, CommMode, Conversation, Turn};
+use kokino_service::ExecuteRequest;
+use kokino_store::EventFilter;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::extract::{AgentPath, JsonBody};
+use crate::{middleware, sse, ApiError, AppState};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/agents/register", post(register))
+        .route("/agents", get(list_agents))
+        .route("/agents/sessions/status", get(sessions_status))
+        .route("/agents/sessions/clear", post(clear_sessions))
+        .route("/agents/{id}", get(get_agent).delete(delete_agent))
+        .route("/agents/{id}/execute", post(execute))
+        .route("/agents/{id}/execute/stream", post(execute_stream))
+        .route("/agents/{id}/execute/cancel", post(cancel))
+        .route("/agents/{id}/end-session", post(end_session))
+        .route("/agents/{id}/conversation", get(current_conversation))
+        .route("/agents/{id}/conversations", get(list_conversations))
+        .route("/agents/{id}/conversation/turns/{turn_id}", get(get_turn))
+        .route(
+            "/conversations/{conversation_id}",
+            get(get_conversation).delete(delete_conversation),
+        )
+        .route("/api/metrics/events", get(list_events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::auth,
+        ))
+        .route_layer(axum::middleware::from_fn(middleware::track))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this endpoint",
+    )
+}
+
+// ---------------------------------------------------------------- service
+
+async fn health(State(s): State<AppState>) -> Response {
+    let h = s.broker.health().await;
+    let status = if h.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(h)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        (s.metrics)(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------- agents
+
+/// `POST /agents/register`. Strict about unknown fields (a misspelt field silently ignored is
+/// worse than a 400), but reads `metadata.commMode`, `metadata.cwd`, `metadata.role` and
+/// `metadata.systemPrompt` for the predecessor's clients when the top-level field is absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RegisterBody {
+    agent_id: String,
+    #[serde(rename = "type")]
+    cli_type: String,
+    comm_mode: Option<String>,
+    cwd: Option<String>,
+    model: Option<String>,
+    role: Option<String>,
+    system_prompt: Option<String>,
+    timeout_ms: Option<u64>,
+    #[serde(rename = "maxMemoryMB")]
+    max_memory_mb: Option<u64>,
+    env: Option<BTreeMap<String, String>>,
+    binary: Option<String>,
+    extra_args: Option<Vec<String>>,
+    metadata: Option<serde_json::Map<String, Value>>,
+}
+
+fn legacy_string(
+    meta: &serde_json::Map<String, Value>,
+    key: &'static str,
+) -> ApiResult<Option<String>> {
+    match meta.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(
+            Some(&format!("metadata.{key}")),
+            format!("metadata.{key} must be a string"),
+        )),
+    }
+}
+
+impl RegisterBody {
+    fn into_spec(self) -> ApiResult<AgentSpec> {
+        let metadata = self.metadata.unwrap_or_default();
+        let agent_id = AgentId::parse(&self.agent_id)
+            .map_err(|e| ApiError::bad_request(Some("agentId"), e.to_string()))?;
+        let cli_type: CliType = self.cli_type.parse().map_err(|e: kokino_core::CoreError| {
+            ApiError::bad_request(Some("type"), e.to_string())
+        })?;
+        let comm_mode = match self.comm_mode.or(legacy_string(&metadata, "commMode")?) {
+            None => CommMode::Headless,
+            Some(m) => m.parse().map_err(|e: kokino_core::CoreError| {
+                ApiError::bad_request(Some("commMode"), e.to_string())
+            })?,
+        };
+        if let Some(b) = &self.binary {
+            if b.is_empty() || b.contains('\0') {
+                return Err(ApiError::bad_request(
+                    Some("binary"),
+                    "binary must be a non-empty command name or path",
+                ));
+            }
+        }
+        Ok(AgentSpec {
+            agent_id,
+            cli_type,
+            comm_mode,
+            cwd: self.cwd.or(legacy_string(&metadata, "cwd")?),
+            model: self.model,
+            role: self.role.or(legacy_string(&metadata, "role")?),
+            system_prompt: self
+                .system_prompt
+                .or(legacy_string(&metadata, "systemPrompt")?),
+            timeout_ms: self.timeout_ms,
+            max_memory_mb: self.max_memory_mb,
+            env: self.env.unwrap_or_default(),
+            binary: self.binary,
+            extra_args: self.extra_args.unwrap_or_default(),
+            metadata,
+        })
+    }
+}
+
+async fn register(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> ApiResult<Json<kokino_core::AgentRecord>> {
+    let spec = body.into_spec()?;
+    Ok(Json(s.broker.register_agent(spec).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentFilter {
+    #[serde(rename = "type")]
+    cli_type: Option<String>,
+    comm_mode: Option<String>,
+}
+
+async fn list_agents(
+    State(s): State<AppState>,
+    query: Result<Query<AgentFilter>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<kokino_core::AgentRecord>>> {
+    let Query(f) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let cli_type = f
+        .cli_type
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<CliType>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(Some("type"), e.to_string()))?;
+    let comm_mode = f
+        .comm_mode
+        .filter(|m| !m.is_empty())
+        .map(|m| m.parse::<CommMode>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(Some("commMode"), e.to_string()))?;
+    Ok(Json(s.broker.list_agents(cli_type, comm_mode).await?))
+}
+
+async fn get_agent(State(s): State<AppState>, AgentPath(id): AgentPath) -> ApiResult<Response> {
+    Ok(Json(s.broker.get_agent(id.as_str()).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct PurgeQuery {
+    purge: Option<String>,
+}
+
+async fn delete_agent(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+    query: Result<Query<PurgeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<StatusCode> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let purge = match q.purge.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                Some("purge"),
+                format!("purge must be true or false, not {other:?}"),
+            ))
+        }
+    };
+    if s.broker.delete_agent(id.as_str(), purge).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(kokino_service::ServiceError::AgentNotFound(id.to_string()).into())
+    }
+}
+
+// ---------------------------------------------------------------- execution
+
+async fn execute(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+    JsonBody(req): JsonBody<ExecuteRequest>,
+) -> ApiResult<Response> {
+    let resp = s.broker.execute(id.as_str(), req, None).await?;
+    Ok(Json(resp).into_response())
+}
+
+async fn execute_stream(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+    JsonBody(req): JsonBody<ExecuteRequest>,
+) -> Response {
+    sse::execute_stream(s, id.to_string(), req).into_response()
+}
+
+async fn cancel(State(s): State<AppState>, AgentPath(id): AgentPath) -> ApiResult<Response> {
+    Ok(Json(s.broker.cancel(id.as_str())?).into_response())
+}
+
+async fn end_session(State(s): State<AppState>, AgentPath(id): AgentPath) -> ApiResult<Response> {
+    Ok(Json(s.broker.end_session(id.as_str()).await?).into_response())
+}
+
+async fn sessions_status(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.broker.sessions_status().await?).into_response())
+}
+
+async fn clear_sessions(State(s): State<AppState>) -> ApiResult<Response> {
+    let ended = s.broker.clear_sessions().await?;
+    Ok(Json(json!({ "ended": ended })).into_response())
+}
+
+// ---------------------------------------------------------------- conversations
+
+fn conversation_body(conv: Conversation, turns: Vec<Turn>) -> Value {
+    let mut body = serde_json::to_value(conv).unwrap_or_default();
+    body["turns"] = serde_json::to_value(turns).unwrap_or_default();
+    body
+}
+
+async fn current_conversation(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+) -> ApiResult<Json<Value>> {
+    let (conv, turns) = s.broker.current_conversation(id.as_str()).await?;
+    Ok(Json(conversation_body(conv, turns)))
+}
+
+async fn list_conversations(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+) -> ApiResult<Json<Vec<Conversation>>> {
+    Ok(Json(s.broker.conversations(id.as_str()).await?))
+}
+
+async fn get_conversation(
+    State(s): State<AppState>,
+    Path(conversation_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (conv, turns) = s.broker.conversation(&conversation_id).await?;
+    Ok(Json(conversation_body(conv, turns)))
+}
+
+async fn get_turn(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+    Path((_, turn_id)): Path<(String, String)>,
+) -> ApiResult<Json<Turn>> {
+    Ok(Json(s.broker.turn(id.as_str(), &turn_id).await?))
+}
+
+async fn delete_conversation(
+    State(s): State<AppState>,
+    Path(conversation_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.broker.delete_conversation(&conversation_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- events
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsQuery {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    agent_id: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_events(
+    State(s): State<AppState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => Some(parse_since(raw).ok_or_else(|| {
+            ApiError::bad_request(
+                Some("since"),
+                format!("since must be an RFC 3339 time or epoch milliseconds, not {raw:?}"),
+            )
+        })?),
+    };
+    let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
+        None => 100,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    Some("limit"),
+                    format!("limit must be an integer from 1 to 10000, not {raw:?}"),
+                ))
+            }
+        },
+    };
+    let events = s
+        .broker
+        .store()
+        .list_events(&EventFilter {
+            event_type: q.event_type.filter(|t| !t.is_empty()),
+            agent_id: q.agent_id.filter(|a| !a.is_empty()),
+            since,
+            limit,
+        })
+        .await
+        .map_err(kokino_service::ServiceError::from)?;
+    Ok(Json(json!({ "events": events })))
+}
+
+fn parse_since(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(ms) = raw.parse::<i64>() {
+        return chrono::DateTime::from_timestamp_millis(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
