@@ -1,1 +1,123 @@
-fn main() {}
+//! Kokino's developer tasks, run as `cargo xtask <task>` (the alias is in `.cargo/config.toml`).
+//!
+//! Automation lives here, in Rust, rather than in shell scripts or CI YAML, so that "what CI
+//! runs" is one command every developer can run locally. The architecture checks are not here:
+//! they are ordinary tests (`xtask/tests/layering.rs`), so `cargo test --workspace` alone already
+//! enforces them.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Kokino's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Runs what CI runs, in order, and stops at the first failure: rustfmt check, clippy with
+    /// warnings denied, the whole test suite (including the layering test), and cargo-deny when
+    /// it is installed.
+    Ci,
+    /// Runs the benchmarks. Everything after `bench` is passed to the bench task unparsed.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Ci => ci(),
+        Task::Bench { args } => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line, which is what a CI log needs.
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ci() -> anyhow::Result<()> {
+    let steps: [&[&str]; 3] = [
+        &["fmt", "--all", "--", "--check"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &["test", "--workspace"],
+    ];
+    for args in steps {
+        cargo_step(args)?;
+    }
+
+    // cargo-deny is a separate install. Skipping it with a visible note keeps `cargo xtask ci`
+    // usable on a fresh machine, while CI (which installs it) still runs the check.
+    if cargo_deny_installed() {
+        cargo_step(&["deny", "check"])?;
+    } else {
+        println!(
+            "note: cargo-deny is not installed, so `cargo deny check` was skipped \
+             (install it with `cargo install --locked cargo-deny`)"
+        );
+    }
+    println!("xtask ci: all steps passed");
+    Ok(())
+}
+
+/// Runs one `cargo` step from the workspace root, echoing it first so that a failure in the log
+/// is easy to attribute.
+fn cargo_step(args: &[&str]) -> anyhow::Result<()> {
+    println!("==> cargo {}", args.join(" "));
+    let status = cargo()
+        .args(args)
+        .status()
+        .with_context(|| format!("could not start `cargo {}`", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo_deny_installed() -> bool {
+    cargo()
+        .args(["deny", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A `cargo` command rooted at the workspace. `$CARGO` is the cargo that started us (set by
+/// `cargo run`), so a toolchain chosen with `cargo +nightly xtask` is used for every step.
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask sits one level below the workspace root; the path is fixed at compile time, so the
+    // tasks work from whatever directory `cargo xtask` is run in.
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}

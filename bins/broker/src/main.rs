@@ -1,1 +1,129 @@
-fn main() {}
+//! `kokino-broker`: composes the store, the service and the HTTP API into the service operators
+//! run. Everything interesting lives in the library crates; this file only wires them.
+
+mod config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kokino_service::telemetry;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    let args = config::Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("kokino-broker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: config::Args) -> Result<()> {
+    let settings = config::load(args)?;
+    init_logging(settings.json_logs);
+
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::EXECUTION_DURATION.into()),
+            telemetry::EXECUTION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::LOCK_WAIT.into()),
+            telemetry::LOCK_WAIT_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::HTTP_REQUEST_DURATION.into()),
+            &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::PROCESS_PEAK_RSS.into()),
+            &[16e6, 64e6, 128e6, 256e6, 512e6, 1024e6, 2048e6, 4096e6],
+        )?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    telemetry::describe_metrics();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    std::fs::create_dir_all(&settings.service.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            settings.service.data_dir.display()
+        )
+    })?;
+    let store = kokino_store::Store::open(&settings.database_url)
+        .await
+        .with_context(|| format!("cannot open the store at {}", settings.database_url))?;
+    let broker = kokino_service::Broker::start(store, settings.service.clone()).await?;
+    for spec in settings.agents {
+        let id = spec.agent_id.clone();
+        broker
+            .register_agent(spec)
+            .await
+            .with_context(|| format!("cannot register agent {id} from the config file"))?;
+    }
+
+    let state = kokino_http::AppState {
+        broker: broker.clone(),
+        metrics: Arc::new(move || handle.render()),
+        token: settings.token.map(Arc::from),
+        body_limit: settings.body_limit,
+    };
+    let app = kokino_http::router(state);
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        store = broker.store().kind(),
+        data_dir = %settings.service.data_dir.display(),
+        "kokino-broker listening"
+    );
+
+    // On SIGTERM/SIGINT: stop accepting, cancel running CLIs (they are recorded as cancelled and
+    // their callers get 409), and wait for them, so no CLI is orphaned.
+    let stopping = broker.clone();
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: stopping running executions");
+        stopping.shutdown().await;
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error")?;
+    broker.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_env("KOKINO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

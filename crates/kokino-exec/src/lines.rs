@@ -21,6 +21,7 @@ pub(crate) struct BoundedLines<R> {
     /// When set, the current line overflowed; count its bytes until the next newline.
     discarding: Option<usize>,
     eof: bool,
+    scratch: Box<[u8; CHUNK]>,
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -34,11 +35,13 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
             max_line,
             discarding: None,
             eof: false,
+            scratch: Box::new([0; CHUNK]),
         }
     }
 
     /// The next line without its newline (and without a trailing `\r`), or `None` at end of
-    /// stream. A final line without a newline is still returned.
+    /// stream. A final line without a newline is still returned. Cancel-safe: dropping the
+    /// future loses no input.
     pub(crate) async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
         loop {
             if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
@@ -75,10 +78,10 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
                 self.scanned = 0;
                 return Ok(Some(Line::Text(into_string(line))));
             }
-            let len = self.buf.len();
-            self.buf.resize(len + CHUNK, 0);
-            let n = self.reader.read(&mut self.buf[len..]).await?;
-            self.buf.truncate(len + n);
+            // Read into scratch space and only then touch our state: `read` is cancel-safe, so
+            // this whole method is, and it runs inside a `select!` that drops it often.
+            let n = self.reader.read(&mut self.scratch[..]).await?;
+            self.buf.extend_from_slice(&self.scratch[..n]);
             if n == 0 {
                 self.eof = true;
             }
@@ -136,6 +139,34 @@ mod tests {
         let lines = collect(&input, 2_000_000).await;
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].len(), 1_000_000);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_pending_read_loses_nothing() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut lines = BoundedLines::new(rx, 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for i in 0..20 {
+                tx.write_all(format!("line {i}\n").as_bytes()).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            // A timer that often wins the race drops the read future half-way, as the
+            // executor's select loop does.
+            tokio::select! {
+                l = lines.next_line() => match l.unwrap() {
+                    Some(Line::Text(t)) => got.push(t),
+                    other => panic!("unexpected {:?}", other.is_some()),
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_micros(500)) => {}
+            }
+        }
+        writer.await.unwrap();
+        let want: Vec<String> = (0..20).map(|i| format!("line {i}")).collect();
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ mod sse;
 use std::sync::Arc;
 
 pub use error::ApiError;
-pub use routes::router;
+pub use routes::{agent_spec_from_json, router};
 
 /// Renders the Prometheus exposition text. The binary installs the recorder and passes its
 /// render function here, so this crate does not own global metric state.

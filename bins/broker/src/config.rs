@@ -1,0 +1,204 @@
+//! The broker's settings: defaults, then the TOML config file, then `KOKINO_*` variables and
+//! flags (clap reads both), later sources winning.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use kokino_core::{AgentSpec, CliType};
+use kokino_service::ServiceConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "kokino-broker", version, about = "Runs teams of AI coding-agent CLIs behind an HTTP API.")]
+pub struct Args {
+    /// TOML config file (see docs/reference/config.md).
+    #[arg(long, env = "KOKINO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on. A non-loopback address needs a token.
+    #[arg(long, env = "KOKINO_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// Directory for the database and agent logs (created on first start).
+    #[arg(long, env = "KOKINO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL; default sqlite://<data-dir>/kokino.db.
+    #[arg(long, env = "KOKINO_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File holding the bearer token required on non-GET endpoints.
+    #[arg(long, env = "KOKINO_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Broker log format.
+    #[arg(long, env = "KOKINO_LOG_FORMAT", value_parser = ["human", "json"])]
+    pub log_format: Option<String>,
+}
+
+/// The config file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct FileConfig {
+    pub bind: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub body_limit_bytes: Option<usize>,
+    pub max_prompt_bytes: Option<usize>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Binary per CLI type, e.g. `claude-code = "/opt/claude/bin/claude"`.
+    #[serde(default)]
+    pub binaries: BTreeMap<String, String>,
+    /// Variables removed from a CLI's environment unless the agent sets them.
+    #[serde(default)]
+    pub conflicting_env: BTreeMap<String, Vec<String>>,
+    /// Agents registered (upserted) at start, written like the register body.
+    #[serde(default)]
+    pub agents: Vec<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Limits {
+    pub execution_timeout_ms: Option<u64>,
+    pub lock_wait_ms: Option<u64>,
+    pub inactivity_timeout_ms: Option<u64>,
+    pub post_result_grace_ms: Option<u64>,
+    pub kill_grace_ms: Option<u64>,
+    pub max_memory_mb: Option<u64>,
+    pub memory_sample_ms: Option<u64>,
+    pub max_line_bytes: Option<usize>,
+    pub event_prompt_preview: Option<bool>,
+}
+
+/// Everything the broker needs to start, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub token: Option<String>,
+    pub json_logs: bool,
+    pub body_limit: usize,
+    pub service: ServiceConfig,
+    pub agents: Vec<AgentSpec>,
+}
+
+pub fn load(args: Args) -> Result<Settings> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let bind = args
+        .bind
+        .or(file.bind)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5050)));
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./data"));
+    let database_url = args
+        .database_url
+        .or(file.database_url)
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("kokino.db").display()));
+    let token = match args.token_file.or(file.token_file) {
+        Some(path) => {
+            let raw = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let token = raw.trim().to_owned();
+            if token.is_empty() {
+                bail!("the token file {} is empty", path.display());
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    if !bind.ip().is_loopback() && token.is_none() {
+        bail!(
+            "refusing to listen on {bind} without a token: a non-loopback address exposes agent \
+             execution to the network. Set --token-file (or KOKINO_TOKEN_FILE), or bind to 127.0.0.1"
+        );
+    }
+    let log_format = args.log_format.or(file.log_format);
+    let json_logs = match log_format.as_deref() {
+        None | Some("human") => false,
+        Some("json") => true,
+        Some(other) => bail!("log_format must be \"human\" or \"json\", not {other:?}"),
+    };
+
+    let mut service = ServiceConfig::with_data_dir(&data_dir);
+    let l = &file.limits;
+    let ms = Duration::from_millis;
+    if let Some(v) = l.execution_timeout_ms {
+        service.execution_timeout = ms(positive("limits.execution_timeout_ms", v)?);
+    }
+    if let Some(v) = l.lock_wait_ms {
+        service.lock_wait = ms(v);
+    }
+    if let Some(v) = l.inactivity_timeout_ms {
+        service.inactivity_timeout = ms(positive("limits.inactivity_timeout_ms", v)?);
+    }
+    if let Some(v) = l.post_result_grace_ms {
+        service.post_result_grace = ms(v);
+    }
+    if let Some(v) = l.kill_grace_ms {
+        service.kill_grace = ms(v);
+    }
+    if let Some(v) = l.max_memory_mb {
+        service.max_memory_mb = positive("limits.max_memory_mb", v)?;
+    }
+    if let Some(v) = l.memory_sample_ms {
+        service.memory_sample_every = ms(positive("limits.memory_sample_ms", v)?);
+    }
+    if let Some(v) = l.max_line_bytes {
+        service.max_line_bytes = v.max(64 * 1024);
+    }
+    if let Some(v) = l.event_prompt_preview {
+        service.event_prompt_preview = v;
+    }
+    let body_limit = file.body_limit_bytes.unwrap_or(1024 * 1024);
+    service.max_prompt_bytes = file.max_prompt_bytes.unwrap_or(body_limit);
+    for (cli, binary) in file.binaries {
+        service.binaries.insert(cli_type(&cli, "binaries")?, binary);
+    }
+    for (cli, vars) in file.conflicting_env {
+        service
+            .conflicting_vars
+            .insert(cli_type(&cli, "conflicting_env")?, vars);
+    }
+    let mut agents = Vec::new();
+    for (i, agent) in file.agents.into_iter().enumerate() {
+        let json = serde_json::to_value(agent)?;
+        let spec = kokino_http::agent_spec_from_json(json)
+            .map_err(|e| anyhow::anyhow!("agents[{i}] in the config file: {e}"))?;
+        agents.push(spec);
+    }
+    Ok(Settings {
+        bind,
+        database_url,
+        token,
+        json_logs,
+        body_limit,
+        service,
+        agents,
+    })
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn cli_type(s: &str, section: &str) -> Result<CliType> {
+    s.parse()
+        .map_err(|e| anyhow::anyhow!("[{section}] in the config file: {e}"))
+}
+
+fn positive(name: &str, v: u64) -> Result<u64> {
+    if v == 0 {
+        bail!("{name} must be greater than 0");
+    }
+    Ok(v)
+}
