@@ -13,7 +13,11 @@ use kokino_service::ServiceConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "kokino-broker", version, about = "Runs teams of AI coding-agent CLIs behind an HTTP API.")]
+#[command(
+    name = "kokino-broker",
+    version,
+    about = "Runs teams of AI coding-agent CLIs behind an HTTP API."
+)]
 pub struct Args {
     /// TOML config file (see docs/reference/config.md).
     #[arg(long, env = "KOKINO_CONFIG")]

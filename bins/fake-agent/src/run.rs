@@ -130,6 +130,9 @@ fn turn_inner(agent: &mut dyn Agent, s: &Script, logged_out: bool) -> Result<i32
     if s.hang {
         pause(agent, None)?;
     }
+    if let Some(total) = s.flood {
+        flood(total);
+    }
     if s.tool {
         if let Some(code) = agent.tool() {
             return Ok(code);
@@ -165,6 +168,24 @@ fn turn_inner(agent: &mut dyn Agent, s: &Script, logged_out: bool) -> Result<i32
         return Ok(0);
     }
     Ok(agent.finish(&answer))
+}
+
+/// Prints `total` bytes of tool output as `tool_result` lines of about 1 MiB. Gemini and droid
+/// know the event type; claude and codex parsers see an unknown event, which must not fail a run
+/// either.
+fn flood(total: usize) {
+    const LINE: usize = 1024 * 1024;
+    let body = "x".repeat(LINE);
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(LINE);
+        let line = format!(
+            "{{\"type\":\"tool_result\",\"tool_id\":\"flood\",\"status\":\"success\",\"output\":\"{}\"}}\n",
+            &body[..n]
+        );
+        sys::raw(line.as_bytes());
+        left -= n;
+    }
 }
 
 /// Splits `text` into `n` pieces on character boundaries (some may be empty for short texts).

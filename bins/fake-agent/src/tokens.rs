@@ -24,6 +24,9 @@ pub struct Script {
     pub mem: Option<usize>,
     pub tool: bool,
     pub stream: Option<usize>,
+    /// `fake:flood=SIZE`: SIZE bytes of tool output, as 1 MiB `tool_result` lines, before the
+    /// answer. Used to show that the broker's memory does not grow with a CLI's output.
+    pub flood: Option<usize>,
     /// Tokens we did not understand; reported on stderr so a typo in a test is easy to spot.
     pub warnings: Vec<String>,
 }
@@ -75,6 +78,10 @@ impl Script {
             ("child", Some("inherit")) => self.child = Some(true),
             ("malformed", None) => self.malformed = true,
             ("noresult", None) => self.noresult = true,
+            ("flood", Some(v)) => match parse_size(v) {
+                Some(n) => self.flood = Some(n),
+                None => self.warn(token),
+            },
             ("big", Some(v)) => match parse_size(v) {
                 Some(n) => self.big = Some(n),
                 None => self.warn(token),

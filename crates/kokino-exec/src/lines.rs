@@ -148,7 +148,9 @@ mod tests {
         let writer = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             for i in 0..20 {
-                tx.write_all(format!("line {i}\n").as_bytes()).await.unwrap();
+                tx.write_all(format!("line {i}\n").as_bytes())
+                    .await
+                    .unwrap();
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
         });

@@ -386,7 +386,7 @@ fn parse_since(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 /// `metadata.*` fields accepted). The broker uses it for agents declared in its config file, so
 /// that a config file and `POST /agents/register` accept exactly the same thing.
 pub fn agent_spec_from_json(value: Value) -> Result<AgentSpec, String> {
-    let body: RegisterBody = crate::extract::parse_json(value.to_string().as_bytes())
-        .map_err(|e| e.message)?;
+    let body: RegisterBody =
+        crate::extract::parse_json(value.to_string().as_bytes()).map_err(|e| e.message)?;
     body.into_spec().map_err(|e| e.message)
 }
