@@ -304,6 +304,75 @@ fn forbidden_external_dependencies_are_absent() {
 }
 
 #[test]
+fn prose_table_matches_the_layering_block() {
+    let path = workspace_root().join("ARCHITECTURE.md");
+    let doc = std::fs::read_to_string(&path).expect("ARCHITECTURE.md");
+    let table = parse_prose_table(&doc).unwrap_or_else(|e| panic!("{e}"));
+    let rules = rules();
+    let mut problems = String::new();
+    for (krate, deps) in &table {
+        match rules.layers.get(krate) {
+            None => {
+                let _ = writeln!(problems, "the Layering table has a row for `{krate}`, the ```layering block has no `->` line");
+            }
+            Some(allowed) if allowed != deps => {
+                let _ = writeln!(
+                    problems,
+                    "`{krate}`: the Layering table says it may depend on {deps:?}, the ```layering block says {allowed:?}"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    for krate in rules.layers.keys().filter(|k| !table.contains_key(*k)) {
+        let _ = writeln!(
+            problems,
+            "`{krate}` has a `->` line but no row in the Layering table"
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "\nARCHITECTURE.md disagrees with itself:\n{problems}"
+    );
+}
+
+/// The "May depend on" column of the table in the `## Layering` section: rows whose first cell
+/// is a crate name in backticks; the second cell lists crate names in backticks, or `(none)`.
+fn parse_prose_table(doc: &str) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Layering"))
+        .ok_or("ARCHITECTURE.md has no `## Layering` section")?;
+    let backticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut table = BTreeMap::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(name), Some(deps)) = (cells.get(1), cells.get(2)) else {
+            return Err(format!(
+                "ARCHITECTURE.md: malformed Layering table row: `{line}`"
+            ));
+        };
+        let name = backticked(name)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("ARCHITECTURE.md: no crate name in row `{line}`"))?;
+        let deps: BTreeSet<String> = backticked(deps).into_iter().collect();
+        if table.insert(name.clone(), deps).is_some() {
+            return Err(format!(
+                "ARCHITECTURE.md: two Layering table rows for `{name}`"
+            ));
+        }
+    }
+    Ok(table)
+}
+
+#[test]
 fn layering_table_has_no_cycles() {
     // Cargo rejects cyclic dependencies anyway, but a cyclic *table* would be a confusing
     // document: it would allow edges that can never all exist.

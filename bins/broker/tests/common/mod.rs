@@ -299,14 +299,21 @@ impl Drop for Broker {
     }
 }
 
-/// Pids of live (non-zombie) processes whose command line mentions `needle`.
-pub fn live_processes_with(needle: &str) -> Vec<i32> {
+/// Pids of live (non-zombie) processes started for this world: every fake agent and every
+/// grandchild it starts inherits `KOKINO_FAKE_LOG=<this world's witness>` from the broker. The
+/// broker itself has it too, so it is excluded.
+pub fn agent_processes(w: &World, b: &Broker) -> Vec<i32> {
+    let needle = format!("KOKINO_FAKE_LOG={}", w.witness().display());
+    let broker = b.child.as_ref().map(|c| c.id() as i32);
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        if Some(pid) == broker {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -314,7 +321,10 @@ pub fn live_processes_with(needle: &str) -> Vec<i32> {
             .rfind(')')
             .and_then(|i| stat[i + 1..].split_whitespace().next())
             .is_some_and(|s| s == "Z");
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
+        let mine = environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes());
+        if !zombie && mine {
             out.push(pid);
         }
     }
@@ -331,4 +341,19 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     f()
+}
+
+/// Events are written by a background writer, off the execute path; wait until `want` of them
+/// matching `query` are visible (or time out and return what there is).
+pub async fn events(b: &Broker, query: &str, want: usize) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        let (_, v) = b.get(&format!("/api/metrics/events?{query}")).await;
+        last = v["events"].as_array().cloned().unwrap_or_default();
+        if last.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    last
 }
