@@ -357,3 +357,68 @@ pub async fn events(b: &Broker, query: &str, want: usize) -> Vec<Value> {
     }
     last
 }
+
+/// The shell blocks (```sh or ```bash) of a markdown file, in order, each with the HTML comment
+/// that precedes it, if any (`<!-- doc-test: skip -->` marks a block not meant to be run).
+pub fn shell_blocks(markdown: &str) -> Vec<(Option<String>, String)> {
+    let mut blocks = Vec::new();
+    let mut lines = markdown.lines().peekable();
+    let mut last_comment: Option<String> = None;
+    while let Some(line) = lines.next() {
+        let t = line.trim();
+        if t.starts_with("<!--") {
+            last_comment = Some(t.to_owned());
+            continue;
+        }
+        if t == "```sh" || t == "```bash" {
+            let mut body = String::new();
+            for l in lines.by_ref() {
+                if l.trim() == "```" {
+                    break;
+                }
+                body.push_str(l);
+                body.push('\n');
+            }
+            blocks.push((last_comment.take(), body));
+        } else if !t.is_empty() {
+            last_comment = None;
+        }
+    }
+    blocks
+}
+
+/// Runs a documented shell snippet against a test broker, the way an operator would type it:
+/// `localhost:5050` becomes the test broker's address and `cargo …` lines (building, starting
+/// the broker) are left out because the test already did that. Returns (success, stdout, stderr).
+pub fn run_doc_snippet(b: &Broker, snippet: &str, replacements: &[(&str, String)]) -> (bool, String, String) {
+    let addr = b.base.trim_start_matches("http://").to_owned();
+    let mut script = String::from("set -euo pipefail\n");
+    for line in snippet.lines() {
+        if line.trim_start().starts_with("cargo ") {
+            continue;
+        }
+        let mut l = line
+            .replace("http://localhost:5050", &format!("http://{addr}"))
+            .replace("localhost:5050", &addr);
+        for (from, to) in replacements {
+            l = l.replace(from, to);
+        }
+        script.push_str(&l);
+        script.push('\n');
+    }
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The workspace root (two levels above this package).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
