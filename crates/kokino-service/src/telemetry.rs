@@ -160,3 +160,38 @@ pub fn event(event_type: &str, agent_id: Option<&str>, cli_type: Option<&str>) -
         metadata: serde_json::Value::Object(Default::default()),
     }
 }
+
+/// `docs/reference/metrics.md`, generated from [`METRICS`]. A test compares the file with this
+/// text, so the reference cannot drift from what the broker exports.
+pub fn metrics_reference_markdown() -> String {
+    let mut out = String::from(
+        "# Metrics reference\n\n\
+         Generated from `crates/kokino-service/src/telemetry.rs` (`METRICS`); a test fails when \
+         this file and the code disagree. Regenerate with \
+         `KOKINO_UPDATE_DOCS=1 cargo test -p kokino-service --test metrics_reference`.\n\n\
+         `GET /metrics` serves them in the Prometheus text format. Labels are bounded: `cli` is \
+         one of the four CLI types, `mode` one of headless/tmux/shadow, `outcome` one of the \
+         outcome classes, `route` the route template (never a raw path).\n\n\
+         | name | type | labels | meaning |\n|---|---|---|---|\n",
+    );
+    for m in METRICS {
+        let labels = if m.labels.is_empty() {
+            "—".to_owned()
+        } else {
+            m.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            m.name, m.kind, labels, m.help
+        ));
+    }
+    out.push_str(
+        "\nHistograms are exported as `_bucket`, `_sum` and `_count` series. Execution duration \
+         buckets (seconds): 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600.\n",
+    );
+    out
+}
