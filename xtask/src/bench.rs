@@ -1,8 +1,388 @@
-//! `cargo xtask bench`: the benchmarks. Being written; `main.rs` only dispatches here.
+//! `cargo xtask bench`: the figures the issues ask for, each measured beside a baseline in the
+//! same run on the same machine.
+//!
+//! Everything runs against release builds of the real binaries: the broker on a temporary data
+//! directory, the fake agent as every CLI. The HTTP client is a few lines of blocking HTTP/1.1
+//! over keep-alive sockets, so that the client costs as little as possible and xtask stays free
+//! of an async runtime.
 
-/// Runs the benchmarks. `args` is everything after `bench` on the command line, unparsed, so this
-/// module can define its own flags (for example with `clap::Parser::try_parse_from`).
-pub fn run(args: Vec<String>) -> anyhow::Result<()> {
-    let _ = args;
-    Err(anyhow::anyhow!("bench is being written"))
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask bench", about = "Kokino's benchmarks")]
+struct Args {
+    /// Sequential executions for the overhead figure.
+    #[arg(long, default_value_t = 300)]
+    overhead_runs: usize,
+    /// Executions in the throughput run.
+    #[arg(long, default_value_t = 800)]
+    throughput_runs: usize,
+    /// Agents in the throughput run.
+    #[arg(long, default_value_t = 50)]
+    agents: usize,
+    /// Concurrent clients in the throughput run.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+}
+
+pub fn run(args: Vec<String>) -> Result<()> {
+    let args = Args::try_parse_from(std::iter::once("bench".to_owned()).chain(args))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let root = crate::workspace_root();
+    println!("==> building release binaries");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "kokino-broker",
+            "-p",
+            "kokino-fake-agent",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("release build failed");
+    }
+    let bins = release_dir(&root)?;
+    let world = World::new(&bins)?;
+    let broker = world.start_broker()?;
+
+    overhead(&world, &broker, args.overhead_runs)?;
+    throughput(&world, &broker, &args)?;
+    Ok(())
+}
+
+fn release_dir(root: &Path) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join("release");
+    if !dir.join("kokino-broker").exists() {
+        bail!("{} has no kokino-broker", dir.display());
+    }
+    Ok(dir)
+}
+
+/// A temporary directory with the fake agent linked as `claude`, a state directory, and a data
+/// directory for the broker.
+struct World {
+    dir: PathBuf,
+    bins: PathBuf,
+}
+
+impl World {
+    fn new(bins: &Path) -> Result<World> {
+        let dir = std::env::temp_dir().join(format!("kokino-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin"))?;
+        std::fs::create_dir_all(dir.join("work"))?;
+        std::os::unix::fs::symlink(bins.join("kokino-fake-agent"), dir.join("bin/claude"))?;
+        Ok(World {
+            dir,
+            bins: bins.to_path_buf(),
+        })
+    }
+
+    fn claude(&self) -> PathBuf {
+        self.dir.join("bin/claude")
+    }
+
+    fn start_broker(&self) -> Result<Broker> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(self.bins.join("kokino-broker"))
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .env("KOKINO_FAKE_STATE", self.dir.join("state"))
+            .env("KOKINO_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start kokino-broker")?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("the broker did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Broker { child, addr })
+    }
+
+    fn register(&self, broker: &Broker, agent: &str) -> Result<()> {
+        let body = serde_json::json!({
+            "agentId": agent, "type": "claude-code",
+            "binary": self.claude(), "cwd": self.dir.join("work"),
+        });
+        let mut c = Client::connect(&broker.addr)?;
+        let (status, text) = c.post("/agents/register", &body.to_string())?;
+        if status != 200 {
+            bail!("register {agent}: {status} {text}");
+        }
+        Ok(())
+    }
+
+    /// The baseline: spawn the same fake agent the broker would, with the same flags, feed it the
+    /// prompt on stdin and read its output to the end.
+    fn direct_spawn(&self) -> Result<Duration> {
+        let started = Instant::now();
+        let mut child = Command::new(self.claude())
+            .args([
+                "-p",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--session-id",
+            ])
+            .arg(uuid::Uuid::new_v4().to_string())
+            .current_dir(self.dir.join("work"))
+            .env("KOKINO_FAKE_STATE", self.dir.join("state"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        child.stdin.take().unwrap().write_all(b"hello")?;
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out)?;
+        let status = child.wait()?;
+        if !status.success() || !out.windows(11).any(|w| w == b"echo: hello") {
+            bail!("direct spawn failed: {status}");
+        }
+        Ok(started.elapsed())
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Broker {
+    fn peak_rss_mb(&self) -> f64 {
+        proc_status_kb(self.child.id(), "VmHWM:") as f64 / 1024.0
+    }
+    fn rss_mb(&self) -> f64 {
+        proc_status_kb(self.child.id(), "VmRSS:") as f64 / 1024.0
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Minimal HTTP/1.1 over one keep-alive connection.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: &str) -> Result<Client> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(Client {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
+    }
+
+    fn post(&mut self, path: &str, body: &str) -> Result<(u16, String)> {
+        write!(
+            self.writer,
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line)?;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("bad status line")?;
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            }
+        }
+        let mut buf = vec![0; len];
+        self.reader.read_exact(&mut buf)?;
+        Ok((status, String::from_utf8_lossy(&buf).into_owned()))
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// (a) Broker overhead per execution: HTTP execute time minus direct spawn time, at the median
+/// and the 99th percentile, measured interleaved so that machine noise hits both alike.
+fn overhead(world: &World, broker: &Broker, runs: usize) -> Result<()> {
+    println!("\n== (a) broker overhead per execution ({runs} runs, fake agent answering at once)");
+    world.register(broker, "overhead")?;
+    let mut client = Client::connect(&broker.addr)?;
+    let body = r#"{"prompt":"hello"}"#;
+    for _ in 0..20 {
+        client.post("/agents/overhead/execute", body)?;
+        world.direct_spawn()?;
+    }
+    let mut via_http = Vec::with_capacity(runs);
+    let mut direct = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let (status, text) = client.post("/agents/overhead/execute", body)?;
+        via_http.push(t.elapsed());
+        if status != 200 {
+            bail!("execute failed: {status} {text}");
+        }
+        direct.push(world.direct_spawn()?);
+    }
+    via_http.sort();
+    direct.sort();
+    let (h50, h99) = (percentile(&via_http, 0.5), percentile(&via_http, 0.99));
+    let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
+    println!(
+        "  direct spawn      median {:7.2} ms   p99 {:7.2} ms",
+        ms(d50),
+        ms(d99)
+    );
+    println!(
+        "  HTTP execute      median {:7.2} ms   p99 {:7.2} ms",
+        ms(h50),
+        ms(h99)
+    );
+    println!(
+        "  overhead          median {:7.2} ms   p99 {:7.2} ms   (goal: ≤ 1 ms median, ≤ 5 ms p99)",
+        ms(h50) - ms(d50),
+        ms(h99) - ms(d99)
+    );
+    Ok(())
+}
+
+/// (b) Throughput over many agents with a few concurrent clients, beside spawning the fake agent
+/// directly with the same concurrency; (c) the broker's peak RSS during (b).
+fn throughput(world: &World, broker: &Broker, args: &Args) -> Result<()> {
+    println!(
+        "\n== (b) throughput: {} executions over {} agents, {} concurrent clients",
+        args.throughput_runs, args.agents, args.clients
+    );
+    for i in 0..args.agents {
+        world.register(broker, &format!("tp-{i}"))?;
+    }
+    let rss_before = broker.rss_mb();
+    let next = Arc::new(Mutex::new(0usize));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..args.clients {
+        let next = next.clone();
+        let addr = broker.addr.clone();
+        let (total, agents) = (args.throughput_runs, args.agents);
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            let mut client = Client::connect(&addr)?;
+            loop {
+                let i = {
+                    let mut n = next.lock().unwrap();
+                    if *n >= total {
+                        return Ok(());
+                    }
+                    *n += 1;
+                    *n - 1
+                };
+                let path = format!("/agents/tp-{}/execute", i % agents);
+                let (status, text) = client.post(&path, r#"{"prompt":"hello"}"#)?;
+                if status != 200 {
+                    bail!("execute failed: {status} {text}");
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    let broker_rate = args.throughput_runs as f64 / started.elapsed().as_secs_f64();
+
+    let next = Arc::new(Mutex::new(0usize));
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..args.clients {
+            let next = next.clone();
+            handles.push(scope.spawn(move || -> Result<()> {
+                loop {
+                    {
+                        let mut n = next.lock().unwrap();
+                        if *n >= args.throughput_runs {
+                            return Ok(());
+                        }
+                        *n += 1;
+                    }
+                    world.direct_spawn()?;
+                }
+            }));
+        }
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("spawner panicked"))??;
+        }
+        Ok(())
+    })?;
+    let direct_rate = args.throughput_runs as f64 / started.elapsed().as_secs_f64();
+    println!("  direct spawn      {direct_rate:8.1} executions/s");
+    println!("  through broker    {broker_rate:8.1} executions/s");
+    println!(
+        "  ratio             {:8.1} %   (goal: ≥ 80 %)",
+        broker_rate / direct_rate * 100.0
+    );
+    println!("\n== (c) broker memory");
+    println!(
+        "  RSS before (b) {:.1} MB, peak RSS (VmHWM) {:.1} MB   (goal: ≤ 64 MB)",
+        rss_before,
+        broker.peak_rss_mb()
+    );
+    Ok(())
 }

@@ -14,7 +14,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Kokino's developer tasks")]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Kokino's developer tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -22,11 +26,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Runs what CI runs, in order, and stops at the first failure: rustfmt check, clippy with
-    /// warnings denied, the whole test suite (including the layering test), and cargo-deny when
-    /// it is installed.
+    /// Runs what CI runs: rustfmt, clippy, the tests, cargo-deny.
+    ///
+    /// The steps run in order from the workspace root and the task stops at the first failure:
+    /// `cargo fmt --all -- --check`, `cargo clippy --workspace --all-targets -- -D warnings`,
+    /// `cargo test --workspace` (which includes the layering test), and `cargo deny check` when
+    /// cargo-deny is installed.
     Ci,
-    /// Runs the benchmarks. Everything after `bench` is passed to the bench task unparsed.
+    /// Runs the benchmarks.
+    ///
+    /// Everything after `bench`, `--help` included, is passed to the bench task unparsed, so the
+    /// bench task owns its flags.
+    #[command(disable_help_flag = true)]
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -806,9 +806,9 @@ fn lines_naming(code: &str, path: &str) -> Vec<usize> {
             let at = from + found;
             let before = line[..at].chars().next_back();
             let after = line[at + path.len()..].chars().next();
-            if !before.is_some_and(is_ident_char)
-                && !(check_right && after.is_some_and(is_ident_char))
-            {
+            let glued_left = before.is_some_and(is_ident_char);
+            let glued_right = check_right && after.is_some_and(is_ident_char);
+            if !glued_left && !glued_right {
                 lines.push(index + 1);
                 break;
             }

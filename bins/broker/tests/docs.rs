@@ -20,7 +20,10 @@ async fn the_readme_tour_runs_as_written() {
         &tour.1,
         &[
             ("/tmp/kokino-tour", tour_dir.display().to_string()),
-            ("$PWD/target/debug/kokino-fake-agent", fake_agent().display().to_string()),
+            (
+                "$PWD/target/debug/kokino-fake-agent",
+                fake_agent().display().to_string(),
+            ),
         ],
     );
     assert!(ok, "the tour failed:\n{out}\n{err}");
@@ -32,7 +35,10 @@ async fn the_readme_tour_runs_as_written() {
         .filter(|l| l.contains("\"sessionId\""))
         .collect();
     assert!(sessions.len() >= 2, "{out}");
-    assert_eq!(sessions[0], sessions[1], "the second run resumed the session");
+    assert_eq!(
+        sessions[0], sessions[1],
+        "the second run resumed the session"
+    );
     assert!(out.contains("kokino_executions_total"), "{out}");
 }
 
@@ -42,5 +48,8 @@ fn the_readme_names_the_commands_ci_runs() {
     let ci = std::fs::read_to_string(workspace_root().join(".ci/run")).unwrap();
     assert!(readme.contains("cargo run --release --bin kokino-broker"));
     assert!(readme.contains("cargo test --workspace"));
-    assert!(ci.contains("cargo test --workspace"), ".ci/run runs the README's test command");
+    assert!(
+        ci.contains("cargo test --workspace"),
+        ".ci/run runs the README's test command"
+    );
 }

@@ -157,6 +157,11 @@ fn signal_group(pgid: i32, signal: Signal) {
 /// and in a container whose init does not reap, orphaned zombies would otherwise look alive
 /// forever.
 fn group_alive(pgid: i32) -> bool {
+    // The common case, a group that is gone entirely, is one system call; only a group that
+    // still has members (perhaps just zombies) needs the procfs scan.
+    if killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
     procfs::group_members(pgid).into_iter().any(|pid| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| {
@@ -290,7 +295,12 @@ pub async fn run_headless(
 
     let deadline = started + limits.timeout;
     let mut last_activity = Instant::now();
-    let mut mem_tick = tokio::time::interval(limits.memory_sample_every);
+    // The first sample comes one period after the start: a run that ends sooner gets one cheap
+    // sample of its leader when the final event arrives instead of a procfs scan at spawn.
+    let mut mem_tick = tokio::time::interval_at(
+        Instant::now() + limits.memory_sample_every,
+        limits.memory_sample_every,
+    );
     mem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut peak_rss = 0u64;
     let mut stderr_tail: VecDeque<String> = VecDeque::new();
@@ -337,7 +347,12 @@ pub async fn run_headless(
                             final_seen |= ev == StreamEvent::Final;
                             let _ = events.send(ExecEvent::Stream(ev));
                         }
-                        if final_seen { break; }
+                        if final_seen {
+                            if peak_rss == 0 {
+                                peak_rss = procfs::rss_bytes(pid).unwrap_or(0);
+                            }
+                            break;
+                        }
                     }
                     Some(Line::Oversized(n)) => {
                         oversized_lines += 1;

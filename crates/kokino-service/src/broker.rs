@@ -438,6 +438,7 @@ impl Broker {
             first_prompt_with_system(cli, agent.spec.system_prompt.as_deref(), &req.prompt)
         };
 
+        let phase = Instant::now();
         let execution_id = uuid::Uuid::new_v4().to_string();
         let mut user_meta = req
             .metadata
@@ -475,6 +476,7 @@ impl Broker {
         }
         self.inner.events.emit(start_ev);
 
+        let persisted_user_turn = phase.elapsed();
         let result = match self.resolve_binary(&agent).await {
             Err(message) => RunResult {
                 outcome: OutcomeClass::SpawnError,
@@ -533,16 +535,28 @@ impl Broker {
             }
         };
 
-        self.finish(
-            &agent,
-            mode,
-            &session,
-            &execution_id,
-            waited_ms,
-            timeout,
-            result,
-        )
-        .await
+        let ran = phase.elapsed();
+        let answer = self
+            .finish(
+                &agent,
+                mode,
+                &session,
+                &execution_id,
+                waited_ms,
+                timeout,
+                result,
+            )
+            .await;
+        // Where the time of an execution goes, for `cargo xtask bench` and for operators
+        // chasing latency (KOKINO_LOG=kokino_service=debug).
+        tracing::debug!(
+            agent = %id,
+            user_turn_ms = persisted_user_turn.as_secs_f64() * 1e3,
+            run_ms = (ran - persisted_user_turn).as_secs_f64() * 1e3,
+            finish_ms = (phase.elapsed() - ran).as_secs_f64() * 1e3,
+            "execution phases"
+        );
+        answer
         // `guard` drops here, after the outcome is stored: the next waiter sees a finished run.
     }
 

@@ -30,6 +30,10 @@ fn metric_names_follow_prometheus_conventions() {
             "gauge" => assert!(!m.name.ends_with("_total"), "{}", m.name),
             other => panic!("unknown kind {other}"),
         }
-        assert!(!m.labels.contains(&"agent") && !m.labels.contains(&"agent_id"), "{}: unbounded label", m.name);
+        assert!(
+            !m.labels.contains(&"agent") && !m.labels.contains(&"agent_id"),
+            "{}: unbounded label",
+            m.name
+        );
     }
 }

@@ -255,13 +255,9 @@ impl Store {
     pub async fn insert_event(&self, event: &NewEvent) -> Result<i64> {
         dispatch!(self.insert_event(event))
     }
-    /// Inserts several events; used by the batching event writer.
+    /// Inserts several events in one transaction; used by the batching event writer.
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
-        // One insert each keeps the backends simple; the writer calls this off the execute path.
-        for e in events {
-            self.insert_event(e).await?;
-        }
-        Ok(())
+        dispatch!(self.insert_events(events))
     }
     /// Events newest first, filtered; `limit` 0 means the default of 100.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>> {

@@ -75,7 +75,13 @@ const EVENT_COLUMNS: &str = "id, type, agent_id, cli_type, duration_ms, success,
 
 #[derive(Clone, Debug)]
 pub(crate) struct SqliteStore {
+    /// Readers. WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one writer connection. SQLite admits one writer at a time anyway; queueing writers
+    /// in this pool (a FIFO of wakers) instead of letting several connections race for the
+    /// file lock avoids SQLite's busy handler, which waits by sleeping and made each contended
+    /// write cost milliseconds.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -100,18 +106,26 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        let unavailable = |e: sqlx::Error| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+            .map_err(unavailable)?;
+        Ok(Self { pool, writer })
     }
 
     /// Starts a transaction holding SQLite's write lock (see the module documentation).
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
@@ -612,22 +626,20 @@ impl SqliteStore {
 
     pub(crate) async fn insert_event(&self, event: &NewEvent) -> Result<i64> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query(
-            "INSERT INTO events (type, agent_id, cli_type, duration_ms, success, metadata, at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&event.event_type)
-        .bind(event.agent_id.as_deref())
-        .bind(event.cli_type.as_deref())
-        .bind(event.duration_ms)
-        .bind(event.success)
-        .bind(to_json_text(&event.metadata))
-        .bind(ts(now()))
-        .fetch_one(&mut *tx)
-        .await?;
-        let id: i64 = Fields::new(&row, "events").get("id")?;
+        let id = insert_event_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Several events in one transaction: the event writer batches what piled up while the
+    /// previous batch was being written, so a burst costs one commit, not one per event.
+    pub(crate) async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for event in events {
+            insert_event_in(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(crate) async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
@@ -659,6 +671,23 @@ impl SqliteStore {
 /// Inserts a turn with the conversation's next `seq`. Must run inside a `BEGIN IMMEDIATE`
 /// transaction: the write lock is what makes "highest seq + 1" unique under concurrency (the
 /// UNIQUE constraint would only turn a race into an error).
+async fn insert_event_in(tx: &mut Transaction<'static, Sqlite>, event: &NewEvent) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO events (type, agent_id, cli_type, duration_ms, success, metadata, at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&event.event_type)
+    .bind(event.agent_id.as_deref())
+    .bind(event.cli_type.as_deref())
+    .bind(event.duration_ms)
+    .bind(event.success)
+    .bind(to_json_text(&event.metadata))
+    .bind(ts(now()))
+    .fetch_one(&mut **tx)
+    .await?;
+    Fields::new(&row, "events").get("id")
+}
+
 async fn insert_turn(
     tx: &mut Transaction<'static, Sqlite>,
     conversation_id: &str,

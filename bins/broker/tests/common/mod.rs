@@ -390,7 +390,11 @@ pub fn shell_blocks(markdown: &str) -> Vec<(Option<String>, String)> {
 /// Runs a documented shell snippet against a test broker, the way an operator would type it:
 /// `localhost:5050` becomes the test broker's address and `cargo …` lines (building, starting
 /// the broker) are left out because the test already did that. Returns (success, stdout, stderr).
-pub fn run_doc_snippet(b: &Broker, snippet: &str, replacements: &[(&str, String)]) -> (bool, String, String) {
+pub fn run_doc_snippet(
+    b: &Broker,
+    snippet: &str,
+    replacements: &[(&str, String)],
+) -> (bool, String, String) {
     let addr = b.base.trim_start_matches("http://").to_owned();
     let mut script = String::from("set -euo pipefail\n");
     for line in snippet.lines() {
