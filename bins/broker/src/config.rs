@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub max_prompt_bytes: Option<usize>,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub maintenance: Maintenance,
     /// Binary per CLI type, e.g. `claude-code = "/opt/claude/bin/claude"`.
     #[serde(default)]
     pub binaries: BTreeMap<String, String>,
@@ -75,6 +77,16 @@ pub struct Limits {
     pub memory_sample_ms: Option<u64>,
     pub max_line_bytes: Option<usize>,
     pub event_prompt_preview: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Maintenance {
+    pub stale_session_after_ms: Option<u64>,
+    pub stale_sweep_every_ms: Option<u64>,
+    pub log_max_bytes: Option<u64>,
+    pub log_retention_days: Option<u64>,
+    pub log_prune_every_ms: Option<u64>,
 }
 
 /// Everything the broker needs to start, resolved.
@@ -160,6 +172,23 @@ pub fn load(args: Args) -> Result<Settings> {
     }
     if let Some(v) = l.event_prompt_preview {
         service.event_prompt_preview = v;
+    }
+    let m = &file.maintenance;
+    if let Some(v) = m.stale_session_after_ms {
+        service.stale_session_after = ms(positive("maintenance.stale_session_after_ms", v)?);
+    }
+    if let Some(v) = m.stale_sweep_every_ms {
+        service.stale_sweep_every = ms(positive("maintenance.stale_sweep_every_ms", v)?);
+    }
+    if let Some(v) = m.log_max_bytes {
+        service.log_max_bytes = positive("maintenance.log_max_bytes", v)?;
+    }
+    if let Some(v) = m.log_retention_days {
+        service.log_retention =
+            Duration::from_secs(86_400 * positive("maintenance.log_retention_days", v)?);
+    }
+    if let Some(v) = m.log_prune_every_ms {
+        service.log_prune_every = ms(positive("maintenance.log_prune_every_ms", v)?);
     }
     let body_limit = file.body_limit_bytes.unwrap_or(1024 * 1024);
     service.max_prompt_bytes = file.max_prompt_bytes.unwrap_or(body_limit);

@@ -64,6 +64,7 @@ async fn run(args: config::Args) -> Result<()> {
         .await
         .with_context(|| format!("cannot open the store at {}", settings.database_url))?;
     let broker = kokino_service::Broker::start(store, settings.service.clone()).await?;
+    broker.spawn_maintenance();
     for spec in settings.agents {
         let id = spec.agent_id.clone();
         broker

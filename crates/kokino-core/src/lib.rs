@@ -5,11 +5,34 @@
 //! keeps, and the per-agent FIFO lock. No file, process, socket or database is touched from this
 //! crate, which is what lets the other crates depend on it freely (see `ARCHITECTURE.md`).
 
+pub mod clock;
 mod error;
 mod ids;
 pub mod lock;
 mod outcome;
 mod records;
+
+/// Which output stream of a CLI a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Receives every line a CLI prints, as it prints it (the per-agent log). Defined here so the
+/// executor can feed it without knowing where the lines go.
+pub trait LineSink: Send {
+    fn line(&mut self, stream: OutputStream, line: &str);
+}
 
 pub use error::CoreError;
 pub use ids::{AgentId, CliType, CommMode};

@@ -7,7 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use kokino_cli::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
-use kokino_core::OutcomeClass;
+use kokino_core::{LineSink, OutcomeClass, OutputStream};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
@@ -77,8 +77,16 @@ pub enum StopReason {
 /// What happened during a run, as it happens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecEvent {
-    Started { pid: i32, start_time: Option<i64> },
+    Started {
+        pid: i32,
+        start_time: Option<i64>,
+    },
     Stream(StreamEvent),
+    /// A supervision sample of the whole process group, taken every `memory_sample_every`.
+    Sample {
+        rss_bytes: u64,
+        cpu_percent: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +221,7 @@ pub async fn run_headless(
     limits: Limits,
     cancel: CancellationToken,
     events: mpsc::UnboundedSender<ExecEvent>,
+    mut log: Option<Box<dyn LineSink>>,
 ) -> RunResult {
     let started = Instant::now();
     let mut command = Command::new(&cmd.program);
@@ -303,6 +312,7 @@ pub async fn run_headless(
     );
     mem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut peak_rss = 0u64;
+    let mut last_cpu: Option<(u64, Instant)> = None;
     let mut stderr_tail: VecDeque<String> = VecDeque::new();
     let mut stderr_tail_len = 0usize;
     let mut stop: Option<StopReason> = None;
@@ -324,6 +334,17 @@ pub async fn run_headless(
             _ = mem_tick.tick() => {
                 let rss = procfs::group_rss_bytes(pgid);
                 peak_rss = peak_rss.max(rss);
+                let ticks = procfs::group_cpu_ticks(pgid);
+                let now = Instant::now();
+                let cpu_percent = match last_cpu {
+                    Some((t, at)) if now > at => {
+                        let secs = ticks.saturating_sub(t) as f64 / procfs::ticks_per_second();
+                        100.0 * secs / (now - at).as_secs_f64()
+                    }
+                    _ => 0.0,
+                };
+                last_cpu = Some((ticks, now));
+                let _ = events.send(ExecEvent::Sample { rss_bytes: rss, cpu_percent });
                 if limits.max_memory_bytes.is_some_and(|max| rss > max) {
                     stop = Some(StopReason::MemoryLimit { rss_bytes: rss });
                     break;
@@ -342,6 +363,9 @@ pub async fn run_headless(
                 }
                 match line {
                     Some(Line::Text(text)) => {
+                        if let Some(log) = log.as_mut() {
+                            log.line(OutputStream::Stdout, &text);
+                        }
                         parser.feed_line(&text, &mut parsed_events);
                         for ev in parsed_events.drain(..) {
                             final_seen |= ev == StreamEvent::Final;
@@ -355,6 +379,9 @@ pub async fn run_headless(
                         }
                     }
                     Some(Line::Oversized(n)) => {
+                        if let Some(log) = log.as_mut() {
+                            log.line(OutputStream::Stdout, &format!("<line of {n} bytes dropped: over the line limit>"));
+                        }
                         oversized_lines += 1;
                         tracing::warn!(pid, bytes = n, "dropped an oversized output line");
                         let _ = events.send(ExecEvent::Stream(StreamEvent::Malformed {
@@ -369,6 +396,9 @@ pub async fn run_headless(
             }
             Some(line) = stderr_rx.recv() => {
                 last_activity = Instant::now();
+                if let Some(log) = log.as_mut() {
+                    log.line(OutputStream::Stderr, &line);
+                }
                 stderr_tail_len += line.len() + 1;
                 stderr_tail.push_back(line);
                 while stderr_tail_len > STDERR_TAIL_BYTES && stderr_tail.len() > 1 {
@@ -410,6 +440,9 @@ pub async fn run_headless(
     while let Ok(Some(line)) =
         tokio::time::timeout(Duration::from_millis(50), stderr_rx.recv()).await
     {
+        if let Some(log) = log.as_mut() {
+            log.line(OutputStream::Stderr, &line);
+        }
         stderr_tail.push_back(line);
     }
     let mut tail = stderr_tail.into_iter().collect::<Vec<_>>().join("\n");

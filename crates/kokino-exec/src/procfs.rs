@@ -44,6 +44,30 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(pages * page_size())
 }
 
+/// User plus system CPU time of one process, in clock ticks (fields 14 and 15 of `stat`).
+pub fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = stat_fields(&stat)?.skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time of the whole group's live members, in clock ticks.
+pub fn group_cpu_ticks(pgid: i32) -> u64 {
+    group_members(pgid).into_iter().filter_map(cpu_ticks).sum()
+}
+
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
 /// Resident memory of the whole group: the CLI, its tools and its MCP servers together.
 pub fn group_rss_bytes(pgid: i32) -> u64 {
     group_members(pgid).into_iter().filter_map(rss_bytes).sum()

@@ -148,6 +148,10 @@ impl From<ServiceError> for ApiError {
                 e
             }
             ServiceError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", message),
+            ServiceError::Internal(_) => {
+                tracing::error!(error = %message, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+            }
         }
     }
 }

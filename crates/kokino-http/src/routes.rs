@@ -28,6 +28,9 @@ pub fn router(state: AppState) -> Router {
         .route("/agents", get(list_agents))
         .route("/agents/sessions/status", get(sessions_status))
         .route("/agents/sessions/clear", post(clear_sessions))
+        .route("/agents/processes/status", get(processes_status))
+        .route("/agents/logs/status", get(logs_status))
+        .route("/agents/{id}/logs", get(agent_logs))
         .route("/agents/{id}", get(get_agent).delete(delete_agent))
         .route("/agents/{id}/execute", post(execute))
         .route("/agents/{id}/execute/stream", post(execute_stream))
@@ -272,6 +275,45 @@ async fn sessions_status(State(s): State<AppState>) -> ApiResult<Response> {
 async fn clear_sessions(State(s): State<AppState>) -> ApiResult<Response> {
     let ended = s.broker.clear_sessions().await?;
     Ok(Json(json!({ "ended": ended })).into_response())
+}
+
+async fn processes_status(State(s): State<AppState>) -> Json<Vec<kokino_service::ProcessStatus>> {
+    Json(s.broker.processes_status())
+}
+
+#[derive(Debug, Deserialize)]
+struct LinesQuery {
+    lines: Option<String>,
+}
+
+async fn agent_logs(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+    query: Result<Query<LinesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let lines = match q.lines.as_deref().filter(|l| !l.is_empty()) {
+        None => 100,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    Some("lines"),
+                    format!("lines must be an integer from 1 to 10000, not {raw:?}"),
+                ))
+            }
+        },
+    };
+    Ok(Json(s.broker.agent_logs(id.as_str(), lines).await?).into_response())
+}
+
+async fn logs_status(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let logs = s.broker.logs().clone();
+    let status = tokio::task::spawn_blocking(move || logs.status())
+        .await
+        .map_err(|e| kokino_service::ServiceError::Internal(e.to_string()))?
+        .map_err(|e| kokino_service::ServiceError::Internal(e.to_string()))?;
+    Ok(Json(json!({ "logs": status })))
 }
 
 // ---------------------------------------------------------------- conversations

@@ -11,6 +11,7 @@ use kokino_cli::{
     build_args, child_env, first_prompt_with_system, parser_for, InvocationRequest, SessionArg,
     StreamEvent,
 };
+use kokino_core::clock::{SharedClock, SystemClock};
 use kokino_core::lock::{AgentLocks, LockGuard};
 use kokino_core::{
     AgentId, AgentRecord, AgentSpec, CliType, CommMode, Conversation, NewExecution, OutcomeClass,
@@ -19,6 +20,7 @@ use kokino_core::{
 use kokino_exec::{
     run_headless, CancellationToken, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason,
 };
+use kokino_logs::AgentLogs;
 use kokino_store::{FinishExecution, NewTurn, Store};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +41,10 @@ struct Running {
     pid: Option<i32>,
     started_at: DateTime<Utc>,
     mode: CommMode,
+    rss_bytes: u64,
+    cpu_percent: f64,
+    max_memory_mb: u64,
+    timeout_ms: u64,
 }
 
 struct Inner {
@@ -56,6 +62,10 @@ struct Inner {
     queued: AtomicI64,
     started: Instant,
     instance_id: String,
+    logs: AgentLogs,
+    clock: SharedClock,
+    /// Cancelled at shutdown; periodic jobs watch it.
+    stop: CancellationToken,
 }
 
 /// The broker's application service. Cheap to clone.
@@ -72,7 +82,18 @@ impl Broker {
     /// Starts the service on an open store: recovers what a previous life left running, then
     /// starts the event writer.
     pub async fn start(store: Store, cfg: ServiceConfig) -> Result<Self> {
+        Self::start_with_clock(store, cfg, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Broker::start`], with the clock that time-based maintenance reads (tests pass a
+    /// clock that follows tokio's paused time).
+    pub async fn start_with_clock(
+        store: Store,
+        cfg: ServiceConfig,
+        clock: SharedClock,
+    ) -> Result<Self> {
         let (events, _writer) = EventSink::spawn(store.clone());
+        let logs = AgentLogs::new(cfg.logs_dir(), cfg.log_max_bytes, cfg.log_retention);
         let broker = Broker {
             inner: Arc::new(Inner {
                 store,
@@ -86,6 +107,9 @@ impl Broker {
                 queued: AtomicI64::new(0),
                 started: Instant::now(),
                 instance_id: uuid::Uuid::new_v4().to_string(),
+                logs,
+                clock,
+                stop: CancellationToken::new(),
             }),
         };
         broker.recover_interrupted().await?;
@@ -243,6 +267,11 @@ impl Broker {
         self.inner.store.end_session(&id).await?;
         let existed = self.inner.store.delete_agent(&id, purge).await?;
         self.inner.locks.forget(&id);
+        if purge {
+            if let Err(e) = self.inner.logs.remove(&id) {
+                tracing::warn!(error = %e, agent = %id, "could not delete the agent's logs");
+            }
+        }
         Ok(existed)
     }
 
@@ -586,13 +615,18 @@ impl Broker {
                 pid: None,
                 started_at: Utc::now(),
                 mode,
+                rss_bytes: 0,
+                cpu_percent: 0.0,
+                max_memory_mb: limits.max_memory_bytes.unwrap_or(0) / (1024 * 1024),
+                timeout_ms: millis(limits.timeout),
             },
         );
         metrics::gauge!(telemetry::RUNNING_PROCESSES, "cli" => cli.as_str(), "mode" => mode.as_str())
             .increment(1.0);
 
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let run = run_headless(cmd, parser_for(cli), limits, cancel, tx);
+        let log = Box::new(self.inner.logs.writer(id));
+        let run = run_headless(cmd, parser_for(cli), limits, cancel, tx, Some(log));
         let consume = async {
             let mut known_session = session
                 .cli_session_id
@@ -631,6 +665,23 @@ impl Broker {
                                 mode,
                                 session_id: known_session.clone(),
                             });
+                        }
+                    }
+                    ExecEvent::Sample {
+                        rss_bytes,
+                        cpu_percent,
+                    } => {
+                        if let Some(r) = self
+                            .inner
+                            .running
+                            .lock()
+                            .expect("running table")
+                            .get_mut(id)
+                        {
+                            if r.token == token {
+                                r.rss_bytes = rss_bytes;
+                                r.cpu_percent = cpu_percent;
+                            }
                         }
                     }
                     ExecEvent::Stream(StreamEvent::SessionId(sid)) => {
@@ -1022,6 +1073,129 @@ impl Broker {
 
     // ------------------------------------------------------------------ service
 
+    // ------------------------------------------------------------------ supervision and logs
+
+    /// Live processes with their latest memory and CPU sample.
+    pub fn processes_status(&self) -> Vec<ProcessStatus> {
+        let now = Utc::now();
+        let running = self.inner.running.lock().expect("running table");
+        let mut out: Vec<ProcessStatus> = running
+            .iter()
+            .filter_map(|(id, r)| {
+                let pid = r.pid?;
+                Some(ProcessStatus {
+                    agent_id: id.to_string(),
+                    execution_id: r.execution_id.clone(),
+                    pid,
+                    // Every CLI leads its own process group.
+                    pgid: pid,
+                    mode: r.mode,
+                    started_at: r.started_at,
+                    age_ms: (now - r.started_at).num_milliseconds().max(0),
+                    memory_mb: r.rss_bytes as f64 / (1024.0 * 1024.0),
+                    cpu_percent: r.cpu_percent,
+                    limits: ProcessLimits {
+                        max_memory_mb: r.max_memory_mb,
+                        timeout_ms: r.timeout_ms,
+                    },
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out
+    }
+
+    pub async fn agent_logs(&self, agent_id: &str, lines: usize) -> Result<AgentLogTail> {
+        let id = AgentId::parse(agent_id)?;
+        self.agent(&id).await?;
+        let logs = self.inner.logs.clone();
+        let tail_id = id.clone();
+        let content = tokio::task::spawn_blocking(move || logs.tail(&tail_id, lines))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("log reader failed: {e}")))?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(AgentLogTail {
+            agent_id: id.to_string(),
+            lines: if content.is_empty() {
+                0
+            } else {
+                content.lines().count()
+            },
+            content,
+        })
+    }
+
+    pub fn logs(&self) -> &AgentLogs {
+        &self.inner.logs
+    }
+
+    /// Ends sessions idle for longer than `stale_session_after` (the CLI session id stays in the
+    /// conversation's history). Agents that are executing right now are left alone.
+    pub async fn sweep_stale_sessions(&self) -> Result<Vec<SessionRecord>> {
+        let cutoff = self.inner.clock.now()
+            - chrono::Duration::from_std(self.inner.cfg.stale_session_after).unwrap_or_default();
+        let busy: Vec<AgentId> = self
+            .inner
+            .running
+            .lock()
+            .expect("running table")
+            .keys()
+            .cloned()
+            .collect();
+        let mut ended = Vec::new();
+        for s in self.inner.store.list_sessions().await? {
+            if s.last_activity_at >= cutoff || busy.contains(&s.agent_id) {
+                continue;
+            }
+            if let Some(e) = self.inner.store.end_session(&s.agent_id).await? {
+                let mut ev = event("SESSION_ENDED", Some(s.agent_id.as_str()), None);
+                ev.metadata = json!({
+                    "sessionId": e.cli_session_id, "conversationId": e.conversation_id,
+                    "reason": "stale", "lastActivityAt": e.last_activity_at,
+                });
+                self.inner.events.emit(ev);
+                ended.push(e);
+            }
+        }
+        if !ended.is_empty() {
+            tracing::info!(count = ended.len(), "ended stale sessions");
+        }
+        Ok(ended)
+    }
+
+    /// Starts the periodic jobs: the stale-session sweep (hourly by default) and the pruning of
+    /// old rotated logs (daily). They stop when the broker shuts down.
+    pub fn spawn_maintenance(&self) {
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            let cfg = &this.inner.cfg;
+            let start = tokio::time::Instant::now();
+            let mut sweep = tokio::time::interval_at(start + cfg.stale_sweep_every, cfg.stale_sweep_every);
+            let mut prune = tokio::time::interval_at(start + cfg.log_prune_every, cfg.log_prune_every);
+            loop {
+                tokio::select! {
+                    _ = this.inner.stop.cancelled() => return,
+                    _ = sweep.tick() => {
+                        if let Err(e) = this.sweep_stale_sessions().await {
+                            tracing::warn!(error = %e, "stale-session sweep failed");
+                        }
+                    }
+                    _ = prune.tick() => {
+                        let logs = this.inner.logs.clone();
+                        let now = std::time::SystemTime::from(this.inner.clock.now());
+                        match tokio::task::spawn_blocking(move || logs.prune(now, false)).await {
+                            Ok(Ok(done)) if !done.deleted.is_empty() => {
+                                tracing::info!(deleted = done.deleted.len(), "pruned old agent logs");
+                            }
+                            Ok(Err(e)) => tracing::warn!(error = %e, "log pruning failed"),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     pub async fn health(&self) -> Health {
         let mut reasons = Vec::new();
         let agents = match self.inner.store.list_agents().await {
@@ -1052,6 +1226,7 @@ impl Broker {
     /// for them to finish, so that no CLI outlives the broker.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
+        self.inner.stop.cancel();
         let running: Vec<Running> = self
             .inner
             .running

@@ -25,6 +25,16 @@ pub struct ServiceConfig {
     pub max_line_bytes: usize,
     /// Whether `EXECUTION_STARTED` events carry the first 100 characters of the prompt.
     pub event_prompt_preview: bool,
+    /// Agent logs rotate when they reach this size.
+    pub log_max_bytes: u64,
+    /// Rotated agent logs are deleted after this long.
+    pub log_retention: Duration,
+    /// Sessions idle for longer than this are ended by the sweep.
+    pub stale_session_after: Duration,
+    /// How often the stale-session sweep runs.
+    pub stale_sweep_every: Duration,
+    /// How often rotated logs are pruned.
+    pub log_prune_every: Duration,
 }
 
 impl ServiceConfig {
@@ -43,7 +53,16 @@ impl ServiceConfig {
             max_prompt_bytes: 1024 * 1024,
             max_line_bytes: 32 * 1024 * 1024,
             event_prompt_preview: true,
+            log_max_bytes: 50 * 1024 * 1024,
+            log_retention: Duration::from_secs(7 * 24 * 3600),
+            stale_session_after: Duration::from_secs(24 * 3600),
+            stale_sweep_every: Duration::from_secs(3600),
+            log_prune_every: Duration::from_secs(24 * 3600),
         }
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
     }
 
     pub fn binary_for(&self, cli: CliType) -> &str {

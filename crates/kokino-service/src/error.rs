@@ -59,6 +59,9 @@ pub enum ServiceError {
     StoreUnavailable(#[from] StoreError),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// A failure of the broker itself (not of the request, the CLI or the store).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<CoreError> for ServiceError {

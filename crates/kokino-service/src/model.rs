@@ -134,3 +134,37 @@ pub struct Health {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
 }
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessLimits {
+    #[serde(rename = "maxMemoryMB")]
+    pub max_memory_mb: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessStatus {
+    pub agent_id: String,
+    pub execution_id: String,
+    pub pid: i32,
+    pub pgid: i32,
+    pub mode: CommMode,
+    pub started_at: DateTime<Utc>,
+    pub age_ms: i64,
+    /// Live resident memory of the whole process group, from the latest sample.
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: f64,
+    /// CPU use of the group over the latest sampling interval, in percent of one core.
+    pub cpu_percent: f64,
+    pub limits: ProcessLimits,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentLogTail {
+    pub agent_id: String,
+    pub lines: usize,
+    pub content: String,
+}
