@@ -9,6 +9,7 @@
 mod error;
 mod headless;
 mod lines;
+pub mod probe;
 pub mod procfs;
 mod resolve;
 

@@ -88,6 +88,20 @@ pub fn is_same_process(pid: i32, start: i64) -> bool {
     start_time(pid) == Some(start)
 }
 
+/// Kills the process group a previous life of the broker recorded, but only if its leader is
+/// still the very process that was recorded (same pid *and* same start time). Returns whether
+/// something was killed. A reused pid is never touched.
+pub fn kill_recorded_group(pid: i32, start: i64) -> bool {
+    if pid <= 1 || !is_same_process(pid, start) {
+        return false;
+    }
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,18 +120,4 @@ mod tests {
         assert_eq!(pgrp_of(stat), Some(77));
         assert_eq!(stat_fields(stat).unwrap().nth(19), Some("4242"));
     }
-}
-
-/// Kills the process group a previous life of the broker recorded, but only if its leader is
-/// still the very process that was recorded (same pid *and* same start time). Returns whether
-/// something was killed. A reused pid is never touched.
-pub fn kill_recorded_group(pid: i32, start: i64) -> bool {
-    if pid <= 1 || !is_same_process(pid, start) {
-        return false;
-    }
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .is_ok()
 }
