@@ -87,6 +87,7 @@ pub struct Maintenance {
     pub log_max_bytes: Option<u64>,
     pub log_retention_days: Option<u64>,
     pub log_prune_every_ms: Option<u64>,
+    pub event_retention_days: Option<u32>,
 }
 
 /// Everything the broker needs to start, resolved.
@@ -189,6 +190,10 @@ pub fn load(args: Args) -> Result<Settings> {
     }
     if let Some(v) = m.log_prune_every_ms {
         service.log_prune_every = ms(positive("maintenance.log_prune_every_ms", v)?);
+    }
+    if let Some(v) = m.event_retention_days {
+        service.event_retention_days =
+            positive("maintenance.event_retention_days", u64::from(v))? as u32;
     }
     let body_limit = file.body_limit_bytes.unwrap_or(1024 * 1024);
     service.max_prompt_bytes = file.max_prompt_bytes.unwrap_or(body_limit);

@@ -144,3 +144,31 @@ async fn logs_need_the_token_when_one_is_set() {
         .unwrap();
     assert_eq!(r.status(), 404, "authorised, and the agent is unknown");
 }
+
+#[tokio::test]
+async fn event_retention_deletes_old_events_on_request() {
+    let w = World::new();
+    let b = w.start();
+    w.register(&b, "r", "codex", json!({})).await;
+    b.execute("r", "one").await;
+    assert!(!events(&b, "agentId=r", 3).await.is_empty());
+    let (s, body) = b.post("/api/metrics/cleanup?days=90", json!({})).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"deleted": 0, "retentionDays": 90}),
+        "recent events stay"
+    );
+    let (s, body) = b
+        .post("/api/metrics/cleanup", json!({"retentionDays": 30}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["retentionDays"], 30);
+    for bad in ["0", "x", "-3"] {
+        let (s, body) = b
+            .post(&format!("/api/metrics/cleanup?days={bad}"), json!({}))
+            .await;
+        assert_eq!(s, 400, "{bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("days"));
+    }
+}

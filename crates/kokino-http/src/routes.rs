@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
             get(get_conversation).delete(delete_conversation),
         )
         .route("/api/metrics/events", get(list_events))
+        .route("/api/metrics/cleanup", post(cleanup_events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -413,6 +414,37 @@ async fn list_events(
         .await
         .map_err(kokino_service::ServiceError::from)?;
     Ok(Json(json!({ "events": events })))
+}
+
+#[derive(Debug, Deserialize)]
+struct DaysQuery {
+    days: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RetentionBody {
+    retention_days: Option<u32>,
+}
+
+/// `POST /api/metrics/cleanup?days=90` (or body `{"retentionDays": 90}`; the query wins).
+async fn cleanup_events(
+    State(s): State<AppState>,
+    query: Result<Query<DaysQuery>, axum::extract::rejection::QueryRejection>,
+    JsonBody(body): JsonBody<RetentionBody>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let days = match q.days.as_deref().filter(|d| !d.is_empty()) {
+        Some(raw) => raw.parse::<u32>().ok().filter(|d| *d >= 1).ok_or_else(|| {
+            ApiError::bad_request(
+                Some("days"),
+                format!("days must be a whole number of days ≥ 1, not {raw:?}"),
+            )
+        })?,
+        None => body.retention_days.unwrap_or(90),
+    };
+    let deleted = s.broker.cleanup_events(days).await?;
+    Ok(Json(json!({ "deleted": deleted, "retentionDays": days })))
 }
 
 fn parse_since(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {

@@ -1163,6 +1163,22 @@ impl Broker {
         Ok(ended)
     }
 
+    /// Deletes telemetry events older than `days` days; returns how many.
+    pub async fn cleanup_events(&self, days: u32) -> Result<u64> {
+        if days == 0 {
+            return Err(ServiceError::BadRequest {
+                field: Some("days"),
+                message: "days must be at least 1".into(),
+            });
+        }
+        let cutoff = self.inner.clock.now() - chrono::Duration::days(i64::from(days));
+        let deleted = self.inner.store.delete_events_before(cutoff).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, days, "deleted old telemetry events");
+        }
+        Ok(deleted)
+    }
+
     /// Starts the periodic jobs: the stale-session sweep (hourly by default) and the pruning of
     /// old rotated logs (daily). They stop when the broker shuts down.
     pub fn spawn_maintenance(&self) {
@@ -1181,6 +1197,9 @@ impl Broker {
                         }
                     }
                     _ = prune.tick() => {
+                        if let Err(e) = this.cleanup_events(this.inner.cfg.event_retention_days).await {
+                            tracing::warn!(error = %e, "event retention failed");
+                        }
                         let logs = this.inner.logs.clone();
                         let now = std::time::SystemTime::from(this.inner.clock.now());
                         match tokio::task::spawn_blocking(move || logs.prune(now, false)).await {

@@ -33,8 +33,10 @@ pub struct ServiceConfig {
     pub stale_session_after: Duration,
     /// How often the stale-session sweep runs.
     pub stale_sweep_every: Duration,
-    /// How often rotated logs are pruned.
+    /// How often rotated logs are pruned (and old events deleted).
     pub log_prune_every: Duration,
+    /// Events older than this many days are deleted by the daily job.
+    pub event_retention_days: u32,
 }
 
 impl ServiceConfig {
@@ -58,6 +60,7 @@ impl ServiceConfig {
             stale_session_after: Duration::from_secs(24 * 3600),
             stale_sweep_every: Duration::from_secs(3600),
             log_prune_every: Duration::from_secs(24 * 3600),
+            event_retention_days: 90,
         }
     }
 

@@ -259,6 +259,14 @@ impl Store {
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
         dispatch!(self.insert_events(events))
     }
+    /// Deletes events older than `before` (retention); returns how many were deleted.
+    pub async fn delete_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
+        dispatch!(self.delete_events_before(before))
+    }
+    /// How many events are older than `before`.
+    pub async fn count_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
+        dispatch!(self.count_events_before(before))
+    }
     /// Events newest first, filtered; `limit` 0 means the default of 100.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         dispatch!(self.list_events(filter))

@@ -642,6 +642,27 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Deletes events older than `before`; returns how many.
+    pub(crate) async fn delete_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("DELETE FROM events WHERE at < ?")
+            .bind(ts(before))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Counts events older than `before` (what a dry run would delete).
+    pub(crate) async fn count_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM events WHERE at < ?")
+            .bind(ts(before))
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = Fields::new(&row, "events").get("n")?;
+        Ok(n.max(0) as u64)
+    }
+
     pub(crate) async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         let limit = match filter.limit {
             0 => DEFAULT_EVENT_LIMIT,

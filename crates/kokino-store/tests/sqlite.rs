@@ -51,6 +51,7 @@ conformance!(
     events_filter_and_order,
     event_limit_defaults_and_caps,
     conversations_are_independent,
+    event_retention_deletes_only_older_events,
 );
 
 #[tokio::test]

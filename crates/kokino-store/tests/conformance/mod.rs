@@ -889,3 +889,23 @@ pub async fn conversations_are_independent(store: &Store) {
         assert_eq!(turns.len() as i64, count);
     }
 }
+
+pub async fn event_retention_deletes_only_older_events(store: &Store) {
+    let ev = |t: &str| NewEvent {
+        event_type: t.to_owned(),
+        agent_id: None,
+        cli_type: None,
+        duration_ms: None,
+        success: None,
+        metadata: json!({}),
+    };
+    store.insert_events(&[ev("A"), ev("B")]).await.unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::days(1);
+    assert_eq!(store.count_events_before(past).await.unwrap(), 0);
+    assert_eq!(store.delete_events_before(past).await.unwrap(), 0);
+    let future = chrono::Utc::now() + chrono::Duration::seconds(5);
+    assert_eq!(store.count_events_before(future).await.unwrap(), 2);
+    assert_eq!(store.delete_events_before(future).await.unwrap(), 2);
+    let left = store.list_events(&EventFilter::default()).await.unwrap();
+    assert!(left.is_empty());
+}
