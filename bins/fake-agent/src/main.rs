@@ -1,4 +1,5 @@
-//! `kokino-fake-agent`: behaves like the claude, codex, gemini and droid CLIs in headless mode,
+//! `kokino-fake-agent`: behaves like the claude, codex, gemini and droid CLIs (headless, and in
+//! interactive mode for tmux, see `interactive.rs`),
 //! printing their real event shapes (see `shared/captures/`) so that every broker test can run
 //! real processes without network access or accounts. Behaviour is scripted by `fake:` tokens in
 //! the prompt; see `shared/spec/cli-adapters.md` and the README next to this crate.
@@ -8,11 +9,13 @@ mod cli;
 mod codex;
 mod droid;
 mod gemini;
+mod interactive;
 mod json;
 mod run;
 mod state;
 mod sys;
 mod tokens;
+mod tty;
 
 use std::io::{IsTerminal, Read};
 use std::time::{Duration, Instant};
@@ -47,7 +50,16 @@ fn main() {
         sys::err_line(USAGE);
         std::process::exit(2);
     };
-    let opts = cli::parse(personality, &args);
+    let mut opts = cli::parse(personality, &args);
+    // Gemini has no subcommand for its TUI: like the real CLI, it is interactive when stdin is a
+    // terminal and no prompt was given on the command line.
+    if personality == Personality::Gemini
+        && opts.command == Command::Run
+        && opts.prompt_arg.is_none()
+        && std::io::stdin().is_terminal()
+    {
+        opts.command = Command::Interactive;
+    }
     let logged_out = env_flag("KOKINO_FAKE_LOGGED_OUT");
 
     match &opts.command {
@@ -73,11 +85,8 @@ fn main() {
             std::process::exit(code);
         }
         Command::Interactive => {
-            sys::err_line(&format!(
-                "kokino-fake-agent: interactive {} mode is not implemented; use the headless flags",
-                personality.name()
-            ));
-            std::process::exit(2);
+            let code = interactive::run(personality, opts.clone(), logged_out);
+            sys::exit(code);
         }
         Command::Usage(msg, code) => {
             sys::err_line(msg);

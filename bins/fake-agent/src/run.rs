@@ -173,7 +173,7 @@ fn turn_inner(agent: &mut dyn Agent, s: &Script, logged_out: bool) -> Result<i32
 /// Prints `total` bytes of tool output as `tool_result` lines of about 1 MiB. Gemini and droid
 /// know the event type; claude and codex parsers see an unknown event, which must not fail a run
 /// either.
-fn flood(total: usize) {
+pub fn flood(total: usize) {
     const LINE: usize = 1024 * 1024;
     let body = "x".repeat(LINE);
     let mut left = total;
@@ -206,7 +206,7 @@ pub fn split_chunks(text: &str, n: usize) -> Vec<&str> {
 }
 
 /// Starts a grandchild in our process group that outlives us unless the whole group is killed.
-fn spawn_grandchild(inherit: bool) {
+pub fn spawn_grandchild(inherit: bool) {
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().unwrap_or_else(|_| "kokino-fake-agent".into());
     let mut cmd = Command::new(exe);
@@ -225,7 +225,7 @@ fn spawn_grandchild(inherit: bool) {
 }
 
 /// Allocates `n` bytes and writes every page so they count as resident memory.
-fn hold_memory(n: usize) -> Vec<u8> {
+pub fn hold_memory(n: usize) -> Vec<u8> {
     // A zeroed allocation stays mapped to the shared zero page until written, so one write per
     // 4 KiB page is what makes the memory resident (and is much faster than filling every byte).
     let mut v = vec![0u8; n];

@@ -93,8 +93,10 @@ fn write_fd(fd: i32, bytes: &[u8]) {
     unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
 }
 
-/// Appends `end <pid> <unix_nanos>`; formats without allocating because the SIGTERM handler calls it.
-fn witness_end() {
+/// Appends `end <pid> <unix_nanos>` and closes the log; formats without allocating because the
+/// SIGTERM handler calls it. Interactive mode calls it at the end of every turn, so each turn is
+/// one `start`/`end` pair and no descriptor accumulates over a long session.
+pub fn witness_end() {
     let fd = WITNESS_FD.swap(-1, Ordering::SeqCst);
     if fd < 0 {
         return;
@@ -116,6 +118,9 @@ fn witness_end() {
     push_decimal(&mut push, unix_nanos());
     push(b"\n");
     write_fd(fd, &buf[..len]);
+    // SAFETY: closing the descriptor we opened and just took out of WITNESS_FD; close(2) is
+    // async-signal-safe.
+    unsafe { libc::close(fd) };
 }
 
 fn push_decimal(push: &mut impl FnMut(&[u8]), mut n: u128) {

@@ -363,6 +363,12 @@ pub async fn run_headless(
                 }
                 match line {
                     Some(Line::Text(text)) => {
+                        // Short runs end before the first periodic sample: read the leader's
+                        // memory (one small procfs file) on its first line, while it surely
+                        // lives, so every execution records a peak.
+                        if peak_rss == 0 {
+                            peak_rss = procfs::rss_bytes(pid).unwrap_or(0);
+                        }
                         if let Some(log) = log.as_mut() {
                             log.line(OutputStream::Stdout, &text);
                         }
@@ -372,9 +378,7 @@ pub async fn run_headless(
                             let _ = events.send(ExecEvent::Stream(ev));
                         }
                         if final_seen {
-                            if peak_rss == 0 {
-                                peak_rss = procfs::rss_bytes(pid).unwrap_or(0);
-                            }
+                            peak_rss = peak_rss.max(procfs::rss_bytes(pid).unwrap_or(0));
                             break;
                         }
                     }

@@ -12,8 +12,10 @@ mod lines;
 pub mod probe;
 pub mod procfs;
 mod resolve;
+pub mod tmux;
 
 pub use error::ExecError;
 pub use headless::{run_headless, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason};
 pub use resolve::resolve_binary;
+pub use tmux::{TmuxExecutor, TmuxRequest};
 pub use tokio_util::sync::CancellationToken;

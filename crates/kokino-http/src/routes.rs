@@ -45,6 +45,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/metrics/events", get(list_events))
         .route("/api/metrics/cleanup", post(cleanup_events))
+        .route("/api/metrics/failures/by-cli", get(failures_by_cli))
+        .route("/api/metrics/failures/by-agent", get(failures_by_agent))
+        .route("/api/metrics/latency/by-agent", get(latency_by_agent))
+        .route("/api/slo/status", get(slo_status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -414,6 +418,50 @@ async fn list_events(
         .await
         .map_err(kokino_service::ServiceError::from)?;
     Ok(Json(json!({ "events": events })))
+}
+
+#[derive(Debug, Deserialize)]
+struct HoursQuery {
+    hours: Option<String>,
+}
+
+/// `?hours=N`, 1 to 2160 (90 days), with a per-endpoint default.
+fn hours(
+    query: Result<Query<HoursQuery>, axum::extract::rejection::QueryRejection>,
+    default: u32,
+) -> ApiResult<u32> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    match q.hours.as_deref().filter(|h| !h.is_empty()) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|h| (1..=2160).contains(h))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    Some("hours"),
+                    format!("hours must be a whole number from 1 to 2160, not {raw:?}"),
+                )
+            }),
+    }
+}
+
+type HoursParam = Result<Query<HoursQuery>, axum::extract::rejection::QueryRejection>;
+
+async fn failures_by_cli(State(s): State<AppState>, q: HoursParam) -> ApiResult<Response> {
+    Ok(Json(s.broker.failures_by_cli(hours(q, 24)?).await?).into_response())
+}
+
+async fn failures_by_agent(State(s): State<AppState>, q: HoursParam) -> ApiResult<Response> {
+    Ok(Json(s.broker.failures_by_agent(hours(q, 24)?).await?).into_response())
+}
+
+async fn latency_by_agent(State(s): State<AppState>, q: HoursParam) -> ApiResult<Response> {
+    Ok(Json(s.broker.latency_by_agent(hours(q, 1)?).await?).into_response())
+}
+
+async fn slo_status(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.broker.slo_status().await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -1163,6 +1163,28 @@ impl Broker {
         Ok(ended)
     }
 
+    // ------------------------------------------------------------------ SLOs and queries
+
+    pub async fn slo_status(&self) -> Result<crate::slo::SloStatus> {
+        let now = self.inner.clock.now();
+        Ok(crate::slo::slo_status(&self.inner.store, &self.inner.cfg.slo, now, None, None).await?)
+    }
+
+    pub async fn failures_by_cli(&self, hours: u32) -> Result<Vec<crate::slo::CliFailures>> {
+        let since = self.inner.clock.now() - chrono::Duration::hours(i64::from(hours));
+        Ok(crate::slo::failures_by_cli(&self.inner.store, since).await?)
+    }
+
+    pub async fn failures_by_agent(&self, hours: u32) -> Result<Vec<crate::slo::AgentFailures>> {
+        let since = self.inner.clock.now() - chrono::Duration::hours(i64::from(hours));
+        Ok(crate::slo::failures_by_agent(&self.inner.store, since).await?)
+    }
+
+    pub async fn latency_by_agent(&self, hours: u32) -> Result<Vec<crate::slo::AgentLatency>> {
+        let since = self.inner.clock.now() - chrono::Duration::hours(i64::from(hours));
+        Ok(crate::slo::latency_by_agent(&self.inner.store, since).await?)
+    }
+
     /// Deletes telemetry events older than `days` days; returns how many.
     pub async fn cleanup_events(&self, days: u32) -> Result<u64> {
         if days == 0 {

@@ -37,6 +37,7 @@ pub struct ServiceConfig {
     pub log_prune_every: Duration,
     /// Events older than this many days are deleted by the daily job.
     pub event_retention_days: u32,
+    pub slo: crate::slo::SloTargets,
 }
 
 impl ServiceConfig {
@@ -61,6 +62,7 @@ impl ServiceConfig {
             stale_sweep_every: Duration::from_secs(3600),
             log_prune_every: Duration::from_secs(24 * 3600),
             event_retention_days: 90,
+            slo: Default::default(),
         }
     }
 

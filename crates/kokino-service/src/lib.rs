@@ -9,6 +9,7 @@ mod broker;
 mod config;
 mod error;
 mod model;
+pub mod slo;
 pub mod telemetry;
 
 pub use broker::Broker;

@@ -79,6 +79,28 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// Finished executions of one (CLI type, agent, outcome) group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeCount {
+    pub cli_type: String,
+    pub agent_id: String,
+    pub outcome: String,
+    pub count: u64,
+    pub last_at: Option<DateTime<Utc>>,
+}
+
+/// Duration statistics of a set of executions; `agent_id` is empty for "all agents".
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurationStats {
+    pub agent_id: String,
+    pub count: u64,
+    pub avg_ms: f64,
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
 /// The store. Cheap to clone (it holds a connection pool).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -267,6 +289,39 @@ impl Store {
     pub async fn count_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
         dispatch!(self.count_events_before(before))
     }
+    // ---- analytics (SLOs, metrics queries) ----
+
+    pub async fn outcome_counts(&self, since: DateTime<Utc>) -> Result<Vec<OutcomeCount>> {
+        dispatch!(self.outcome_counts(since))
+    }
+    pub async fn event_counts(
+        &self,
+        types: &[&str],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, u64)>> {
+        dispatch!(self.event_counts(types, since))
+    }
+    /// Nearest-rank percentiles of execution durations, per agent or overall.
+    pub async fn duration_stats(
+        &self,
+        since: DateTime<Utc>,
+        outcomes: &[&str],
+        by_agent: bool,
+    ) -> Result<Vec<DurationStats>> {
+        dispatch!(self.duration_stats(since, outcomes, by_agent))
+    }
+    pub async fn avg_peak_rss_mb(&self, since: DateTime<Utc>) -> Result<Option<f64>> {
+        dispatch!(self.avg_peak_rss_mb(since))
+    }
+    /// `(cli_type, reason, count)`, the most frequent failure reasons per CLI type.
+    pub async fn top_failure_reasons(
+        &self,
+        since: DateTime<Utc>,
+        per_cli: u32,
+    ) -> Result<Vec<(String, String, u64)>> {
+        dispatch!(self.top_failure_reasons(since, per_cli))
+    }
+
     /// Events newest first, filtered; `limit` 0 means the default of 100.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         dispatch!(self.list_events(filter))

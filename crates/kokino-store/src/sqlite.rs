@@ -36,6 +36,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::{Event, EventFilter, FinishExecution, NewEvent, NewTurn, Result, StoreError};
 
+mod analytics;
+
 /// The migrations, embedded in the binary so that a deployed broker needs no files besides its
 /// database.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
