@@ -17,8 +17,10 @@ use kokino_core::{
     AgentId, AgentRecord, AgentSpec, CliType, CommMode, Conversation, NewExecution, OutcomeClass,
     Role, SessionRecord, Turn,
 };
+use kokino_exec::tmux::interactive_args;
 use kokino_exec::{
     run_headless, CancellationToken, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason,
+    TmuxExecutor, TmuxRequest,
 };
 use kokino_logs::AgentLogs;
 use kokino_store::{FinishExecution, NewTurn, Store};
@@ -66,6 +68,8 @@ struct Inner {
     clock: SharedClock,
     /// Cancelled at shutdown; periodic jobs watch it.
     stop: CancellationToken,
+    /// The tmux executor, when tmux (3.0 or later) is installed.
+    tmux: Option<TmuxExecutor>,
 }
 
 /// The broker's application service. Cheap to clone.
@@ -94,6 +98,29 @@ impl Broker {
     ) -> Result<Self> {
         let (events, _writer) = EventSink::spawn(store.clone());
         let logs = AgentLogs::new(cfg.logs_dir(), cfg.log_max_bytes, cfg.log_retention);
+        let tmux = match kokino_exec::resolve_binary(
+            &cfg.tmux_binary,
+            std::env::var_os("PATH").as_deref(),
+        ) {
+            Ok(path) => {
+                let exec = TmuxExecutor::new(path, cfg.data_dir.join("tmux"));
+                if exec.available() {
+                    // A previous life's tmux server holds CLIs nobody tracks any more: stop it.
+                    // Claude sessions are resumed by id in a new tmux session on their next run.
+                    exec.kill_server().await;
+                    Some(exec)
+                } else {
+                    tracing::warn!(
+                        "tmux is older than 3.0 or does not answer; tmux and shadow modes are off"
+                    );
+                    None
+                }
+            }
+            Err(_) => {
+                tracing::info!("tmux not found; tmux and shadow modes are off");
+                None
+            }
+        };
         let broker = Broker {
             inner: Arc::new(Inner {
                 store,
@@ -110,6 +137,7 @@ impl Broker {
                 logs,
                 clock,
                 stop: CancellationToken::new(),
+                tmux,
             }),
         };
         broker.recover_interrupted().await?;
@@ -264,6 +292,9 @@ impl Broker {
     pub async fn delete_agent(&self, agent_id: &str, purge: bool) -> Result<bool> {
         let id = AgentId::parse(agent_id)?;
         self.cancel_and_wait(&id).await;
+        if let Some(tmux) = &self.inner.tmux {
+            tmux.end_session(id.as_str()).await;
+        }
         self.inner.store.end_session(&id).await?;
         let existed = self.inner.store.delete_agent(&id, purge).await?;
         self.inner.locks.forget(&id);
@@ -289,16 +320,17 @@ impl Broker {
     /// The mode an execution of this agent will use. Only headless runs exist in this build;
     /// an agent registered for tmux or shadow gets a clear 503 instead of a wrong run.
     fn effective_mode(&self, agent: &AgentRecord) -> Result<CommMode> {
-        match agent.spec.comm_mode {
-            CommMode::Headless => Ok(CommMode::Headless),
-            other => Err(ServiceError::NoExecutionMode {
+        let mode = agent.spec.comm_mode;
+        if matches!(mode, CommMode::Tmux | CommMode::Shadow) && self.inner.tmux.is_none() {
+            return Err(ServiceError::NoExecutionMode {
                 message: format!(
-                    "agent {} is registered with commMode {other}, which this broker cannot run yet; re-register it with commMode headless",
+                    "agent {} runs in {mode} mode, which needs tmux (3.0 or later), and tmux was not found on the broker's PATH; install tmux or re-register the agent with commMode headless",
                     agent.spec.agent_id
                 ),
                 retry_after: None,
-            }),
+            });
         }
+        Ok(mode)
     }
 
     /// Runs one prompt on an agent and answers with the CLI's answer. `progress`, when given,
@@ -407,6 +439,88 @@ impl Broker {
         }
     }
 
+    /// Everything one leg needs to start: the resolved binary, its arguments for the mode, the
+    /// child environment, the limits. An `Err` is a message for a `spawn_error` outcome.
+    async fn build_runner(
+        &self,
+        agent: &AgentRecord,
+        mode: CommMode,
+        session: SessionArg<'_>,
+        prompt: String,
+        timeout: Duration,
+    ) -> Result<Runner, String> {
+        let cfg = &self.inner.cfg;
+        let cli = agent.spec.cli_type;
+        let program = self.resolve_binary(agent).await?;
+        let env = child_env(
+            cli,
+            std::env::vars(),
+            &agent.spec.env,
+            &cfg.conflicting_for(cli),
+        );
+        let limits = Limits {
+            timeout,
+            inactivity: cfg.inactivity_timeout,
+            post_result_grace: cfg.post_result_grace,
+            kill_grace: cfg.kill_grace,
+            max_memory_bytes: Some(
+                agent.spec.max_memory_mb.unwrap_or(cfg.max_memory_mb) * 1024 * 1024,
+            ),
+            memory_sample_every: cfg.memory_sample_every,
+            max_line_bytes: cfg.max_line_bytes,
+        };
+        if mode == CommMode::Tmux {
+            let mut args = interactive_args(cli, session, agent.spec.model.as_deref());
+            if let (CliType::ClaudeCode, Some(sp), SessionArg::New { .. }) =
+                (cli, agent.spec.system_prompt.as_deref(), session)
+            {
+                args.extend(["--append-system-prompt".to_owned(), sp.to_owned()]);
+            }
+            args.extend(agent.spec.extra_args.iter().cloned());
+            let claude_session_id = (cli == CliType::ClaudeCode).then(|| match session {
+                SessionArg::New { preassigned_id } => preassigned_id.to_owned(),
+                SessionArg::Resume { session_id } => session_id.to_owned(),
+            });
+            let cwd = agent
+                .spec
+                .cwd
+                .as_ref()
+                .map(PathBuf::from)
+                .or_else(|| std::env::current_dir().ok())
+                .unwrap_or_else(|| PathBuf::from("/"));
+            return Ok(Runner::Tmux(
+                TmuxRequest {
+                    agent_id: agent.spec.agent_id.to_string(),
+                    cli,
+                    program,
+                    args,
+                    env,
+                    cwd,
+                    prompt,
+                    claude_session_id,
+                },
+                limits,
+            ));
+        }
+        let args = build_args(&InvocationRequest {
+            cli,
+            model: agent.spec.model.as_deref(),
+            system_prompt: agent.spec.system_prompt.as_deref(),
+            extra_args: &agent.spec.extra_args,
+            session,
+        });
+        Ok(Runner::Headless(
+            HeadlessCommand {
+                program,
+                args,
+                env,
+                cwd: agent.spec.cwd.as_ref().map(PathBuf::from),
+                stdin: prompt.into_bytes(),
+            },
+            limits,
+        ))
+    }
+
     /// The execution proper, with the lock held.
     async fn run_locked(
         &self,
@@ -506,58 +620,19 @@ impl Broker {
         self.inner.events.emit(start_ev);
 
         let persisted_user_turn = phase.elapsed();
-        let result = match self.resolve_binary(&agent).await {
-            Err(message) => RunResult {
-                outcome: OutcomeClass::SpawnError,
-                parsed: Default::default(),
-                exit: Default::default(),
-                stop: None,
-                stderr_tail: String::new(),
-                duration: Duration::ZERO,
-                peak_rss_bytes: 0,
-                pid: None,
-                spawn_error: Some(message),
-            },
-            Ok(program) => {
-                let args = build_args(&InvocationRequest {
-                    cli,
-                    model: agent.spec.model.as_deref(),
-                    system_prompt: agent.spec.system_prompt.as_deref(),
-                    extra_args: &agent.spec.extra_args,
-                    session: session_arg,
-                });
-                let env = child_env(
-                    cli,
-                    std::env::vars(),
-                    &agent.spec.env,
-                    &cfg.conflicting_for(cli),
-                );
-                let cmd = HeadlessCommand {
-                    program,
-                    args,
-                    env,
-                    cwd: agent.spec.cwd.as_ref().map(PathBuf::from),
-                    stdin: cli_prompt.into_bytes(),
-                };
-                let limits = Limits {
-                    timeout,
-                    inactivity: cfg.inactivity_timeout,
-                    post_result_grace: cfg.post_result_grace,
-                    kill_grace: cfg.kill_grace,
-                    max_memory_bytes: Some(
-                        agent.spec.max_memory_mb.unwrap_or(cfg.max_memory_mb) * 1024 * 1024,
-                    ),
-                    memory_sample_every: cfg.memory_sample_every,
-                    max_line_bytes: cfg.max_line_bytes,
-                };
+        let runner = self
+            .build_runner(&agent, mode, session_arg, cli_prompt, timeout)
+            .await;
+        let result = match runner {
+            Err(message) => spawn_error_result(message),
+            Ok(runner) => {
                 self.run_process(
                     &agent,
                     mode,
                     &session,
                     &execution_id,
                     guard.token(),
-                    cmd,
-                    limits,
+                    runner,
                     progress,
                 )
                 .await
@@ -599,10 +674,10 @@ impl Broker {
         session: &SessionRecord,
         execution_id: &str,
         token: u64,
-        cmd: HeadlessCommand,
-        limits: Limits,
+        runner: Runner,
         progress: Option<mpsc::UnboundedSender<Progress>>,
     ) -> RunResult {
+        let limits = runner.limits().clone();
         let id = &agent.spec.agent_id;
         let cli = agent.spec.cli_type;
         let cancel = CancellationToken::new();
@@ -625,8 +700,18 @@ impl Broker {
             .increment(1.0);
 
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let log = Box::new(self.inner.logs.writer(id));
-        let run = run_headless(cmd, parser_for(cli), limits, cancel, tx, Some(log));
+        let run = async {
+            match runner {
+                Runner::Headless(cmd, limits) => {
+                    let log = Box::new(self.inner.logs.writer(id));
+                    run_headless(cmd, parser_for(cli), limits, cancel, tx, Some(log)).await
+                }
+                Runner::Tmux(req, limits) => match &self.inner.tmux {
+                    Some(tmux) => tmux.run(req, limits, cancel, tx).await,
+                    None => spawn_error_result("tmux is not available".into()),
+                },
+            }
+        };
         let consume = async {
             let mut known_session = session
                 .cli_session_id
@@ -944,6 +1029,9 @@ impl Broker {
         let id = AgentId::parse(agent_id)?;
         let agent = self.agent(&id).await?;
         self.cancel_and_wait(&id).await;
+        if let Some(tmux) = &self.inner.tmux {
+            tmux.end_session(id.as_str()).await;
+        }
         let ended = self.inner.store.end_session(&id).await?;
         if let Some(s) = &ended {
             let mut ev = event(
@@ -1287,6 +1375,9 @@ impl Broker {
         {
             tracing::error!("some executions did not stop in time");
         }
+        if let Some(tmux) = &self.inner.tmux {
+            tmux.kill_server().await;
+        }
     }
 }
 
@@ -1297,5 +1388,34 @@ fn session_view(s: SessionRecord) -> SessionView {
         session_id: s.cli_session_id.filter(|_| s.cli_session_started),
         created_at: s.created_at,
         last_activity_at: s.last_activity_at,
+    }
+}
+
+/// How one leg of an execution runs.
+enum Runner {
+    Headless(HeadlessCommand, Limits),
+    Tmux(TmuxRequest, Limits),
+}
+
+impl Runner {
+    fn limits(&self) -> &Limits {
+        match self {
+            Runner::Headless(_, l) | Runner::Tmux(_, l) => l,
+        }
+    }
+}
+
+/// The result of a run that could not start at all.
+fn spawn_error_result(message: String) -> RunResult {
+    RunResult {
+        outcome: OutcomeClass::SpawnError,
+        parsed: Default::default(),
+        exit: Default::default(),
+        stop: None,
+        stderr_tail: String::new(),
+        duration: Duration::ZERO,
+        peak_rss_bytes: 0,
+        pid: None,
+        spawn_error: Some(message),
     }
 }

@@ -38,6 +38,8 @@ pub struct ServiceConfig {
     /// Events older than this many days are deleted by the daily job.
     pub event_retention_days: u32,
     pub slo: crate::slo::SloTargets,
+    /// The tmux binary for tmux and shadow modes.
+    pub tmux_binary: String,
 }
 
 impl ServiceConfig {
@@ -63,6 +65,7 @@ impl ServiceConfig {
             log_prune_every: Duration::from_secs(24 * 3600),
             event_retention_days: 90,
             slo: Default::default(),
+            tmux_binary: "tmux".into(),
         }
     }
 
