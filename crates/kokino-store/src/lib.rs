@@ -101,6 +101,29 @@ pub struct DurationStats {
     pub max_ms: u64,
 }
 
+/// One integrity problem found in the store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrityFinding {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub conversation_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+    pub message: String,
+}
+
+/// Counts for `GET /api/integrity/stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntegrityTotals {
+    pub conversations: u64,
+    pub turns: u64,
+    pub user_turns: u64,
+    pub assistant_turns: u64,
+    pub system_turns: u64,
+    pub conversations_by_agent: Vec<(String, u64)>,
+}
+
 /// The store. Cheap to clone (it holds a connection pool).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -289,6 +312,21 @@ impl Store {
     pub async fn count_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
         dispatch!(self.count_events_before(before))
     }
+    // ---- integrity ----
+
+    /// Every integrity problem in the store (behavior.md, Conversations and integrity), except
+    /// executions stuck `running`, which only the broker can judge (it knows what runs).
+    pub async fn integrity_findings(&self) -> Result<Vec<IntegrityFinding>> {
+        dispatch!(self.integrity_findings())
+    }
+    pub async fn integrity_totals(&self) -> Result<IntegrityTotals> {
+        dispatch!(self.integrity_totals())
+    }
+    /// Repairs what is safe; returns (rows deleted, conversations renumbered).
+    pub async fn integrity_repair(&self) -> Result<(u64, u64)> {
+        dispatch!(self.integrity_repair())
+    }
+
     // ---- analytics (SLOs, metrics queries) ----
 
     pub async fn outcome_counts(&self, since: DateTime<Utc>) -> Result<Vec<OutcomeCount>> {
@@ -326,4 +364,62 @@ impl Store {
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         dispatch!(self.list_events(filter))
     }
+
+    // ---- breakers and fallback ----
+
+    /// Inserts or replaces the persisted state of one circuit breaker. `scope` is `"agent"` or
+    /// `"cli"`, `key` the agent id or CLI type; `snapshot` is whatever the breaker serialises to
+    /// (`kokino_core::breaker::BreakerSnapshot`): the store keeps it as opaque JSON.
+    pub async fn save_circuit(
+        &self,
+        scope: &str,
+        key: &str,
+        snapshot: &serde_json::Value,
+    ) -> Result<()> {
+        dispatch!(self.save_circuit(scope, key, snapshot))
+    }
+    /// Every persisted breaker as `(scope, key, snapshot)`, ordered by scope and key.
+    pub async fn load_circuits(&self) -> Result<Vec<(String, String, serde_json::Value)>> {
+        dispatch!(self.load_circuits())
+    }
+    /// Forgets one breaker (its agent was deleted). Returns whether it was stored.
+    pub async fn delete_circuit(&self, scope: &str, key: &str) -> Result<bool> {
+        dispatch!(self.delete_circuit(scope, key))
+    }
+    /// Inserts or replaces one fallback override: `kind` `"cli"` (a disabled CLI type) or
+    /// `"agent"` (an agent forced to tmux). Any other kind is rejected by the database.
+    pub async fn put_fallback(
+        &self,
+        kind: &str,
+        key: &str,
+        reason: &str,
+        since: DateTime<Utc>,
+        auto: bool,
+    ) -> Result<()> {
+        dispatch!(self.put_fallback(kind, key, reason, since, auto))
+    }
+    /// Removes one override. Returns whether it was stored.
+    pub async fn delete_fallback(&self, kind: &str, key: &str) -> Result<bool> {
+        dispatch!(self.delete_fallback(kind, key))
+    }
+    /// Removes every override of both kinds. Returns how many there were.
+    pub async fn clear_fallbacks(&self) -> Result<u64> {
+        dispatch!(self.clear_fallbacks())
+    }
+    /// Every override, ordered by kind and key.
+    pub async fn load_fallbacks(&self) -> Result<Vec<FallbackRow>> {
+        dispatch!(self.load_fallbacks())
+    }
+}
+
+/// One stored fallback override (`kokino_core::fallback::Override` with its target spelled as
+/// the row's `kind` and `key`). `since` comes back truncated to the millisecond, like every
+/// stored time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackRow {
+    pub kind: String,
+    pub key: String,
+    pub reason: String,
+    pub since: DateTime<Utc>,
+    pub auto: bool,
 }

@@ -37,6 +37,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use crate::{Event, EventFilter, FinishExecution, NewEvent, NewTurn, Result, StoreError};
 
 mod analytics;
+mod integrity;
 
 /// The migrations, embedded in the binary so that a deployed broker needs no files besides its
 /// database.
@@ -702,6 +703,103 @@ impl SqliteStore {
         let rows = query.build().fetch_all(&self.pool).await?;
         rows.iter().map(decode_event).collect()
     }
+
+    // ---- breakers and fallback ----
+
+    pub(crate) async fn save_circuit(
+        &self,
+        scope: &str,
+        key: &str,
+        snapshot: &serde_json::Value,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO circuit_states (scope, key, snapshot, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (scope, key) DO UPDATE SET \
+                snapshot = excluded.snapshot, updated_at = excluded.updated_at",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(to_json_text(snapshot))
+        .bind(ts(now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn load_circuits(&self) -> Result<Vec<(String, String, serde_json::Value)>> {
+        let rows =
+            sqlx::query("SELECT scope, key, snapshot FROM circuit_states ORDER BY scope, key")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(decode_circuit).collect()
+    }
+
+    pub(crate) async fn delete_circuit(&self, scope: &str, key: &str) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("DELETE FROM circuit_states WHERE scope = ? AND key = ?")
+            .bind(scope)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn put_fallback(
+        &self,
+        kind: &str,
+        key: &str,
+        reason: &str,
+        since: DateTime<Utc>,
+        auto: bool,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO fallback_overrides (kind, key, reason, since, auto) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (kind, key) DO UPDATE SET \
+                reason = excluded.reason, since = excluded.since, auto = excluded.auto",
+        )
+        .bind(kind)
+        .bind(key)
+        .bind(reason)
+        .bind(ts(since))
+        .bind(i64::from(auto))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_fallback(&self, kind: &str, key: &str) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("DELETE FROM fallback_overrides WHERE kind = ? AND key = ?")
+            .bind(kind)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn clear_fallbacks(&self) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("DELETE FROM fallback_overrides")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn load_fallbacks(&self) -> Result<Vec<crate::FallbackRow>> {
+        let rows = sqlx::query(
+            "SELECT kind, key, reason, since, auto FROM fallback_overrides ORDER BY kind, key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_fallback).collect()
+    }
 }
 
 // ---- transaction steps shared by several operations ----
@@ -1100,5 +1198,21 @@ fn decode_event(row: &SqliteRow) -> Result<Event> {
         success: f.bool_opt("success")?,
         metadata: f.json("metadata")?,
         at: f.time("at")?,
+    })
+}
+
+fn decode_circuit(row: &SqliteRow) -> Result<(String, String, serde_json::Value)> {
+    let f = Fields::new(row, "circuit_states");
+    Ok((f.get("scope")?, f.get("key")?, f.json("snapshot")?))
+}
+
+fn decode_fallback(row: &SqliteRow) -> Result<crate::FallbackRow> {
+    let f = Fields::new(row, "fallback_overrides");
+    Ok(crate::FallbackRow {
+        kind: f.get("kind")?,
+        key: f.get("key")?,
+        reason: f.get("reason")?,
+        since: f.time("since")?,
+        auto: f.bool("auto")?,
     })
 }

@@ -52,6 +52,12 @@ conformance!(
     event_limit_defaults_and_caps,
     conversations_are_independent,
     event_retention_deletes_only_older_events,
+    circuits_round_trip_and_upsert,
+    circuit_delete,
+    circuit_rejects_unknown_scope,
+    fallbacks_round_trip_and_upsert,
+    fallback_delete_and_clear,
+    fallback_rejects_unknown_kind,
 );
 
 #[tokio::test]
@@ -227,4 +233,71 @@ async fn undecodable_rows_are_reported_as_corrupt() {
             ..
         })
     ));
+}
+
+#[tokio::test]
+async fn breakers_and_fallbacks_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kokino.db").display());
+    let since = chrono::DateTime::from_timestamp_millis(1_738_324_800_123).unwrap();
+    let snapshot = serde_json::json!({"state": "forced_open", "consecutiveFailures": 0,
+                                      "openForMs": 60000, "manualReason": "maintenance"});
+    {
+        let store = Store::open(&url).await.unwrap();
+        store
+            .save_circuit("cli", "gemini", &snapshot)
+            .await
+            .unwrap();
+        store
+            .put_fallback("agent", "alpha", "circuit opened", since, true)
+            .await
+            .unwrap();
+    }
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(
+        store.load_circuits().await.unwrap(),
+        vec![("cli".to_owned(), "gemini".to_owned(), snapshot)]
+    );
+    let rows = store.load_fallbacks().await.unwrap();
+    assert_eq!(
+        rows,
+        vec![kokino_store::FallbackRow {
+            kind: "agent".into(),
+            key: "alpha".into(),
+            reason: "circuit opened".into(),
+            since,
+            auto: true,
+        }]
+    );
+}
+
+#[tokio::test]
+async fn undecodable_fallback_rows_are_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kokino.db");
+    let store = Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    raw_execute(
+        &db,
+        "INSERT INTO fallback_overrides VALUES ('cli', 'codex', 'x', 'yesterday', 1)",
+    )
+    .await;
+    assert!(matches!(
+        store.load_fallbacks().await,
+        Err(StoreError::Corrupt {
+            table: "fallback_overrides",
+            ..
+        })
+    ));
+    // Invalid JSON cannot even be planted: the table checks it on write.
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let planted = sqlx::query(
+        "INSERT INTO circuit_states VALUES ('agent', 'a', '{not json', '2025-01-01T00:00:00.000Z')",
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(planted.is_err());
 }

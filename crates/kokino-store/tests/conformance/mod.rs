@@ -8,10 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::Utc;
+use kokino_core::breaker::{Breaker, BreakerConfig, BreakerSnapshot};
 use kokino_core::{
     AgentId, AgentSpec, CliType, CommMode, ExecutionState, NewExecution, OutcomeClass, Role, Usage,
 };
-use kokino_store::{EventFilter, FinishExecution, NewEvent, NewTurn, Store, StoreError};
+use kokino_store::{
+    EventFilter, FallbackRow, FinishExecution, NewEvent, NewTurn, Store, StoreError,
+};
 use serde_json::json;
 
 // ---- helpers ----
@@ -908,4 +911,167 @@ pub async fn event_retention_deletes_only_older_events(store: &Store) {
     assert_eq!(store.delete_events_before(future).await.unwrap(), 2);
     let left = store.list_events(&EventFilter::default()).await.unwrap();
     assert!(left.is_empty());
+}
+
+// ---- breakers and fallback ----
+
+/// A time with millisecond precision, so it survives the store's truncation unchanged.
+fn ms_time(offset_secs: i64) -> chrono::DateTime<Utc> {
+    let now = Utc::now() + chrono::Duration::seconds(offset_secs);
+    chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap()
+}
+
+pub async fn circuits_round_trip_and_upsert(store: &Store) {
+    assert!(store.load_circuits().await.unwrap().is_empty());
+
+    // A real breaker snapshot, as the service will store it; its times keep full precision
+    // because the store treats the snapshot as opaque JSON.
+    let mut breaker = Breaker::new(BreakerConfig::default());
+    let now = Utc::now();
+    for _ in 0..5 {
+        breaker.record(OutcomeClass::CliError, Some("exit 1"), None, now, 0.5);
+    }
+    let snapshot = serde_json::to_value(breaker.snapshot()).unwrap();
+    store
+        .save_circuit("agent", "alpha", &snapshot)
+        .await
+        .unwrap();
+    let closed = serde_json::to_value(Breaker::new(BreakerConfig::default()).snapshot()).unwrap();
+    store.save_circuit("cli", "codex", &closed).await.unwrap();
+    store
+        .save_circuit("agent", "beta", &json!({"state": "closed"}))
+        .await
+        .unwrap();
+
+    let rows = store.load_circuits().await.unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("agent".to_owned(), "alpha".to_owned(), snapshot.clone()),
+            (
+                "agent".to_owned(),
+                "beta".to_owned(),
+                json!({"state": "closed"})
+            ),
+            ("cli".to_owned(), "codex".to_owned(), closed.clone()),
+        ]
+    );
+    let back: BreakerSnapshot = serde_json::from_value(rows[0].2.clone()).unwrap();
+    assert_eq!(back, breaker.snapshot());
+
+    // Saving again replaces the row instead of adding one.
+    store.save_circuit("agent", "alpha", &closed).await.unwrap();
+    let rows = store.load_circuits().await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].2, closed);
+}
+
+pub async fn circuit_delete(store: &Store) {
+    let snapshot = json!({"state": "open", "consecutiveFailures": 5, "openForMs": 60000});
+    store
+        .save_circuit("agent", "alpha", &snapshot)
+        .await
+        .unwrap();
+    store.save_circuit("cli", "alpha", &snapshot).await.unwrap();
+    assert!(!store.delete_circuit("agent", "nobody").await.unwrap());
+    assert!(store.delete_circuit("agent", "alpha").await.unwrap());
+    assert!(!store.delete_circuit("agent", "alpha").await.unwrap());
+    // Scope is part of the key: the CLI row with the same key stays.
+    let rows = store.load_circuits().await.unwrap();
+    assert_eq!(rows, vec![("cli".to_owned(), "alpha".to_owned(), snapshot)]);
+}
+
+pub async fn circuit_rejects_unknown_scope(store: &Store) {
+    let err = store
+        .save_circuit("mode", "headless", &json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert!(store.load_circuits().await.unwrap().is_empty());
+}
+
+pub async fn fallbacks_round_trip_and_upsert(store: &Store) {
+    assert!(store.load_fallbacks().await.unwrap().is_empty());
+    let t1 = ms_time(-60);
+    let t2 = ms_time(0);
+    store
+        .put_fallback("cli", "codex", "doctor: auth failed", t1, true)
+        .await
+        .unwrap();
+    store
+        .put_fallback("agent", "alpha", "operator", t1, false)
+        .await
+        .unwrap();
+    // The same key under the other kind is a different override.
+    store
+        .put_fallback("agent", "codex", "odd but valid", t2, false)
+        .await
+        .unwrap();
+    let rows = store.load_fallbacks().await.unwrap();
+    let row = |kind: &str, key: &str, reason: &str, since, auto| FallbackRow {
+        kind: kind.to_owned(),
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+        since,
+        auto,
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row("agent", "alpha", "operator", t1, false),
+            row("agent", "codex", "odd but valid", t2, false),
+            row("cli", "codex", "doctor: auth failed", t1, true),
+        ]
+    );
+
+    // An operator's entry over the automatic one replaces it (reason, time and flag).
+    store
+        .put_fallback("cli", "codex", "operator", t2, false)
+        .await
+        .unwrap();
+    let rows = store.load_fallbacks().await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2], row("cli", "codex", "operator", t2, false));
+
+    // Sub-millisecond precision is dropped, as for every stored time.
+    let precise = t2 + chrono::Duration::microseconds(1234);
+    store
+        .put_fallback("agent", "alpha", "operator", precise, false)
+        .await
+        .unwrap();
+    let rows = store.load_fallbacks().await.unwrap();
+    assert_eq!(rows[0].since, t2 + chrono::Duration::milliseconds(1));
+}
+
+pub async fn fallback_delete_and_clear(store: &Store) {
+    let t = ms_time(0);
+    assert_eq!(store.clear_fallbacks().await.unwrap(), 0);
+    store
+        .put_fallback("cli", "gemini", "x", t, false)
+        .await
+        .unwrap();
+    store
+        .put_fallback("agent", "a", "y", t, true)
+        .await
+        .unwrap();
+    store
+        .put_fallback("agent", "b", "z", t, false)
+        .await
+        .unwrap();
+    assert!(store.delete_fallback("agent", "a").await.unwrap());
+    assert!(!store.delete_fallback("agent", "a").await.unwrap());
+    assert!(!store.delete_fallback("cli", "b").await.unwrap());
+    assert_eq!(store.load_fallbacks().await.unwrap().len(), 2);
+    assert_eq!(store.clear_fallbacks().await.unwrap(), 2);
+    assert!(store.load_fallbacks().await.unwrap().is_empty());
+    assert_eq!(store.clear_fallbacks().await.unwrap(), 0);
+}
+
+pub async fn fallback_rejects_unknown_kind(store: &Store) {
+    let err = store
+        .put_fallback("mode", "tmux", "x", ms_time(0), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert!(store.load_fallbacks().await.unwrap().is_empty());
 }
