@@ -55,7 +55,9 @@ async fn availability_budget_burn_and_latency_follow_the_eligibility_rules() {
     assert_eq!(s, 409);
     assert_eq!(holder.await.unwrap(), 200, "the holder is a 19th success");
     // Not eligible: a rate-limited run and a cancelled one.
-    assert_eq!(b.execute("s", "fake:ratelimit").await.0, 503);
+    // (On another agent: a rate limit parks its agent, which would refuse the next request.)
+    w.register(&b, "s2", "codex", json!({})).await;
+    assert_eq!(b.execute("s2", "fake:ratelimit").await.0, 503);
     let cancelled = {
         let client = b.client.clone();
         let url = format!("{}/agents/s/execute", b.base);

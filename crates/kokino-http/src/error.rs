@@ -148,6 +148,27 @@ impl From<ServiceError> for ApiError {
                 e
             }
             ServiceError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", message),
+            ServiceError::CircuitOpen {
+                scope,
+                state,
+                retry_after,
+                ..
+            } => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CIRCUIT_OPEN", message)
+                    .with_details(json!({"scope": scope, "state": state}));
+                e.retry_after = retry_after;
+                e
+            }
+            ServiceError::RateLimited {
+                agent_id,
+                until,
+                retry_after,
+            } => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "RATE_LIMITED", message)
+                    .with_details(json!({"agentId": agent_id, "until": until}));
+                e.retry_after = Some(retry_after);
+                e
+            }
             ServiceError::Internal(_) => {
                 tracing::error!(error = %message, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use kokino_core::{AgentId, AgentSpec, CliType, CommMode, Conversation, Turn};
 use kokino_service::ExecuteRequest;
@@ -31,6 +31,20 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/processes/status", get(processes_status))
         .route("/agents/logs/status", get(logs_status))
         .route("/agents/{id}/logs", get(agent_logs))
+        .route("/agents/circuits/status", get(circuits_status))
+        .route("/agents/{id}/circuit/reset", post(reset_agent_circuit))
+        .route(
+            "/api/circuits/cli/{cli_type}/reset",
+            post(reset_cli_circuit),
+        )
+        .route("/api/fallback/status", get(fallback_status))
+        .route("/api/fallback/cli/disable", post(fallback_cli_disable))
+        .route("/api/fallback/cli/enable", post(fallback_cli_enable))
+        .route("/api/fallback/agent/force", post(fallback_agent_force_body))
+        .route("/api/fallback/agent/clear", post(fallback_agent_clear_body))
+        .route("/api/fallback/agent/{id}/force", post(fallback_agent_force))
+        .route("/api/fallback/agent/{id}", delete(fallback_agent_clear))
+        .route("/api/fallback/clear-all", post(fallback_clear_all))
         .route("/agents/{id}", get(get_agent).delete(delete_agent))
         .route("/agents/{id}/execute", post(execute))
         .route("/agents/{id}/execute/stream", post(execute_stream))
@@ -49,6 +63,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics/failures/by-agent", get(failures_by_agent))
         .route("/api/metrics/latency/by-agent", get(latency_by_agent))
         .route("/api/slo/status", get(slo_status))
+        .route("/api/integrity/check", get(integrity_check))
+        .route("/api/integrity/stats", get(integrity_stats))
+        .route("/api/integrity/cleanup", post(integrity_cleanup))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -321,6 +338,145 @@ async fn logs_status(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "logs": status })))
 }
 
+// ---------------------------------------------------------------- breakers and fallback
+
+async fn circuits_status(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({ "circuits": s.broker.circuits_status() }))
+}
+
+async fn reset_agent_circuit(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+) -> ApiResult<Json<Value>> {
+    let previous = s.broker.reset_agent_circuit(id.as_str()).await?;
+    Ok(Json(
+        json!({"reset": true, "agentId": id, "previousState": previous}),
+    ))
+}
+
+fn parse_cli(raw: &str, field: &str) -> ApiResult<CliType> {
+    raw.parse()
+        .map_err(|e: kokino_core::CoreError| ApiError::bad_request(Some(field), e.to_string()))
+}
+
+async fn reset_cli_circuit(
+    State(s): State<AppState>,
+    Path(cli_type): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let cli = parse_cli(&cli_type, "cliType")?;
+    let previous = s.broker.reset_cli_circuit(cli).await?;
+    Ok(Json(
+        json!({"reset": true, "cliType": cli, "previousState": previous}),
+    ))
+}
+
+async fn fallback_status(State(s): State<AppState>) -> Json<kokino_core::fallback::FallbackStatus> {
+    Json(s.broker.fallback_status())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CliBody {
+    cli_type: String,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AgentReasonBody {
+    agent_id: String,
+    reason: Option<String>,
+}
+
+/// A reason is what the next operator reads in `GET /api/fallback/status`; an empty one says
+/// nothing, so a default names who set it.
+fn reason_or_default(reason: Option<String>) -> String {
+    reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "set by an operator (no reason given)".into())
+}
+
+async fn fallback_cli_disable(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<CliBody>,
+) -> ApiResult<Json<Value>> {
+    let cli = parse_cli(&body.cli_type, "cliType")?;
+    s.broker
+        .disable_cli(cli, &reason_or_default(body.reason))
+        .await?;
+    Ok(Json(json!({"disabled": true, "cliType": cli})))
+}
+
+async fn fallback_cli_enable(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<CliBody>,
+) -> ApiResult<Json<Value>> {
+    let cli = parse_cli(&body.cli_type, "cliType")?;
+    let was = s.broker.enable_cli(cli).await?;
+    Ok(Json(
+        json!({"enabled": true, "cliType": cli, "wasDisabled": was}),
+    ))
+}
+
+async fn fallback_agent_force(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    s.broker
+        .force_agent(id.as_str(), &reason_or_default(body.reason))
+        .await?;
+    Ok(Json(json!({"forced": true, "agentId": id})))
+}
+
+async fn fallback_agent_force_body(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<AgentReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let id = AgentId::parse(&body.agent_id)
+        .map_err(|e| ApiError::bad_request(Some("agentId"), e.to_string()))?;
+    s.broker
+        .force_agent(id.as_str(), &reason_or_default(body.reason))
+        .await?;
+    Ok(Json(json!({"forced": true, "agentId": id})))
+}
+
+async fn fallback_agent_clear(
+    State(s): State<AppState>,
+    AgentPath(id): AgentPath,
+) -> ApiResult<Json<Value>> {
+    let cleared = s.broker.clear_agent_fallback(id.as_str()).await?;
+    Ok(Json(json!({"cleared": cleared, "agentId": id})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AgentBody {
+    agent_id: String,
+}
+
+async fn fallback_agent_clear_body(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<AgentBody>,
+) -> ApiResult<Json<Value>> {
+    let id = AgentId::parse(&body.agent_id)
+        .map_err(|e| ApiError::bad_request(Some("agentId"), e.to_string()))?;
+    let cleared = s.broker.clear_agent_fallback(id.as_str()).await?;
+    Ok(Json(json!({"cleared": cleared, "agentId": id})))
+}
+
+async fn fallback_clear_all(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let n = s.broker.clear_all_fallbacks().await?;
+    Ok(Json(json!({ "cleared": n })))
+}
+
 // ---------------------------------------------------------------- conversations
 
 fn conversation_body(conv: Conversation, turns: Vec<Turn>) -> Value {
@@ -458,6 +614,25 @@ async fn failures_by_agent(State(s): State<AppState>, q: HoursParam) -> ApiResul
 
 async fn latency_by_agent(State(s): State<AppState>, q: HoursParam) -> ApiResult<Response> {
     Ok(Json(s.broker.latency_by_agent(hours(q, 1)?).await?).into_response())
+}
+
+/// 200 when clean, 503 when not (so a load balancer or `curl -f` notices).
+async fn integrity_check(State(s): State<AppState>) -> ApiResult<Response> {
+    let report = s.broker.integrity_check().await?;
+    let status = if report.passed {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(report)).into_response())
+}
+
+async fn integrity_stats(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.broker.integrity_stats().await?).into_response())
+}
+
+async fn integrity_cleanup(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.broker.integrity_cleanup().await?).into_response())
 }
 
 async fn slo_status(State(s): State<AppState>) -> ApiResult<Response> {

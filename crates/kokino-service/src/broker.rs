@@ -11,7 +11,9 @@ use kokino_cli::{
     build_args, child_env, first_prompt_with_system, parser_for, InvocationRequest, SessionArg,
     StreamEvent,
 };
+use kokino_core::breaker::{ExecutionPermit, Scope};
 use kokino_core::clock::{SharedClock, SystemClock};
+use kokino_core::fallback::{FallbackStatus, ModeOrigin, Target};
 use kokino_core::lock::{AgentLocks, LockGuard};
 use kokino_core::{
     AgentId, AgentRecord, AgentSpec, CliType, CommMode, Conversation, NewExecution, OutcomeClass,
@@ -29,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::model::*;
+use crate::resilience::Resilience;
 use crate::telemetry::{self, event, EventSink};
 use crate::{ServiceConfig, ServiceError};
 
@@ -70,6 +73,9 @@ struct Inner {
     stop: CancellationToken,
     /// The tmux executor, when tmux (3.0 or later) is installed.
     tmux: Option<TmuxExecutor>,
+    /// The clean ratio of the latest integrity check, for the integrity SLO.
+    last_integrity: Mutex<Option<f64>>,
+    resilience: Resilience,
 }
 
 /// The broker's application service. Cheap to clone.
@@ -97,6 +103,7 @@ impl Broker {
         clock: SharedClock,
     ) -> Result<Self> {
         let (events, _writer) = EventSink::spawn(store.clone());
+        let resilience = Resilience::load(store.clone(), events.clone(), clock.clone()).await?;
         let logs = AgentLogs::new(cfg.logs_dir(), cfg.log_max_bytes, cfg.log_retention);
         let tmux = match kokino_exec::resolve_binary(
             &cfg.tmux_binary,
@@ -138,6 +145,8 @@ impl Broker {
                 clock,
                 stop: CancellationToken::new(),
                 tmux,
+                last_integrity: Mutex::new(None),
+                resilience,
             }),
         };
         broker.recover_interrupted().await?;
@@ -170,39 +179,47 @@ impl Broker {
                     self.inner.events.emit(e);
                 }
             }
-            let message = "interrupted: the broker stopped while this execution was running";
-            store
-                .finish_execution(&FinishExecution {
-                    execution_id: exec.execution_id.clone(),
-                    outcome: OutcomeClass::Interrupted,
-                    exit_code: None,
-                    error_message: Some(message.into()),
-                    duration_ms: (Utc::now() - exec.started_at).num_milliseconds().max(0),
-                    usage: None,
-                    cost_usd: None,
-                    num_turns: None,
-                    peak_rss_mb: None,
-                    cli_session_id: None,
-                    turn: Some(NewTurn {
-                        turn_id: uuid::Uuid::new_v4().to_string(),
-                        role: Role::System,
-                        content: message.into(),
-                        metadata: json!({"executionId": exec.execution_id, "outcome": "interrupted"}),
-                    }),
-                })
-                .await?;
-            let mut e = event(
-                "EXECUTION_INTERRUPTED",
-                Some(exec.agent_id.as_str()),
-                Some(exec.cli_type.as_str()),
-            );
-            e.success = Some(false);
-            e.metadata = json!({"executionId": exec.execution_id});
-            self.inner.events.emit(e);
-            metrics::counter!(telemetry::EXECUTIONS_TOTAL,
-                "cli" => exec.cli_type.as_str(), "mode" => exec.mode.as_str(), "outcome" => "interrupted")
-            .increment(1);
+            self.mark_interrupted(&exec).await?;
         }
+        Ok(())
+    }
+
+    /// Records an execution that no process will finish as `interrupted`, with a `system`
+    /// turn saying so (not counted by breakers or SLOs).
+    async fn mark_interrupted(&self, exec: &kokino_core::ExecutionRecord) -> Result<()> {
+        let store = &self.inner.store;
+        let message = "interrupted: the broker stopped while this execution was running";
+        store
+            .finish_execution(&FinishExecution {
+                execution_id: exec.execution_id.clone(),
+                outcome: OutcomeClass::Interrupted,
+                exit_code: None,
+                error_message: Some(message.into()),
+                duration_ms: (Utc::now() - exec.started_at).num_milliseconds().max(0),
+                usage: None,
+                cost_usd: None,
+                num_turns: None,
+                peak_rss_mb: None,
+                cli_session_id: None,
+                turn: Some(NewTurn {
+                    turn_id: uuid::Uuid::new_v4().to_string(),
+                    role: Role::System,
+                    content: message.into(),
+                    metadata: json!({"executionId": exec.execution_id, "outcome": "interrupted"}),
+                }),
+            })
+            .await?;
+        let mut e = event(
+            "EXECUTION_INTERRUPTED",
+            Some(exec.agent_id.as_str()),
+            Some(exec.cli_type.as_str()),
+        );
+        e.success = Some(false);
+        e.metadata = json!({"executionId": exec.execution_id});
+        self.inner.events.emit(e);
+        metrics::counter!(telemetry::EXECUTIONS_TOTAL,
+            "cli" => exec.cli_type.as_str(), "mode" => exec.mode.as_str(), "outcome" => "interrupted")
+        .increment(1);
         Ok(())
     }
 
@@ -275,13 +292,24 @@ impl Broker {
         let id = AgentId::parse(agent_id)?;
         let record = self.agent(&id).await?;
         let session = self.inner.store.get_session(&id).await?.map(session_view);
-        let effective_mode = record.spec.comm_mode;
+        let res = &self.inner.resilience;
+        let cli = record.spec.cli_type;
+        let tmux = self.inner.tmux.is_some();
+        let effective_mode = res
+            .with_fallback(|f| f.effective_mode(&id, cli, record.spec.comm_mode, tmux))
+            .map(|e| Some(e.mode))
+            .unwrap_or(None);
+        let circuit = res
+            .circuits()
+            .into_iter()
+            .find(|c| c.agent_id.as_ref() == Some(&id))
+            .and_then(|c| serde_json::to_value(c).ok());
         let executing = self.running(&id).is_some();
         Ok(AgentView {
+            fallback: res.agent_override(&id, cli),
             record,
             session,
-            circuit: None,
-            fallback: None,
+            circuit,
             effective_mode,
             executing,
         })
@@ -298,6 +326,7 @@ impl Broker {
         self.inner.store.end_session(&id).await?;
         let existed = self.inner.store.delete_agent(&id, purge).await?;
         self.inner.locks.forget(&id);
+        self.inner.resilience.forget_agent(&id).await;
         if purge {
             if let Err(e) = self.inner.logs.remove(&id) {
                 tracing::warn!(error = %e, agent = %id, "could not delete the agent's logs");
@@ -319,18 +348,81 @@ impl Broker {
 
     /// The mode an execution of this agent will use. Only headless runs exist in this build;
     /// an agent registered for tmux or shadow gets a clear 503 instead of a wrong run.
-    fn effective_mode(&self, agent: &AgentRecord) -> Result<CommMode> {
-        let mode = agent.spec.comm_mode;
-        if matches!(mode, CommMode::Tmux | CommMode::Shadow) && self.inner.tmux.is_none() {
-            return Err(ServiceError::NoExecutionMode {
-                message: format!(
-                    "agent {} runs in {mode} mode, which needs tmux (3.0 or later), and tmux was not found on the broker's PATH; install tmux or re-register the agent with commMode headless",
-                    agent.spec.agent_id
-                ),
-                retry_after: None,
+    /// Decides how an execution runs, before it waits for the lock: parked agents and open
+    /// breakers are refused here (503), fallback reroutes to tmux, and a headless run gets a
+    /// breaker permit whose outcome is recorded when the run ends (see `resilience.rs`).
+    fn admit(&self, agent: &AgentRecord) -> Result<(CommMode, Option<ExecutionPermit>)> {
+        let id = &agent.spec.agent_id;
+        let cli = agent.spec.cli_type;
+        let res = &self.inner.resilience;
+        let now = self.inner.clock.now();
+        if let Some(until) = res.parking.parked_until(id, now) {
+            metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "cli" => cli.as_str()).increment(1);
+            return Err(ServiceError::RateLimited {
+                agent_id: id.to_string(),
+                until,
+                retry_after: (until - now).to_std().unwrap_or(Duration::from_secs(1)),
             });
         }
-        Ok(mode)
+        let tmux = self.inner.tmux.is_some();
+        let eff = res
+            .with_fallback(|f| f.effective_mode(id, cli, agent.spec.comm_mode, tmux))
+            .map_err(|e| ServiceError::NoExecutionMode {
+                message: e.reason,
+                retry_after: None,
+            })?;
+        let auto_forced = eff.origin == ModeOrigin::AgentForced
+            && res.with_fallback(|f| f.get(&Target::Agent(id.clone())).is_some_and(|o| o.auto));
+        if eff.mode != CommMode::Headless && !auto_forced {
+            return Ok((eff.mode, None));
+        }
+        let admittance = res.breakers.admit(id, cli);
+        if !admittance.transitions.is_empty() {
+            let (res2, transitions) = (self.clone(), admittance.transitions);
+            tokio::spawn(async move {
+                res2.inner.resilience.publish(transitions, tmux).await;
+            });
+        }
+        match admittance.decision {
+            // An agent moved to tmux by its own breaker goes back to headless only as the
+            // breaker's probe; meanwhile it keeps running in tmux.
+            Ok(permit) if auto_forced => {
+                if permit.is_probe() {
+                    Ok((CommMode::Headless, Some(permit)))
+                } else {
+                    Ok((CommMode::Tmux, None))
+                }
+            }
+            Err(_) if auto_forced => Ok((CommMode::Tmux, None)),
+            Ok(permit) => Ok((CommMode::Headless, Some(permit))),
+            Err(rejection) => {
+                metrics::counter!(telemetry::CIRCUIT_REJECTIONS_TOTAL, "scope" => rejection.scope.kind())
+                    .increment(1);
+                let mut ev = event("CIRCUIT_REJECTED", Some(id.as_str()), Some(cli.as_str()));
+                ev.success = Some(false);
+                ev.metadata = json!({
+                    "scope": rejection.scope.kind(), "key": rejection.scope.key(),
+                    "state": rejection.state.as_str(), "retryAt": rejection.retry_at,
+                });
+                self.inner.events.emit(ev);
+                let retry_after = rejection
+                    .retry_at
+                    .map(|t| (t - now).to_std().unwrap_or(Duration::from_secs(1)));
+                Err(ServiceError::CircuitOpen {
+                    message: format!(
+                        "the {} circuit breaker for {} is {}{}; requests are refused until it recovers ({})",
+                        rejection.scope.kind(),
+                        rejection.scope.key(),
+                        rejection.state.as_str().replace('_', " "),
+                        rejection.retry_at.map(|t| format!(" until {}", t.to_rfc3339())).unwrap_or_default(),
+                        "see GET /agents/circuits/status; POST /agents/{id}/circuit/reset resets it"
+                    ),
+                    scope: rejection.scope.kind().to_owned(),
+                    state: rejection.state.as_str().to_owned(),
+                    retry_after,
+                })
+            }
+        }
     }
 
     /// Runs one prompt on an agent and answers with the CLI's answer. `progress`, when given,
@@ -366,8 +458,8 @@ impl Broker {
             return Err(ServiceError::ShuttingDown);
         }
         let agent = self.agent(&id).await?;
-        let mode = self.effective_mode(&agent)?;
         let cli = agent.spec.cli_type;
+        let (mode, permit) = self.admit(&agent)?;
         let wait = req
             .lock_timeout_ms
             .map(Duration::from_millis)
@@ -407,7 +499,9 @@ impl Broker {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
         self.inner.tasks.spawn(async move {
-            let result = this.run_locked(agent, mode, req, guard, progress).await;
+            let result = this
+                .run_locked(agent, mode, req, guard, permit, progress)
+                .await;
             let _ = tx.send(result);
         });
         rx.await.unwrap_or(Err(ServiceError::ShuttingDown))
@@ -528,6 +622,7 @@ impl Broker {
         mode: CommMode,
         req: ExecuteRequest,
         guard: LockGuard,
+        permit: Option<ExecutionPermit>,
         progress: Option<mpsc::UnboundedSender<Progress>>,
     ) -> Result<ExecuteResponse> {
         let store = &self.inner.store;
@@ -649,6 +744,7 @@ impl Broker {
                 waited_ms,
                 timeout,
                 result,
+                permit,
             )
             .await;
         // Where the time of an execution goes, for `cargo xtask bench` and for operators
@@ -828,10 +924,32 @@ impl Broker {
         waited_ms: u64,
         timeout: Duration,
         result: RunResult,
+        permit: Option<ExecutionPermit>,
     ) -> Result<ExecuteResponse> {
         let id = &agent.spec.agent_id;
         let cli = agent.spec.cli_type;
         let outcome = result.outcome;
+        let resilience = &self.inner.resilience;
+        if let Some(permit) = permit {
+            let reason = result.error_message();
+            let transitions = resilience
+                .breakers
+                .finish(permit, outcome, reason.as_deref());
+            resilience
+                .publish(transitions, self.inner.tmux.is_some())
+                .await;
+        }
+        if outcome == OutcomeClass::RateLimited {
+            // Park the agent until the provider's reset time (a minute when it did not say):
+            // a rate limit is not a failure, but hammering a quota that is spent helps nobody.
+            let until = result
+                .parsed
+                .rate_limit_resets_at
+                .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+                .filter(|t| *t > Utc::now())
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::seconds(60));
+            resilience.parking.park(id, until);
+        }
         let success = outcome == OutcomeClass::Success;
         let error_message = result.error_message();
         let session_id = result.parsed.session_id.clone().or_else(|| {
@@ -1251,11 +1369,207 @@ impl Broker {
         Ok(ended)
     }
 
+    // ------------------------------------------------------------------ breakers and fallback
+
+    pub fn circuits_status(&self) -> Vec<kokino_core::breaker::CircuitStatus> {
+        self.inner.resilience.circuits()
+    }
+
+    /// Resets the agent's breaker; returns its previous state.
+    pub async fn reset_agent_circuit(&self, agent_id: &str) -> Result<String> {
+        let id = AgentId::parse(agent_id)?;
+        self.agent(&id).await?;
+        Ok(self
+            .inner
+            .resilience
+            .reset(&Scope::Agent(id), self.inner.tmux.is_some())
+            .await)
+    }
+
+    pub async fn reset_cli_circuit(&self, cli: CliType) -> Result<String> {
+        Ok(self
+            .inner
+            .resilience
+            .reset(&Scope::Cli(cli), self.inner.tmux.is_some())
+            .await)
+    }
+
+    pub fn fallback_status(&self) -> FallbackStatus {
+        self.inner.resilience.fallback_status()
+    }
+
+    pub async fn disable_cli(&self, cli: CliType, reason: &str) -> Result<()> {
+        self.inner.resilience.disable_cli(cli, reason).await
+    }
+
+    pub async fn enable_cli(&self, cli: CliType) -> Result<bool> {
+        self.inner.resilience.enable_cli(cli).await
+    }
+
+    /// Forces an agent to run through tmux. Refused when it could not run there: a fallback
+    /// that turns every request into a 503 is worse than none.
+    pub async fn force_agent(&self, agent_id: &str, reason: &str) -> Result<()> {
+        let id = AgentId::parse(agent_id)?;
+        self.agent(&id).await?;
+        if self.inner.tmux.is_none() {
+            return Err(ServiceError::Conflict(format!(
+                "cannot force agent {id} to tmux: tmux is not available on this host"
+            )));
+        }
+        self.inner.resilience.force_agent(&id, reason).await
+    }
+
+    pub async fn clear_agent_fallback(&self, agent_id: &str) -> Result<bool> {
+        let id = AgentId::parse(agent_id)?;
+        self.inner.resilience.clear_agent(&id).await
+    }
+
+    pub async fn clear_all_fallbacks(&self) -> Result<usize> {
+        self.inner.resilience.clear_all().await
+    }
+
+    /// Whether tmux can run agents on this host.
+    pub fn tmux_available(&self) -> bool {
+        self.inner.tmux.is_some()
+    }
+
+    // ------------------------------------------------------------------ integrity
+
+    /// Runs every integrity check; records events for what it finds and keeps the result for
+    /// the integrity SLO.
+    pub async fn integrity_check(&self) -> Result<crate::integrity::IntegrityReport> {
+        let started = Instant::now();
+        let store = &self.inner.store;
+        let mut issues = store.integrity_findings().await?;
+        for exec in self.stuck_executions().await? {
+            issues.push(kokino_store::IntegrityFinding {
+                kind: "execution_stuck_running".into(),
+                conversation_id: exec.conversation_id.clone(),
+                turn_id: None,
+                message: format!(
+                    "execution {} of agent {} is recorded as running but no process runs it",
+                    exec.execution_id, exec.agent_id
+                ),
+            });
+        }
+        let totals = store.integrity_totals().await?;
+        let orphaned = issues.iter().filter(|i| i.kind == "orphaned_turn").count() as u64;
+        let mut with_issues: Vec<String> =
+            issues.iter().map(|i| i.conversation_id.clone()).collect();
+        with_issues.sort_unstable();
+        with_issues.dedup();
+        let report = crate::integrity::IntegrityReport {
+            passed: issues.is_empty(),
+            checked_at: self.inner.clock.now(),
+            duration_ms: millis(started.elapsed()),
+            total_conversations: totals.conversations,
+            total_turns: totals.turns,
+            orphaned_turns: orphaned,
+            conversations_with_issues: with_issues.len() as u64,
+            issues,
+        };
+        if orphaned > 0 {
+            let mut ev = event("ORPHAN_DETECTED", None, None);
+            ev.success = Some(false);
+            ev.metadata = json!({"orphanedTurns": orphaned});
+            self.inner.events.emit(ev);
+        }
+        // One event per affected conversation, bounded so a badly damaged store cannot flood
+        // the event table.
+        for conv in with_issues.iter().take(100) {
+            let kinds: Vec<&str> = report
+                .issues
+                .iter()
+                .filter(|i| i.conversation_id == *conv)
+                .map(|i| i.kind.as_str())
+                .collect();
+            let mut ev = event("CONVERSATION_INTEGRITY_FAIL", None, None);
+            ev.success = Some(false);
+            ev.metadata = json!({"conversationId": conv, "issues": kinds});
+            self.inner.events.emit(ev);
+        }
+        metrics::gauge!(telemetry::INTEGRITY_ISSUES).set(report.issues.len() as f64);
+        *self.inner.last_integrity.lock().expect("integrity cache") = Some(report.clean_ratio());
+        Ok(report)
+    }
+
+    /// Executions the store says are running that this broker is not running (and whose
+    /// recorded process, if any, is gone).
+    async fn stuck_executions(&self) -> Result<Vec<kokino_core::ExecutionRecord>> {
+        let live: Vec<String> = self
+            .inner
+            .running
+            .lock()
+            .expect("running table")
+            .values()
+            .map(|r| r.execution_id.clone())
+            .collect();
+        Ok(self
+            .inner
+            .store
+            .running_executions()
+            .await?
+            .into_iter()
+            .filter(|e| !live.contains(&e.execution_id))
+            .filter(|e| match (e.pid, e.pid_start_time) {
+                (Some(pid), Some(start)) => {
+                    !kokino_exec::procfs::is_same_process(pid as i32, start)
+                }
+                _ => true,
+            })
+            .collect())
+    }
+
+    pub async fn integrity_stats(&self) -> Result<crate::integrity::IntegrityStats> {
+        let t = self.inner.store.integrity_totals().await?;
+        Ok(crate::integrity::IntegrityStats {
+            total_conversations: t.conversations,
+            total_turns: t.turns,
+            conversations_by_agent: t.conversations_by_agent.into_iter().collect(),
+            turns_by_role: crate::integrity::TurnsByRole {
+                user: t.user_turns,
+                assistant: t.assistant_turns,
+                system: t.system_turns,
+            },
+            average_turns_per_conversation: if t.conversations == 0 {
+                0.0
+            } else {
+                t.turns as f64 / t.conversations as f64
+            },
+        })
+    }
+
+    /// Repairs what is safe: deletes orphaned turns and dangling sessions, renumbers gapped
+    /// conversations, marks stuck executions `interrupted`. Role-order problems are reported by
+    /// the check but never rewritten: there is no safe way to guess the right order.
+    pub async fn integrity_cleanup(&self) -> Result<crate::integrity::IntegrityCleanup> {
+        let (deleted, renumbered) = self.inner.store.integrity_repair().await?;
+        let mut interrupted = 0u64;
+        for exec in self.stuck_executions().await? {
+            self.mark_interrupted(&exec).await?;
+            interrupted += 1;
+        }
+        let repaired = renumbered + interrupted;
+        let message = format!(
+            "deleted {deleted} orphaned rows, renumbered {renumbered} conversations, marked {interrupted} stuck executions interrupted"
+        );
+        tracing::info!("{message}");
+        Ok(crate::integrity::IntegrityCleanup {
+            deleted,
+            repaired,
+            message,
+        })
+    }
+
     // ------------------------------------------------------------------ SLOs and queries
 
     pub async fn slo_status(&self) -> Result<crate::slo::SloStatus> {
         let now = self.inner.clock.now();
-        Ok(crate::slo::slo_status(&self.inner.store, &self.inner.cfg.slo, now, None, None).await?)
+        let integrity = *self.inner.last_integrity.lock().expect("integrity cache");
+        Ok(
+            crate::slo::slo_status(&self.inner.store, &self.inner.cfg.slo, now, None, integrity)
+                .await?,
+        )
     }
 
     pub async fn failures_by_cli(&self, hours: u32) -> Result<Vec<crate::slo::CliFailures>> {
@@ -1298,9 +1612,20 @@ impl Broker {
             let start = tokio::time::Instant::now();
             let mut sweep = tokio::time::interval_at(start + cfg.stale_sweep_every, cfg.stale_sweep_every);
             let mut prune = tokio::time::interval_at(start + cfg.log_prune_every, cfg.log_prune_every);
+            let mut nightly = tokio::time::Instant::now()
+                + until_next_local_hour(chrono::Local::now(), cfg.integrity_check_hour);
             loop {
                 tokio::select! {
                     _ = this.inner.stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(nightly) => {
+                        match this.integrity_check().await {
+                            Ok(r) if !r.passed => tracing::warn!(issues = r.issues.len(), "nightly integrity check found issues"),
+                            Ok(_) => tracing::info!("nightly integrity check passed"),
+                            Err(e) => tracing::warn!(error = %e, "nightly integrity check failed to run"),
+                        }
+                        nightly = tokio::time::Instant::now()
+                            + until_next_local_hour(chrono::Local::now(), cfg.integrity_check_hour);
+                    }
                     _ = sweep.tick() => {
                         if let Err(e) = this.sweep_stale_sessions().await {
                             tracing::warn!(error = %e, "stale-session sweep failed");
@@ -1417,5 +1742,54 @@ fn spawn_error_result(message: String) -> RunResult {
         peak_rss_bytes: 0,
         pid: None,
         spawn_error: Some(message),
+    }
+}
+
+/// Time from `now` until the next `hour`:00 local time (tomorrow's if it has passed today).
+fn until_next_local_hour(now: chrono::DateTime<chrono::Local>, hour: u32) -> Duration {
+    use chrono::{Days, TimeZone};
+    let hour = hour.min(23);
+    let today = now
+        .date_naive()
+        .and_hms_opt(hour, 0, 0)
+        .expect("valid hour");
+    let mut next = chrono::Local
+        .from_local_datetime(&today)
+        .earliest()
+        .unwrap_or(now);
+    if next <= now {
+        let tomorrow = today.checked_add_days(Days::new(1)).unwrap_or(today);
+        next = chrono::Local
+            .from_local_datetime(&tomorrow)
+            .earliest()
+            .unwrap_or(now + chrono::Duration::days(1));
+    }
+    (next - now).to_std().unwrap_or(Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn the_nightly_job_waits_for_the_next_occurrence_of_its_hour() {
+        let at = |h, m| {
+            chrono::Local
+                .with_ymd_and_hms(2026, 3, 10, h, m, 0)
+                .unwrap()
+        };
+        assert_eq!(
+            until_next_local_hour(at(1, 30), 2),
+            Duration::from_secs(30 * 60)
+        );
+        assert_eq!(
+            until_next_local_hour(at(2, 0), 2),
+            Duration::from_secs(24 * 3600)
+        );
+        assert_eq!(
+            until_next_local_hour(at(23, 0), 2),
+            Duration::from_secs(3 * 3600)
+        );
     }
 }

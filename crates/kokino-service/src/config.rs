@@ -40,6 +40,8 @@ pub struct ServiceConfig {
     pub slo: crate::slo::SloTargets,
     /// The tmux binary for tmux and shadow modes.
     pub tmux_binary: String,
+    /// Local hour (0–23) of the nightly integrity check.
+    pub integrity_check_hour: u32,
 }
 
 impl ServiceConfig {
@@ -66,6 +68,7 @@ impl ServiceConfig {
             event_retention_days: 90,
             slo: Default::default(),
             tmux_binary: "tmux".into(),
+            integrity_check_hour: 2,
         }
     }
 

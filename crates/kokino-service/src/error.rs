@@ -51,6 +51,21 @@ pub enum ServiceError {
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
+    CircuitOpen {
+        message: String,
+        scope: String,
+        state: String,
+        retry_after: Option<Duration>,
+    },
+    #[error(
+        "agent {agent_id} is rate limited by its CLI's provider until {until}; retry after that"
+    )]
+    RateLimited {
+        agent_id: String,
+        until: chrono::DateTime<chrono::Utc>,
+        retry_after: Duration,
+    },
+    #[error("{message}")]
     NoExecutionMode {
         message: String,
         retry_after: Option<Duration>,

@@ -8,7 +8,9 @@
 mod broker;
 mod config;
 mod error;
+pub mod integrity;
 mod model;
+mod resilience;
 pub mod slo;
 pub mod telemetry;
 

@@ -77,11 +77,12 @@ pub struct AgentView {
     #[serde(flatten)]
     pub record: AgentRecord,
     pub session: Option<SessionView>,
-    /// Circuit breaker state; `null` until breakers exist in this build.
+    /// The agent's circuit breaker; `null` until it has been used.
     pub circuit: Option<serde_json::Value>,
     /// Active fallback override; `null` when none.
     pub fallback: Option<serde_json::Value>,
-    pub effective_mode: CommMode,
+    /// The mode the next execution would use; `null` when none can run (tmux missing).
+    pub effective_mode: Option<CommMode>,
     pub executing: bool,
 }
 

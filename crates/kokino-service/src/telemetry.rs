@@ -27,6 +27,12 @@ pub const JSONL_PARSE_ERRORS_TOTAL: &str = "kokino_jsonl_parse_errors_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "kokino_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "kokino_http_request_duration_seconds";
 pub const EVENTS_DROPPED_TOTAL: &str = "kokino_events_dropped_total";
+pub const INTEGRITY_ISSUES: &str = "kokino_integrity_issues";
+pub const CIRCUIT_BREAKERS: &str = "kokino_circuit_breakers";
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "kokino_circuit_transitions_total";
+pub const CIRCUIT_REJECTIONS_TOTAL: &str = "kokino_circuit_rejections_total";
+pub const FALLBACK_OVERRIDES: &str = "kokino_fallback_overrides";
+pub const RATE_LIMITED_TOTAL: &str = "kokino_rate_limited_rejections_total";
 
 pub const METRICS: &[MetricDef] = &[
     MetricDef {
@@ -94,6 +100,42 @@ pub const METRICS: &[MetricDef] = &[
         kind: "counter",
         labels: &[],
         help: "Telemetry events dropped because the event writer fell behind.",
+    },
+    MetricDef {
+        name: INTEGRITY_ISSUES,
+        kind: "gauge",
+        labels: &[],
+        help: "Integrity issues found by the latest integrity check (0 when clean).",
+    },
+    MetricDef {
+        name: CIRCUIT_BREAKERS,
+        kind: "gauge",
+        labels: &["scope", "state"],
+        help: "Circuit breakers in each state (scope agent or cli).",
+    },
+    MetricDef {
+        name: CIRCUIT_TRANSITIONS_TOTAL,
+        kind: "counter",
+        labels: &["scope", "to"],
+        help: "Circuit breaker state changes, by the state entered.",
+    },
+    MetricDef {
+        name: CIRCUIT_REJECTIONS_TOTAL,
+        kind: "counter",
+        labels: &["scope"],
+        help: "Requests refused with 503 CIRCUIT_OPEN, by the scope of the refusing breaker.",
+    },
+    MetricDef {
+        name: FALLBACK_OVERRIDES,
+        kind: "gauge",
+        labels: &["kind"],
+        help: "Fallback overrides in force: disabled CLI types (cli) and agents forced to tmux (agent).",
+    },
+    MetricDef {
+        name: RATE_LIMITED_TOTAL,
+        kind: "counter",
+        labels: &["cli"],
+        help: "Requests refused with 503 RATE_LIMITED because the agent is parked until its quota resets.",
     },
 ];
 
