@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub maintenance: Maintenance,
+    #[serde(default)]
+    pub doctor: Doctor,
     /// Binary per CLI type, e.g. `claude-code = "/opt/claude/bin/claude"`.
     #[serde(default)]
     pub binaries: BTreeMap<String, String>,
@@ -88,6 +90,17 @@ pub struct Maintenance {
     pub log_retention_days: Option<u64>,
     pub log_prune_every_ms: Option<u64>,
     pub event_retention_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Doctor {
+    /// `false` turns the periodic doctor (and the automatic CLI disable/enable) off.
+    pub enabled: Option<bool>,
+    pub every_ms: Option<u64>,
+    pub check_timeout_ms: Option<u64>,
+    pub disk_warn_pct: Option<f64>,
+    pub disk_fail_pct: Option<f64>,
 }
 
 /// Everything the broker needs to start, resolved.
@@ -194,6 +207,35 @@ pub fn load(args: Args) -> Result<Settings> {
     if let Some(v) = m.event_retention_days {
         service.event_retention_days =
             positive("maintenance.event_retention_days", u64::from(v))? as u32;
+    }
+    let d = &file.doctor;
+    if let Some(v) = d.every_ms {
+        service.doctor_every = Some(ms(positive("doctor.every_ms", v)?));
+    }
+    if d.enabled == Some(false) {
+        service.doctor_every = None;
+    }
+    if let Some(v) = d.check_timeout_ms {
+        service.doctor_check_timeout = ms(positive("doctor.check_timeout_ms", v)?);
+    }
+    for (name, v, slot) in [
+        (
+            "doctor.disk_warn_pct",
+            d.disk_warn_pct,
+            &mut service.disk_warn_pct,
+        ),
+        (
+            "doctor.disk_fail_pct",
+            d.disk_fail_pct,
+            &mut service.disk_fail_pct,
+        ),
+    ] {
+        if let Some(v) = v {
+            if !(0.0..=100.0).contains(&v) {
+                bail!("{name} must be between 0 and 100, not {v}");
+            }
+            *slot = v;
+        }
     }
     let body_limit = file.body_limit_bytes.unwrap_or(1024 * 1024);
     service.max_prompt_bytes = file.max_prompt_bytes.unwrap_or(body_limit);

@@ -63,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics/failures/by-agent", get(failures_by_agent))
         .route("/api/metrics/latency/by-agent", get(latency_by_agent))
         .route("/api/slo/status", get(slo_status))
+        .route("/api/health/environment", get(environment))
+        .route("/api/health/cli-versions", get(cli_versions))
         .route("/api/integrity/check", get(integrity_check))
         .route("/api/integrity/stats", get(integrity_stats))
         .route("/api/integrity/cleanup", post(integrity_cleanup))
@@ -633,6 +635,39 @@ async fn integrity_stats(State(s): State<AppState>) -> ApiResult<Response> {
 
 async fn integrity_cleanup(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(s.broker.integrity_cleanup().await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct CliQuery {
+    cli: Option<String>,
+}
+
+/// `?cli=T` answers one CLI type's report, without it all four; 503 when anything failed.
+async fn environment(
+    State(s): State<AppState>,
+    query: Result<Query<CliQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let cli = match q.cli.as_deref().filter(|c| !c.is_empty() && *c != "all") {
+        Some(raw) => Some(parse_cli(raw, "cli")?),
+        None => None,
+    };
+    let report = s.broker.environment(cli).await;
+    let status = if report.overall {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = match (cli, report.results.first()) {
+        (Some(_), Some(one)) => serde_json::to_value(one),
+        _ => serde_json::to_value(&report),
+    }
+    .map_err(|e| kokino_service::ServiceError::Internal(e.to_string()))?;
+    Ok((status, Json(body)).into_response())
+}
+
+async fn cli_versions(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "versions": s.broker.cli_versions().await? })))
 }
 
 async fn slo_status(State(s): State<AppState>) -> ApiResult<Response> {

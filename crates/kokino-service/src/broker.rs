@@ -1433,6 +1433,116 @@ impl Broker {
         self.inner.tmux.is_some()
     }
 
+    // ------------------------------------------------------------------ environment doctor
+
+    fn doctor_config(&self) -> kokino_doctor::DoctorConfig {
+        let cfg = &self.inner.cfg;
+        let mut d = kokino_doctor::DoctorConfig::from_process_env(&cfg.data_dir);
+        for cli in CliType::ALL {
+            d.binaries.insert(*cli, cfg.binary_for(*cli).to_owned());
+            d.conflicting_vars.insert(*cli, cfg.conflicting_for(*cli));
+        }
+        d.check_timeout = cfg.doctor_check_timeout;
+        d.disk_warn_pct = cfg.disk_warn_pct;
+        d.disk_fail_pct = cfg.disk_fail_pct;
+        d
+    }
+
+    /// Runs the doctor for the given CLI types (all when `None`): records the versions seen,
+    /// the `ENV_*` events and metrics, and feeds the automatic CLI disable/enable of fallback.
+    /// Binary lookups are refreshed, as they are on every doctor run.
+    pub async fn environment(&self, cli: Option<CliType>) -> kokino_doctor::EnvironmentReport {
+        let cfg = self.doctor_config();
+        let clis: Vec<CliType> = match cli {
+            Some(c) => vec![c],
+            None => CliType::ALL.to_vec(),
+        };
+        self.inner.binaries.lock().expect("binary cache").clear();
+        // The CLI types are checked concurrently: each check has its own timeout, so the whole
+        // report takes about as long as the slowest CLI, not the sum.
+        let mut set = tokio::task::JoinSet::new();
+        for (i, c) in clis.iter().enumerate() {
+            let (cfg, c) = (cfg.clone(), *c);
+            set.spawn(async move { (i, kokino_doctor::check_cli(&cfg, c).await) });
+        }
+        let mut indexed = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            if let Ok(r) = joined {
+                indexed.push(r);
+            }
+        }
+        indexed.sort_by_key(|(i, _)| *i);
+        let results: Vec<kokino_doctor::CliReport> = indexed.into_iter().map(|(_, r)| r).collect();
+        let agents = self.inner.store.list_agents().await.unwrap_or_default();
+        for r in &results {
+            let cli = r.cli_type;
+            for check in &r.checks {
+                let result = if check.passed { "pass" } else { "fail" };
+                metrics::counter!(telemetry::ENV_CHECKS_TOTAL,
+                    "cli" => cli.as_str(), "check" => check.name.as_str(), "result" => result)
+                .increment(1);
+            }
+            metrics::gauge!(telemetry::ENV_CHECK_FAILING, "cli" => cli.as_str()).set(if r.passed {
+                0.0
+            } else {
+                1.0
+            });
+            for kind in r.event_types() {
+                let mut ev = event(kind, None, Some(cli.as_str()));
+                ev.success = Some(r.passed);
+                ev.duration_ms = Some(r.duration_ms as i64);
+                ev.metadata = json!({
+                    "failed": r.checks.iter().filter(|c| !c.passed).map(|c| json!({"check": c.name.as_str(), "message": c.message})).collect::<Vec<_>>(),
+                    "warnings": r.warnings, "version": r.version,
+                });
+                self.inner.events.emit(ev);
+            }
+            if let Some(version) = &r.version {
+                let using: Vec<String> = agents
+                    .iter()
+                    .filter(|a| a.spec.cli_type == cli)
+                    .map(|a| a.spec.agent_id.to_string())
+                    .collect();
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .record_cli_version(cli.as_str(), version, &using)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record a CLI version");
+                }
+            }
+            // Only CLI types some headless agent uses are disabled automatically: disabling an
+            // uninstalled CLI nobody runs would only put noise in the fallback status.
+            let used = agents
+                .iter()
+                .any(|a| a.spec.cli_type == cli && a.spec.binary.is_none());
+            let reason = r
+                .checks
+                .iter()
+                .find(|c| !c.passed)
+                .map(|c| {
+                    format!(
+                        "environment doctor: {} check failed: {}",
+                        c.name.as_str(),
+                        c.message
+                    )
+                })
+                .unwrap_or_else(|| "environment doctor passed".into());
+            if used || r.passed {
+                self.inner
+                    .resilience
+                    .doctor_verdict(cli, r.passed, &reason)
+                    .await;
+            }
+        }
+        kokino_doctor::EnvironmentReport::from_results(self.inner.clock.now(), results)
+    }
+
+    pub async fn cli_versions(&self) -> Result<Vec<kokino_store::CliVersionRow>> {
+        Ok(self.inner.store.list_cli_versions().await?)
+    }
+
     // ------------------------------------------------------------------ integrity
 
     /// Runs every integrity check; records events for what it finds and keeps the result for
@@ -1612,11 +1722,22 @@ impl Broker {
             let start = tokio::time::Instant::now();
             let mut sweep = tokio::time::interval_at(start + cfg.stale_sweep_every, cfg.stale_sweep_every);
             let mut prune = tokio::time::interval_at(start + cfg.log_prune_every, cfg.log_prune_every);
+            let doctor_every = cfg.doctor_every.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+            // The first doctor run happens right at start, then every `doctor_every`.
+            let mut doctor = tokio::time::interval(doctor_every);
+            let doctor_on = cfg.doctor_every.is_some();
             let mut nightly = tokio::time::Instant::now()
                 + until_next_local_hour(chrono::Local::now(), cfg.integrity_check_hour);
             loop {
                 tokio::select! {
                     _ = this.inner.stop.cancelled() => return,
+                    _ = doctor.tick(), if doctor_on => {
+                        let report = this.environment(None).await;
+                        if !report.overall {
+                            let failing: Vec<&str> = report.results.iter().filter(|r| !r.passed).map(|r| r.cli_type.as_str()).collect();
+                            tracing::warn!(?failing, "environment doctor found problems");
+                        }
+                    }
                     _ = tokio::time::sleep_until(nightly) => {
                         match this.integrity_check().await {
                             Ok(r) if !r.passed => tracing::warn!(issues = r.issues.len(), "nightly integrity check found issues"),

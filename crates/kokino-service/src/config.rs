@@ -42,6 +42,14 @@ pub struct ServiceConfig {
     pub tmux_binary: String,
     /// Local hour (0–23) of the nightly integrity check.
     pub integrity_check_hour: u32,
+    /// How often the environment doctor runs (it also runs at start); `None` turns the
+    /// periodic run (and the automatic CLI disable/enable it drives) off.
+    pub doctor_every: Option<Duration>,
+    /// Timeout of each doctor check.
+    pub doctor_check_timeout: Duration,
+    /// Disk usage thresholds of the doctor's `disk` check, in percent.
+    pub disk_warn_pct: f64,
+    pub disk_fail_pct: f64,
 }
 
 impl ServiceConfig {
@@ -69,6 +77,10 @@ impl ServiceConfig {
             slo: Default::default(),
             tmux_binary: "tmux".into(),
             integrity_check_hour: 2,
+            doctor_every: Some(Duration::from_secs(6 * 3600)),
+            doctor_check_timeout: Duration::from_millis(5_000),
+            disk_warn_pct: 85.0,
+            disk_fail_pct: 95.0,
         }
     }
 

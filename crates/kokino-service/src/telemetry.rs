@@ -33,6 +33,8 @@ pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "kokino_circuit_transitions_total";
 pub const CIRCUIT_REJECTIONS_TOTAL: &str = "kokino_circuit_rejections_total";
 pub const FALLBACK_OVERRIDES: &str = "kokino_fallback_overrides";
 pub const RATE_LIMITED_TOTAL: &str = "kokino_rate_limited_rejections_total";
+pub const ENV_CHECKS_TOTAL: &str = "kokino_env_checks_total";
+pub const ENV_CHECK_FAILING: &str = "kokino_env_check_failing";
 
 pub const METRICS: &[MetricDef] = &[
     MetricDef {
@@ -136,6 +138,18 @@ pub const METRICS: &[MetricDef] = &[
         kind: "counter",
         labels: &["cli"],
         help: "Requests refused with 503 RATE_LIMITED because the agent is parked until its quota resets.",
+    },
+    MetricDef {
+        name: ENV_CHECKS_TOTAL,
+        kind: "counter",
+        labels: &["cli", "check", "result"],
+        help: "Environment doctor checks run, by CLI type, check and result (pass, fail).",
+    },
+    MetricDef {
+        name: ENV_CHECK_FAILING,
+        kind: "gauge",
+        labels: &["cli"],
+        help: "1 when the latest environment doctor run of the CLI type failed, else 0.",
     },
 ];
 

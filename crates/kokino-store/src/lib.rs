@@ -101,6 +101,17 @@ pub struct DurationStats {
     pub max_ms: u64,
 }
 
+/// A CLI version the environment doctor saw (`GET /api/health/cli-versions`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CliVersionRow {
+    pub cli_type: String,
+    pub version: String,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub agents: Vec<String>,
+}
+
 /// One integrity problem found in the store.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -312,6 +323,23 @@ impl Store {
     pub async fn count_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
         dispatch!(self.count_events_before(before))
     }
+    // ---- CLI versions ----
+
+    /// Records that `version` of `cli_type` was seen now (first and last seen times are kept
+    /// per distinct version), with the agents of that type.
+    pub async fn record_cli_version(
+        &self,
+        cli_type: &str,
+        version: &str,
+        agents: &[String],
+    ) -> Result<()> {
+        dispatch!(self.record_cli_version(cli_type, version, agents))
+    }
+    /// Every version seen, by CLI type, most recently seen first.
+    pub async fn list_cli_versions(&self) -> Result<Vec<CliVersionRow>> {
+        dispatch!(self.list_cli_versions())
+    }
+
     // ---- integrity ----
 
     /// Every integrity problem in the store (behavior.md, Conversations and integrity), except
