@@ -256,7 +256,7 @@ impl Tui {
         if s.tool {
             self.tool();
         }
-        let answer = s.answer();
+        let answer = s.answer_in(true);
         let streaming = s
             .stream
             .filter(|n| *n > 0 && !s.ratelimit && s.exit.is_none());

@@ -155,7 +155,7 @@ fn turn_inner(agent: &mut dyn Agent, s: &Script, logged_out: bool) -> Result<i32
     if s.ratelimit {
         return Ok(agent.rate_limited());
     }
-    if let Some(code) = s.exit {
+    if let Some(code) = s.exit.or(s.headless_fail.then_some(1)) {
         agent.fail(code);
         return Ok(code);
     }

@@ -27,6 +27,12 @@ pub struct Script {
     /// `fake:flood=SIZE`: SIZE bytes of tool output, as 1 MiB `tool_result` lines, before the
     /// answer. Used to show that the broker's memory does not grow with a CLI's output.
     pub flood: Option<usize>,
+    /// `fake:mode-suffix`: the answer ends with ` (headless)` or ` (interactive)`, so that a
+    /// shadow comparison of the two legs sees a small difference.
+    pub mode_suffix: bool,
+    /// `fake:headless-fail`: a headless run fails (exit 1 after an error result) while an
+    /// interactive one answers, so that a shadow run has one failed leg.
+    pub headless_fail: bool,
     /// Tokens we did not understand; reported on stderr so a typo in a test is easy to spot.
     pub warnings: Vec<String>,
 }
@@ -78,6 +84,8 @@ impl Script {
             ("child", Some("inherit")) => self.child = Some(true),
             ("malformed", None) => self.malformed = true,
             ("noresult", None) => self.noresult = true,
+            ("mode-suffix", None) => self.mode_suffix = true,
+            ("headless-fail", None) => self.headless_fail = true,
             ("flood", Some(v)) => match parse_size(v) {
                 Some(n) => self.flood = Some(n),
                 None => self.warn(token),
@@ -105,11 +113,22 @@ impl Script {
 
     /// The answer text: `fake:big` replaces the echo, otherwise `echo: <text>`.
     pub fn answer(&self) -> String {
-        match self.big {
+        self.answer_in(false)
+    }
+
+    /// The answer as given in headless (`interactive == false`) or interactive mode; they only
+    /// differ with `fake:mode-suffix`.
+    pub fn answer_in(&self, interactive: bool) -> String {
+        let base = match self.big {
             // Plain ASCII keeps byte length equal to character length, so `big=1MB` is exactly
             // 1 MiB of answer however the reader counts.
             Some(n) => "x".repeat(n),
             None => format!("echo: {}", self.text),
+        };
+        match (self.mode_suffix, interactive) {
+            (false, _) => base,
+            (true, false) => format!("{base} (headless)"),
+            (true, true) => format!("{base} (interactive)"),
         }
     }
 }

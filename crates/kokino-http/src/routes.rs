@@ -63,6 +63,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics/failures/by-agent", get(failures_by_agent))
         .route("/api/metrics/latency/by-agent", get(latency_by_agent))
         .route("/api/slo/status", get(slo_status))
+        .route("/api/shadow-mode/metrics", get(shadow_metrics))
+        .route("/api/shadow-mode/mismatches", get(shadow_mismatches))
+        .route("/api/shadow-mode/failures", get(shadow_failures))
+        .route("/api/shadow-mode/decision", get(shadow_decision))
+        .route("/api/shadow-mode/disable-all", post(shadow_disable_all))
         .route("/api/health/environment", get(environment))
         .route("/api/health/cli-versions", get(cli_versions))
         .route("/api/integrity/check", get(integrity_check))
@@ -668,6 +673,87 @@ async fn environment(
 
 async fn cli_versions(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "versions": s.broker.cli_versions().await? })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ShadowQuery {
+    days: Option<String>,
+    limit: Option<String>,
+    mode: Option<String>,
+}
+
+type ShadowParam = Result<Query<ShadowQuery>, axum::extract::rejection::QueryRejection>;
+
+fn bounded(raw: Option<&str>, field: &str, default: u32, max: u32) -> ApiResult<u32> {
+    match raw.filter(|r| !r.is_empty()) {
+        None => Ok(default),
+        Some(r) => r
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    Some(field),
+                    format!("{field} must be a whole number from 1 to {max}, not {r:?}"),
+                )
+            }),
+    }
+}
+
+async fn shadow_metrics(State(s): State<AppState>, q: ShadowParam) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let days = bounded(q.days.as_deref(), "days", 30, 3650)?;
+    Ok(Json(s.broker.shadow_metrics(days).await?).into_response())
+}
+
+async fn shadow_mismatches(State(s): State<AppState>, q: ShadowParam) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let limit = bounded(q.limit.as_deref(), "limit", 20, 1000)?;
+    Ok(Json(s.broker.shadow_mismatches(limit).await?).into_response())
+}
+
+async fn shadow_failures(State(s): State<AppState>, q: ShadowParam) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    let limit = bounded(q.limit.as_deref(), "limit", 20, 1000)?;
+    let leg = match q.mode.as_deref().unwrap_or("headless") {
+        "headless" => CommMode::Headless,
+        "tmux" => CommMode::Tmux,
+        other => {
+            return Err(ApiError::bad_request(
+                Some("mode"),
+                format!("mode must be headless or tmux, not {other:?}"),
+            ))
+        }
+    };
+    Ok(Json(s.broker.shadow_failures(leg, limit).await?).into_response())
+}
+
+async fn shadow_decision(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.broker.shadow_decision().await?).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisableAllBody {
+    to: Option<String>,
+}
+
+async fn shadow_disable_all(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<DisableAllBody>,
+) -> ApiResult<Json<Value>> {
+    let to = match body.to.as_deref().unwrap_or("headless") {
+        "headless" => CommMode::Headless,
+        "tmux" => CommMode::Tmux,
+        other => {
+            return Err(ApiError::bad_request(
+                Some("to"),
+                format!("to must be headless or tmux, not {other:?}"),
+            ))
+        }
+    };
+    let changed = s.broker.shadow_disable_all(to).await?;
+    Ok(Json(json!({ "changed": changed })))
 }
 
 async fn slo_status(State(s): State<AppState>) -> ApiResult<Response> {

@@ -76,6 +76,8 @@ struct Inner {
     /// The clean ratio of the latest integrity check, for the integrity SLO.
     last_integrity: Mutex<Option<f64>>,
     resilience: Resilience,
+    /// The secondary leg's CLI session per shadow agent (separate from the primary's).
+    shadow_sessions: Mutex<HashMap<AgentId, String>>,
 }
 
 /// The broker's application service. Cheap to clone.
@@ -147,6 +149,7 @@ impl Broker {
                 tmux,
                 last_integrity: Mutex::new(None),
                 resilience,
+                shadow_sessions: Mutex::new(HashMap::new()),
             }),
         };
         broker.recover_interrupted().await?;
@@ -715,8 +718,32 @@ impl Broker {
         self.inner.events.emit(start_ev);
 
         let persisted_user_turn = phase.elapsed();
+        // In shadow mode the primary leg answers and is stored like any run; the secondary runs
+        // beside it with its own CLI session and only feeds the comparison.
+        let (primary_mode, secondary_mode) = match mode {
+            CommMode::Shadow => {
+                let p = shadow_primary(&agent);
+                (
+                    p,
+                    Some(if p == CommMode::Tmux {
+                        CommMode::Headless
+                    } else {
+                        CommMode::Tmux
+                    }),
+                )
+            }
+            other => (other, None),
+        };
+        let cancel = CancellationToken::new();
+        let secondary = match secondary_mode {
+            Some(sm) => Some(
+                self.start_secondary(&agent, sm, &req.prompt, timeout, cancel.clone())
+                    .await,
+            ),
+            None => None,
+        };
         let runner = self
-            .build_runner(&agent, mode, session_arg, cli_prompt, timeout)
+            .build_runner(&agent, primary_mode, session_arg, cli_prompt, timeout)
             .await;
         let result = match runner {
             Err(message) => spawn_error_result(message),
@@ -728,11 +755,13 @@ impl Broker {
                     &execution_id,
                     guard.token(),
                     runner,
+                    cancel,
                     progress,
                 )
                 .await
             }
         };
+        let primary_result = secondary.as_ref().map(|_| result.clone());
 
         let ran = phase.elapsed();
         let answer = self
@@ -756,8 +785,199 @@ impl Broker {
             finish_ms = (phase.elapsed() - ran).as_secs_f64() * 1e3,
             "execution phases"
         );
+        if let (Some((sm, task)), Some(primary)) = (secondary, primary_result) {
+            // The caller has its answer; the lock stays held until the secondary leg ends
+            // (bounded by its own timeout), so that no other run of the agent overlaps it.
+            let this = self.clone();
+            let execution_id = execution_id.clone();
+            self.inner.tasks.spawn(async move {
+                let secondary = task
+                    .await
+                    .unwrap_or_else(|_| spawn_error_result("the secondary leg panicked".into()));
+                this.record_shadow(
+                    &agent,
+                    &execution_id,
+                    primary_mode,
+                    &primary,
+                    sm,
+                    &secondary,
+                )
+                .await;
+                drop(guard);
+            });
+        }
         answer
-        // `guard` drops here, after the outcome is stored: the next waiter sees a finished run.
+        // Otherwise `guard` drops here, after the outcome is stored: the next waiter sees a
+        // finished run.
+    }
+
+    /// Starts the secondary leg of a shadow execution in its own task. It uses its own CLI
+    /// session (remembered in memory; a restart starts a new one) and shares the primary's
+    /// cancel token, so a cancel stops both legs.
+    async fn start_secondary(
+        &self,
+        agent: &AgentRecord,
+        mode: CommMode,
+        prompt: &str,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> (CommMode, tokio::task::JoinHandle<RunResult>) {
+        let id = agent.spec.agent_id.clone();
+        let cli = agent.spec.cli_type;
+        let known = self
+            .inner
+            .shadow_sessions
+            .lock()
+            .expect("shadow sessions")
+            .get(&id)
+            .cloned();
+        let fresh = uuid::Uuid::new_v4().to_string();
+        let (arg, prompt) = match &known {
+            Some(sid) => (SessionArg::Resume { session_id: sid }, prompt.to_owned()),
+            None => (
+                SessionArg::New {
+                    preassigned_id: &fresh,
+                },
+                first_prompt_with_system(cli, agent.spec.system_prompt.as_deref(), prompt),
+            ),
+        };
+        let runner = self.build_runner(agent, mode, arg, prompt, timeout).await;
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let runner = match runner {
+                Ok(r) => r,
+                Err(message) => return spawn_error_result(message),
+            };
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let run = async {
+                match runner {
+                    Runner::Headless(cmd, limits) => {
+                        run_headless(cmd, parser_for(cli), limits, cancel, tx, None).await
+                    }
+                    Runner::Tmux(req, limits) => match &this.inner.tmux {
+                        Some(tmux) => tmux.run(req, limits, cancel, tx).await,
+                        None => spawn_error_result("tmux is not available".into()),
+                    },
+                }
+            };
+            let sessions = async {
+                while let Some(ev) = rx.recv().await {
+                    if let ExecEvent::Stream(StreamEvent::SessionId(sid)) = ev {
+                        this.inner
+                            .shadow_sessions
+                            .lock()
+                            .expect("shadow sessions")
+                            .insert(id.clone(), sid);
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(run, sessions);
+            if result.outcome != OutcomeClass::Success {
+                // A failed secondary session is not resumed: the next run starts a new one.
+                this.inner
+                    .shadow_sessions
+                    .lock()
+                    .expect("shadow sessions")
+                    .remove(&id);
+            }
+            result
+        });
+        (mode, task)
+    }
+
+    /// Compares the two legs, stores the result, and publishes events and metrics.
+    async fn record_shadow(
+        &self,
+        agent: &AgentRecord,
+        execution_id: &str,
+        primary_mode: CommMode,
+        primary: &RunResult,
+        _secondary_mode: CommMode,
+        secondary: &RunResult,
+    ) {
+        let (tmux, headless) = if primary_mode == CommMode::Tmux {
+            (primary, secondary)
+        } else {
+            (secondary, primary)
+        };
+        let ok = |r: &RunResult| r.outcome == OutcomeClass::Success;
+        let answer = |r: &RunResult| r.parsed.answer.clone().unwrap_or_default();
+        let comparison = if ok(tmux) && ok(headless) {
+            let (a, b) = (answer(headless), answer(tmux));
+            // A 1 MB comparison takes milliseconds of CPU: keep it off the async workers.
+            tokio::task::spawn_blocking(move || {
+                kokino_shadow::Comparator::terminal().compare(&a, &b)
+            })
+            .await
+            .ok()
+        } else {
+            None
+        };
+        let latency = |r: &RunResult| millis(r.duration) as i64;
+        let bounded = |s: String| truncate_utf8(s, SHADOW_ANSWER_MAX);
+        let row = kokino_store::NewShadowResult {
+            agent_id: agent.spec.agent_id.to_string(),
+            execution_id: execution_id.to_owned(),
+            primary_mode: primary_mode.as_str().to_owned(),
+            tmux_success: ok(tmux),
+            headless_success: ok(headless),
+            tmux_response: tmux.parsed.answer.clone().map(bounded),
+            headless_response: headless.parsed.answer.clone().map(bounded),
+            tmux_error: (!ok(tmux)).then(|| tmux.error_message().unwrap_or_default()),
+            headless_error: (!ok(headless)).then(|| headless.error_message().unwrap_or_default()),
+            tmux_latency_ms: latency(tmux),
+            headless_latency_ms: latency(headless),
+            similarity: comparison.as_ref().map(|c| c.similarity),
+            matched: comparison.as_ref().map(|c| c.matched),
+            diff: comparison
+                .as_ref()
+                .map(|c| c.diff.clone())
+                .filter(|d| !d.is_empty()),
+        };
+        if let Err(e) = self.inner.store.insert_shadow_result(&row).await {
+            tracing::warn!(error = %e, "could not store a shadow result");
+        }
+        let verdict = match (
+            ok(tmux),
+            ok(headless),
+            comparison.as_ref().map(|c| c.matched),
+        ) {
+            (true, true, Some(true)) => "matched",
+            (true, true, _) => "mismatched",
+            (true, false, _) => "headless_failed",
+            (false, true, _) => "tmux_failed",
+            (false, false, _) => "both_failed",
+        };
+        metrics::counter!(telemetry::SHADOW_RESULTS_TOTAL, "verdict" => verdict).increment(1);
+        if let Some(c) = &comparison {
+            metrics::histogram!(telemetry::SHADOW_SIMILARITY).record(c.similarity);
+            metrics::histogram!(telemetry::SHADOW_LATENCY_DELTA)
+                .record((row.headless_latency_ms - row.tmux_latency_ms) as f64 / 1000.0);
+        }
+        let legs = (
+            kokino_shadow::Leg {
+                outcome: headless.outcome,
+                latency_ms: row.headless_latency_ms.max(0) as u64,
+            },
+            kokino_shadow::Leg {
+                outcome: tmux.outcome,
+                latency_ms: row.tmux_latency_ms.max(0) as u64,
+            },
+        );
+        for kind in kokino_shadow::shadow_events(legs.0, legs.1, comparison.as_ref()) {
+            let mut ev = event(
+                kind.as_str(),
+                Some(agent.spec.agent_id.as_str()),
+                Some(agent.spec.cli_type.as_str()),
+            );
+            ev.success = Some(matches!(kind, kokino_shadow::ShadowEvent::ShadowSuccess));
+            ev.metadata = json!({
+                "executionId": execution_id, "similarity": row.similarity,
+                "tmuxLatencyMs": row.tmux_latency_ms, "headlessLatencyMs": row.headless_latency_ms,
+                "tmuxError": row.tmux_error, "headlessError": row.headless_error,
+            });
+            self.inner.events.emit(ev);
+        }
     }
 
     /// Runs the process, keeping the running table, the stored session id and the streaming
@@ -771,12 +991,12 @@ impl Broker {
         execution_id: &str,
         token: u64,
         runner: Runner,
+        cancel: CancellationToken,
         progress: Option<mpsc::UnboundedSender<Progress>>,
     ) -> RunResult {
         let limits = runner.limits().clone();
         let id = &agent.spec.agent_id;
         let cli = agent.spec.cli_type;
-        let cancel = CancellationToken::new();
         self.inner.running.lock().expect("running table").insert(
             id.clone(),
             Running {
@@ -1433,6 +1653,70 @@ impl Broker {
         self.inner.tmux.is_some()
     }
 
+    // ------------------------------------------------------------------ shadow mode
+
+    pub async fn shadow_metrics(&self, days: u32) -> Result<crate::shadow::ShadowMetrics> {
+        let since = self.inner.clock.now() - chrono::Duration::days(i64::from(days));
+        let s = self.inner.store.shadow_summary(since).await?;
+        Ok(crate::shadow::metrics(days, &s))
+    }
+
+    pub async fn shadow_mismatches(&self, limit: u32) -> Result<Vec<crate::shadow::Mismatch>> {
+        Ok(self
+            .inner
+            .store
+            .shadow_mismatches(limit)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    pub async fn shadow_failures(
+        &self,
+        leg: CommMode,
+        limit: u32,
+    ) -> Result<Vec<kokino_store::ShadowResult>> {
+        Ok(self
+            .inner
+            .store
+            .shadow_failures(leg.as_str(), limit)
+            .await?)
+    }
+
+    pub async fn shadow_decision(&self) -> Result<crate::shadow::Decision> {
+        let now = self.inner.clock.now();
+        let s = self
+            .inner
+            .store
+            .shadow_summary(now - chrono::Duration::days(365))
+            .await?;
+        let corruption = match *self.inner.last_integrity.lock().expect("integrity cache") {
+            Some(clean) => 1.0 - clean,
+            None => 0.0,
+        };
+        Ok(crate::shadow::decision(&s, now, corruption))
+    }
+
+    /// Moves every shadow agent to `to` (headless or tmux); returns how many changed.
+    pub async fn shadow_disable_all(&self, to: CommMode) -> Result<usize> {
+        if to == CommMode::Shadow {
+            return Err(ServiceError::BadRequest {
+                field: Some("to"),
+                message: "to must be headless or tmux".into(),
+            });
+        }
+        let mut changed = 0;
+        for mut agent in self.inner.store.list_agents().await? {
+            if agent.spec.comm_mode == CommMode::Shadow {
+                agent.spec.comm_mode = to;
+                self.inner.store.upsert_agent(&agent.spec).await?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     // ------------------------------------------------------------------ environment doctor
 
     fn doctor_config(&self) -> kokino_doctor::DoctorConfig {
@@ -1676,10 +1960,17 @@ impl Broker {
     pub async fn slo_status(&self) -> Result<crate::slo::SloStatus> {
         let now = self.inner.clock.now();
         let integrity = *self.inner.last_integrity.lock().expect("integrity cache");
-        Ok(
-            crate::slo::slo_status(&self.inner.store, &self.inner.cfg.slo, now, None, integrity)
-                .await?,
+        let window = chrono::Duration::days(self.inner.cfg.slo.availability_window_days);
+        let shadow = self.inner.store.shadow_summary(now - window).await?;
+        let correctness = crate::shadow::match_rate(&shadow);
+        Ok(crate::slo::slo_status(
+            &self.inner.store,
+            &self.inner.cfg.slo,
+            now,
+            correctness,
+            integrity,
         )
+        .await?)
     }
 
     pub async fn failures_by_cli(&self, hours: u32) -> Result<Vec<crate::slo::CliFailures>> {
@@ -1912,5 +2203,34 @@ mod tests {
             until_next_local_hour(at(23, 0), 2),
             Duration::from_secs(3 * 3600)
         );
+    }
+}
+
+/// Stored shadow answers are cut at this size: the comparison already saw them whole.
+const SHADOW_ANSWER_MAX: usize = 256 * 1024;
+
+fn truncate_utf8(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("…[truncated]");
+    }
+    s
+}
+
+/// Which leg answers a shadow agent's caller: tmux by default, as in the operations guide;
+/// `metadata.shadowPrimary = "headless"` switches it.
+fn shadow_primary(agent: &AgentRecord) -> CommMode {
+    match agent
+        .spec
+        .metadata
+        .get("shadowPrimary")
+        .and_then(|v| v.as_str())
+    {
+        Some("headless") => CommMode::Headless,
+        _ => CommMode::Tmux,
     }
 }

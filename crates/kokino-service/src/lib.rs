@@ -11,6 +11,7 @@ mod error;
 pub mod integrity;
 mod model;
 mod resilience;
+pub mod shadow;
 pub mod slo;
 pub mod telemetry;
 

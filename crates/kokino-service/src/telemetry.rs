@@ -34,6 +34,9 @@ pub const CIRCUIT_REJECTIONS_TOTAL: &str = "kokino_circuit_rejections_total";
 pub const FALLBACK_OVERRIDES: &str = "kokino_fallback_overrides";
 pub const RATE_LIMITED_TOTAL: &str = "kokino_rate_limited_rejections_total";
 pub const ENV_CHECKS_TOTAL: &str = "kokino_env_checks_total";
+pub const SHADOW_RESULTS_TOTAL: &str = "kokino_shadow_results_total";
+pub const SHADOW_SIMILARITY: &str = "kokino_shadow_similarity";
+pub const SHADOW_LATENCY_DELTA: &str = "kokino_shadow_latency_delta_seconds";
 pub const ENV_CHECK_FAILING: &str = "kokino_env_check_failing";
 
 pub const METRICS: &[MetricDef] = &[
@@ -150,6 +153,24 @@ pub const METRICS: &[MetricDef] = &[
         kind: "gauge",
         labels: &["cli"],
         help: "1 when the latest environment doctor run of the CLI type failed, else 0.",
+    },
+    MetricDef {
+        name: SHADOW_RESULTS_TOTAL,
+        kind: "counter",
+        labels: &["verdict"],
+        help: "Shadow executions by verdict: matched, mismatched, headless_failed, tmux_failed, both_failed.",
+    },
+    MetricDef {
+        name: SHADOW_SIMILARITY,
+        kind: "histogram",
+        labels: &[],
+        help: "Similarity (0 to 1) of the two legs' answers when both succeeded.",
+    },
+    MetricDef {
+        name: SHADOW_LATENCY_DELTA,
+        kind: "histogram",
+        labels: &[],
+        help: "Headless minus tmux latency of shadow executions where both succeeded, in seconds (negative: headless faster).",
     },
 ];
 

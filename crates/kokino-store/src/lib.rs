@@ -323,6 +323,23 @@ impl Store {
     pub async fn count_events_before(&self, before: DateTime<Utc>) -> Result<u64> {
         dispatch!(self.count_events_before(before))
     }
+    // ---- shadow mode ----
+
+    pub async fn insert_shadow_result(&self, r: &NewShadowResult) -> Result<i64> {
+        dispatch!(self.insert_shadow_result(r))
+    }
+    pub async fn shadow_summary(&self, since: DateTime<Utc>) -> Result<ShadowSummary> {
+        dispatch!(self.shadow_summary(since))
+    }
+    /// Results whose answers did not match, newest first.
+    pub async fn shadow_mismatches(&self, limit: u32) -> Result<Vec<ShadowResult>> {
+        dispatch!(self.shadow_mismatches(limit))
+    }
+    /// Results where `leg` (`"headless"` or `"tmux"`) failed, newest first.
+    pub async fn shadow_failures(&self, leg: &str, limit: u32) -> Result<Vec<ShadowResult>> {
+        dispatch!(self.shadow_failures(leg, limit))
+    }
+
     // ---- CLI versions ----
 
     /// Records that `version` of `cli_type` was seen now (first and last seen times are kept

@@ -39,6 +39,7 @@ use crate::{Event, EventFilter, FinishExecution, NewEvent, NewTurn, Result, Stor
 mod analytics;
 mod integrity;
 mod versions;
+mod shadow;
 
 /// The migrations, embedded in the binary so that a deployed broker needs no files besides its
 /// database.

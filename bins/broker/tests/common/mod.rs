@@ -395,6 +395,17 @@ pub fn run_doc_snippet(
     snippet: &str,
     replacements: &[(&str, String)],
 ) -> (bool, String, String) {
+    run_doc_snippet_in(b, snippet, replacements, &[], None)
+}
+
+/// [`run_doc_snippet`] with extra environment variables and a working directory for the shell.
+pub fn run_doc_snippet_in(
+    b: &Broker,
+    snippet: &str,
+    replacements: &[(&str, String)],
+    env: &[(&str, String)],
+    cwd: Option<&Path>,
+) -> (bool, String, String) {
     let addr = b.base.trim_start_matches("http://").to_owned();
     let mut script = String::from("set -euo pipefail\n");
     for line in snippet.lines() {
@@ -410,11 +421,15 @@ pub fn run_doc_snippet(
         script.push_str(&l);
         script.push('\n');
     }
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("bash");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c").arg(&script);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("bash");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
