@@ -35,7 +35,7 @@ pub const FALLBACK_OVERRIDES: &str = "kokino_fallback_overrides";
 pub const RATE_LIMITED_TOTAL: &str = "kokino_rate_limited_rejections_total";
 pub const ENV_CHECKS_TOTAL: &str = "kokino_env_checks_total";
 pub const SHADOW_RESULTS_TOTAL: &str = "kokino_shadow_results_total";
-pub const SHADOW_SIMILARITY: &str = "kokino_shadow_similarity";
+pub const SHADOW_SIMILARITY: &str = "kokino_shadow_similarity_ratio";
 pub const SHADOW_LATENCY_DELTA: &str = "kokino_shadow_latency_delta_seconds";
 pub const ENV_CHECK_FAILING: &str = "kokino_env_check_failing";
 

@@ -23,7 +23,9 @@ fn metric_names_follow_prometheus_conventions() {
         match m.kind {
             "counter" => assert!(m.name.ends_with("_total"), "{}", m.name),
             "histogram" => assert!(
-                m.name.ends_with("_seconds") || m.name.ends_with("_bytes"),
+                m.name.ends_with("_seconds")
+                    || m.name.ends_with("_bytes")
+                    || m.name.ends_with("_ratio"),
                 "{}: histograms carry their unit",
                 m.name
             ),
