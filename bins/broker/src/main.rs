@@ -42,6 +42,14 @@ async fn run(args: config::Args) -> Result<()> {
             Matcher::Full(telemetry::PROCESS_PEAK_RSS.into()),
             &[16e6, 64e6, 128e6, 256e6, 512e6, 1024e6, 2048e6, 4096e6],
         )?
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::SHADOW_SIMILARITY.into()),
+            &[0.5, 0.8, 0.9, 0.95, 0.99, 1.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::SHADOW_LATENCY_DELTA.into()),
+            &[-30.0, -10.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
+        )?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     telemetry::describe_metrics();
