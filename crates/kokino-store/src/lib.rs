@@ -1,7 +1,7 @@
 //! Kokino's store: the only crate that speaks SQL.
 //!
 //! Callers see one concrete type, [`Store`], whose methods speak in domain records. Behind it sits
-//! one backend per database (SQLite now, PostgreSQL later); dialect differences — placeholders,
+//! one backend per database (SQLite and PostgreSQL); dialect differences — placeholders,
 //! upserts, types — stay inside each backend's module, so no caller ever needs to know which
 //! database it talks to. A concrete enum rather than a trait object keeps the async methods simple
 //! and lets the compiler check that every backend handles every operation.
@@ -14,6 +14,7 @@ use kokino_core::{
 use serde::Serialize;
 
 mod error;
+mod postgres;
 mod sqlite;
 
 pub use error::StoreError;
@@ -112,6 +113,65 @@ pub struct CliVersionRow {
     pub agents: Vec<String>,
 }
 
+/// What a shadow execution recorded (both legs, and the comparison when both answered).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewShadowResult {
+    pub agent_id: String,
+    pub execution_id: String,
+    /// The leg that answered the caller: `"tmux"` or `"headless"`.
+    pub primary_mode: String,
+    pub tmux_success: bool,
+    pub headless_success: bool,
+    pub tmux_response: Option<String>,
+    pub headless_response: Option<String>,
+    pub tmux_error: Option<String>,
+    pub headless_error: Option<String>,
+    pub tmux_latency_ms: i64,
+    pub headless_latency_ms: i64,
+    pub similarity: Option<f64>,
+    pub matched: Option<bool>,
+    pub diff: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowResult {
+    pub id: i64,
+    pub agent_id: String,
+    pub execution_id: String,
+    pub primary_mode: String,
+    pub tmux_success: bool,
+    pub headless_success: bool,
+    pub tmux_response: Option<String>,
+    pub headless_response: Option<String>,
+    pub tmux_error: Option<String>,
+    pub headless_error: Option<String>,
+    pub tmux_latency_ms: i64,
+    pub headless_latency_ms: i64,
+    pub similarity: Option<f64>,
+    pub matched: Option<bool>,
+    pub diff: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Aggregates of the shadow results since some time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShadowSummary {
+    pub total: u64,
+    pub tmux_succeeded: u64,
+    pub headless_succeeded: u64,
+    pub both_succeeded: u64,
+    pub only_tmux_succeeded: u64,
+    pub only_headless_succeeded: u64,
+    pub both_failed: u64,
+    pub matched: u64,
+    pub mismatched: u64,
+    /// Average of headless minus tmux latency over runs where both succeeded.
+    pub avg_latency_delta_ms: Option<f64>,
+    pub headless_faster: u64,
+    pub first_at: Option<DateTime<Utc>>,
+}
+
 /// One integrity problem found in the store.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -144,12 +204,14 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match &$self.backend {
             Backend::Sqlite(b) => b.$method($($arg),*).await,
+            Backend::Postgres(b) => b.$method($($arg),*).await,
         }
     };
 }
@@ -157,11 +219,13 @@ macro_rules! dispatch {
 impl Store {
     /// Opens the database named by `url` (`sqlite://path/to/kokino.db`, or a bare path), creating
     /// the file and its directory on first use and applying the embedded migrations.
+    /// A `postgres://` or `postgresql://` URL connects to an existing PostgreSQL database and
+    /// applies its migrations.
     pub async fn open(url: &str) -> Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(StoreError::Unsupported(
-                "PostgreSQL is not supported yet; use a sqlite:// URL".into(),
-            ));
+            return Ok(Store {
+                backend: Backend::Postgres(postgres::PgStore::open(url).await?),
+            });
         }
         Ok(Store {
             backend: Backend::Sqlite(sqlite::SqliteStore::open(url).await?),
@@ -172,6 +236,7 @@ impl Store {
     pub fn kind(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
         }
     }
 
@@ -186,6 +251,9 @@ impl Store {
     pub async fn sqlite_pragma(&self, name: &str) -> Result<String> {
         match &self.backend {
             Backend::Sqlite(b) => b.pragma(name).await,
+            Backend::Postgres(_) => Err(StoreError::Unsupported(format!(
+                "pragma {name} is a SQLite setting; this store runs on PostgreSQL"
+            ))),
         }
     }
 

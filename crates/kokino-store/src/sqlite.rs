@@ -38,8 +38,8 @@ use crate::{Event, EventFilter, FinishExecution, NewEvent, NewTurn, Result, Stor
 
 mod analytics;
 mod integrity;
-mod versions;
 mod shadow;
+mod versions;
 
 /// The migrations, embedded in the binary so that a deployed broker needs no files besides its
 /// database.
