@@ -31,6 +31,9 @@ struct Args {
     /// Concurrent clients in the throughput run.
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Executions per mode in the tmux-vs-headless run.
+    #[arg(long, default_value_t = 40)]
+    tmux_runs: usize,
 }
 
 pub fn run(args: Vec<String>) -> Result<()> {
@@ -58,6 +61,8 @@ pub fn run(args: Vec<String>) -> Result<()> {
 
     overhead(&world, &broker, args.overhead_runs)?;
     throughput(&world, &broker, &args)?;
+    tmux_vs_headless(&world, &broker, args.tmux_runs)?;
+    comparison(&root)?;
     Ok(())
 }
 
@@ -86,6 +91,8 @@ impl World {
         std::fs::create_dir_all(dir.join("bin"))?;
         std::fs::create_dir_all(dir.join("work"))?;
         std::os::unix::fs::symlink(bins.join("kokino-fake-agent"), dir.join("bin/claude"))?;
+        std::os::unix::fs::symlink(bins.join("kokino-fake-agent"), dir.join("bin/codex"))?;
+        std::fs::create_dir_all(dir.join("home"))?;
         Ok(World {
             dir,
             bins: bins.to_path_buf(),
@@ -103,6 +110,7 @@ impl World {
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .env("KOKINO_FAKE_STATE", self.dir.join("state"))
+            .env("KOKINO_FAKE_LOG", self.dir.join("witness.log"))
             .env("KOKINO_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -384,5 +392,113 @@ fn throughput(world: &World, broker: &Broker, args: &Args) -> Result<()> {
         rss_before,
         broker.peak_rss_mb()
     );
+    Ok(())
+}
+
+/// (issue 4 a, b) tmux mode: the time from the fake agent finishing its answer (its witness
+/// `end` line, written when the turn is done) to the broker's response, and the same prompt end
+/// to end in tmux and in headless, for a transcript-driven CLI (claude) and a screen-driven one
+/// (codex).
+fn tmux_vs_headless(world: &World, broker: &Broker, runs: usize) -> Result<()> {
+    println!("\n== (d) tmux mode ({runs} runs per mode and CLI)");
+    for (cli_type, bin) in [("claude-code", "claude"), ("codex", "codex")] {
+        let mut modes = Vec::new();
+        for mode in ["headless", "tmux"] {
+            let agent = format!("{mode}-{bin}");
+            let body = serde_json::json!({
+                "agentId": agent, "type": cli_type, "commMode": mode,
+                "binary": world.dir.join("bin").join(bin), "cwd": world.dir.join("work"),
+                "env": {"HOME": world.dir.join("home")},
+            });
+            let mut c = Client::connect(&broker.addr)?;
+            let (status, text) = c.post("/agents/register", &body.to_string())?;
+            if status != 200 {
+                bail!("register {agent}: {status} {text}");
+            }
+            let path = format!("/agents/{agent}/execute");
+            c.post(&path, r#"{"prompt":"warm up"}"#)?;
+            let mut total = Vec::new();
+            let mut after_end = Vec::new();
+            for _ in 0..runs {
+                let t = Instant::now();
+                let (status, text) = c.post(&path, r#"{"prompt":"hello"}"#)?;
+                let done_ns = now_ns();
+                total.push(t.elapsed());
+                if status != 200 {
+                    bail!("{agent}: {status} {text}");
+                }
+                if mode == "tmux" {
+                    if let Some(end) = last_witness_end(&world.dir.join("witness.log")) {
+                        after_end.push(Duration::from_nanos(done_ns.saturating_sub(end) as u64));
+                    }
+                }
+            }
+            total.sort();
+            after_end.sort();
+            println!(
+                "  {cli_type:<12} {mode:<8} end to end median {:7.1} ms  p95 {:7.1} ms",
+                ms(percentile(&total, 0.5)),
+                ms(percentile(&total, 0.95))
+            );
+            if !after_end.is_empty() {
+                println!(
+                    "  {cli_type:<12} tmux     completion noticed after the CLI finished: median {:6.1} ms  p95 {:6.1} ms   (goal ≤ 100 ms)",
+                    ms(percentile(&after_end, 0.5)),
+                    ms(percentile(&after_end, 0.95))
+                );
+            }
+            modes.push(percentile(&total, 0.5));
+        }
+        println!(
+            "  {cli_type:<12} tmux − headless median {:+7.1} ms   (goal ≤ +150 ms)",
+            ms(modes[1]) - ms(modes[0])
+        );
+    }
+    Ok(())
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The time of the last `end` line of the fake agent's witness log.
+fn last_witness_end(path: &Path) -> Option<u128> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("end "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|t| t.parse().ok())
+}
+
+/// (issue 4 c) Comparison of two 1 MB answers differing in 1 % of lines, beside a plain O(n·m)
+/// edit distance on 20 KB: the shadow crate's own benchmark, run in release.
+fn comparison(root: &Path) -> Result<()> {
+    println!("\n== (e) shadow comparison");
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "kokino-shadow",
+            "--example",
+            "shadow_bench",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "shadow_bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
+    }
+    println!("  (goal: shadow_compare_1mb_median_ms ≤ 50)");
     Ok(())
 }
