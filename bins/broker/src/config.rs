@@ -34,6 +34,10 @@ pub struct Args {
     /// File holding the bearer token required on non-GET endpoints.
     #[arg(long, env = "KOKINO_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// This broker's stable id among brokers sharing one database (default: host name and data
+    /// directory).
+    #[arg(long, env = "KOKINO_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Broker log format.
     #[arg(long, env = "KOKINO_LOG_FORMAT", value_parser = ["human", "json"])]
     pub log_format: Option<String>,
@@ -56,6 +60,8 @@ pub struct FileConfig {
     pub maintenance: Maintenance,
     #[serde(default)]
     pub doctor: Doctor,
+    #[serde(default)]
+    pub cluster: Cluster,
     /// Binary per CLI type, e.g. `claude-code = "/opt/claude/bin/claude"`.
     #[serde(default)]
     pub binaries: BTreeMap<String, String>,
@@ -103,6 +109,14 @@ pub struct Doctor {
     pub disk_fail_pct: Option<f64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Cluster {
+    pub instance_id: Option<String>,
+    /// How long an agent's lease lives without renewal (renewed every quarter of it).
+    pub lease_ttl_ms: Option<u64>,
+}
+
 /// Everything the broker needs to start, resolved.
 #[derive(Debug)]
 pub struct Settings {
@@ -113,6 +127,8 @@ pub struct Settings {
     pub body_limit: usize,
     pub service: ServiceConfig,
     pub agents: Vec<AgentSpec>,
+    pub instance_id: String,
+    pub lease_ttl: Duration,
 }
 
 pub fn load(args: Args) -> Result<Settings> {
@@ -254,7 +270,25 @@ pub fn load(args: Args) -> Result<Settings> {
             .map_err(|e| anyhow::anyhow!("agents[{i}] in the config file: {e}"))?;
         agents.push(spec);
     }
+    let instance_id = match args.instance_id.or(file.cluster.instance_id.clone()) {
+        Some(id) if !id.trim().is_empty() => id,
+        Some(_) => bail!("instance_id must not be empty"),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into());
+            let dir = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
+            format!("{host}:{}", dir.display())
+        }
+    };
+    let lease_ttl = Duration::from_millis(match file.cluster.lease_ttl_ms {
+        Some(v) if v >= 400 => v,
+        Some(v) => bail!("cluster.lease_ttl_ms must be at least 400, not {v}"),
+        None => 15_000,
+    });
     Ok(Settings {
+        instance_id,
+        lease_ttl,
         bind,
         database_url,
         token,

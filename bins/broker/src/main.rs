@@ -12,8 +12,27 @@ use kokino_service::telemetry;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The same binary is the lease guard that watches each CLI when several brokers share a
+    // database (see kokino_exec::guard); that role must start before anything else.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(kokino_exec::guard::GUARD_FLAG) {
+        kokino_exec::guard::run_guard(&argv[2..]);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kokino-broker: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async_main());
+}
+
+async fn async_main() {
     let args = config::Args::parse();
     if let Err(e) = run(args).await {
         eprintln!("kokino-broker: {e:#}");
@@ -48,11 +67,14 @@ async fn run(args: config::Args) -> Result<()> {
         )?
         .set_buckets_for_metric(
             Matcher::Full(telemetry::SHADOW_LATENCY_DELTA.into()),
-            &[-30.0, -10.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
+            &[
+                -30.0, -10.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+            ],
         )?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     telemetry::describe_metrics();
+    telemetry::zero_counters();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -71,7 +93,18 @@ async fn run(args: config::Args) -> Result<()> {
     let store = kokino_store::Store::open(&settings.database_url)
         .await
         .with_context(|| format!("cannot open the store at {}", settings.database_url))?;
-    let broker = kokino_service::Broker::start(store, settings.service.clone()).await?;
+    let mut service_cfg = settings.service.clone();
+    if store.kind() == "postgres" {
+        // A shared database may have other brokers: leases, fencing and lease guards.
+        service_cfg.cluster = Some(kokino_service::cluster::ClusterConfig {
+            instance_id: settings.instance_id.clone(),
+            lease_ttl: settings.lease_ttl,
+            guard_program: std::env::current_exe()
+                .context("cannot find the broker's own binary")?,
+        });
+        tracing::info!(instance = %settings.instance_id, "cluster mode: agents are leased through the database");
+    }
+    let broker = kokino_service::Broker::start(store, service_cfg).await?;
     broker.spawn_maintenance();
     for spec in settings.agents {
         let id = spec.agent_id.clone();

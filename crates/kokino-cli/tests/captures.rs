@@ -597,3 +597,46 @@ fn every_capture_through_every_parser_never_panics() {
         }
     }
 }
+
+/// The repository's copy of the captures is the shared folder, unchanged. Where the shared
+/// folder is not present (a clone elsewhere), there is nothing to compare against.
+#[test]
+fn vendored_captures_match_the_shared_ones() {
+    let shared = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/captures"
+    ));
+    if !shared.is_dir() {
+        eprintln!(
+            "note: {} not present; the vendored copy is used as is",
+            shared.display()
+        );
+        return;
+    }
+    let vendored = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/captures"));
+    let mut compared = 0;
+    for cli in ["claude", "codex", "gemini", "droid"] {
+        for entry in std::fs::read_dir(shared.join(cli)).unwrap().flatten() {
+            let name = entry.file_name();
+            let original = std::fs::read(entry.path()).unwrap();
+            let copy = std::fs::read(vendored.join(cli).join(&name)).unwrap_or_else(|_| {
+                panic!(
+                    "{cli}/{} is missing from tests/captures",
+                    name.to_string_lossy()
+                )
+            });
+            assert_eq!(
+                original,
+                copy,
+                "{cli}/{} differs from the shared capture",
+                name.to_string_lossy()
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(
+        std::fs::read(shared.join("README.md")).unwrap(),
+        std::fs::read(vendored.join("README.md")).unwrap()
+    );
+    assert!(compared >= 30);
+}

@@ -29,6 +29,8 @@ pub struct HeadlessCommand {
     pub cwd: Option<PathBuf>,
     /// Written to the CLI's stdin, which is then closed. Prompts never go in argv.
     pub stdin: Vec<u8>,
+    /// When set, the CLI runs under a lease guard (several brokers sharing one database).
+    pub guard: Option<crate::guard::GuardSpec>,
 }
 
 /// The watchdogs and ceilings of one run (behavior.md, "Cancellation, timeouts, process
@@ -224,9 +226,13 @@ pub async fn run_headless(
     mut log: Option<Box<dyn LineSink>>,
 ) -> RunResult {
     let started = Instant::now();
-    let mut command = Command::new(&cmd.program);
+    let (program, args) = match &cmd.guard {
+        Some(g) => g.wrap(&cmd.program, &cmd.args),
+        None => (cmd.program.clone(), cmd.args.clone()),
+    };
+    let mut command = Command::new(&program);
     command
-        .args(&cmd.args)
+        .args(&args)
         .env_clear()
         .envs(&cmd.env)
         .stdin(Stdio::piped())

@@ -7,6 +7,7 @@
 //! outlives [`run_headless`].
 
 mod error;
+pub mod guard;
 mod headless;
 mod lines;
 pub mod probe;

@@ -169,7 +169,13 @@ impl Broker {
     /// recorded as `interrupted`; their locks were in memory and are free by construction.
     async fn recover_interrupted(&self) -> Result<()> {
         let store = &self.inner.store;
-        for exec in store.running_executions().await? {
+        // With several brokers on one database, only this broker's own runs are its to clean
+        // up (the others' are ended by their brokers, or taken over when their leases expire).
+        let running = match &self.inner.cfg.cluster {
+            Some(c) => store.running_executions_of(&c.instance_id).await?,
+            None => store.running_executions().await?,
+        };
+        for exec in running {
             if let (Some(pid), Some(start)) = (exec.pid, exec.pid_start_time) {
                 if kokino_exec::procfs::kill_recorded_group(pid as i32, start) {
                     tracing::warn!(pid, agent = %exec.agent_id, "killed a CLI left over by a previous broker");
@@ -497,13 +503,44 @@ impl Broker {
         ev.metadata = json!({"waitedMs": millis(guard.waited())});
         self.inner.events.emit(ev);
 
+        // Several brokers: the agent's lease in the database is the cross-broker lock. Waiting
+        // for it shares the request's lock timeout.
+        let lease = match &self.inner.cfg.cluster {
+            None => None,
+            Some(c) => {
+                let deadline = tokio::time::Instant::now() + wait.saturating_sub(guard.waited());
+                match crate::cluster::acquire(&self.inner.store, id.as_str(), c, deadline).await? {
+                    Some((hold, lease)) => {
+                        if let Some(previous) =
+                            lease.taken_over_from.filter(|p| p != &c.instance_id)
+                        {
+                            self.take_over(&id, &previous, &hold).await;
+                        }
+                        Some(hold)
+                    }
+                    None => {
+                        metrics::counter!(telemetry::LOCK_TIMEOUTS_TOTAL, "cli" => cli.as_str())
+                            .increment(1);
+                        let mut ev = event("LOCK_TIMEOUT", Some(id.as_str()), Some(cli.as_str()));
+                        ev.success = Some(false);
+                        ev.metadata = json!({"heldBy": "another broker"});
+                        self.inner.events.emit(ev);
+                        return Err(ServiceError::LockTimeout {
+                            agent_id: id.to_string(),
+                            waited_ms: millis(wait),
+                        });
+                    }
+                }
+            }
+        };
+
         // From here on the run belongs to its own task: a caller that disconnects does not stop
         // it, and its result is stored whatever happens to the request.
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
         self.inner.tasks.spawn(async move {
             let result = this
-                .run_locked(agent, mode, req, guard, permit, progress)
+                .run_locked(agent, mode, req, guard, lease, permit, progress)
                 .await;
             let _ = tx.send(result);
         });
@@ -613,6 +650,15 @@ impl Broker {
                 env,
                 cwd: agent.spec.cwd.as_ref().map(PathBuf::from),
                 stdin: prompt.into_bytes(),
+                guard: self
+                    .inner
+                    .cfg
+                    .cluster
+                    .as_ref()
+                    .map(|c| kokino_exec::guard::GuardSpec {
+                        program: c.guard_program.clone(),
+                        deadline: c.guard_deadline(),
+                    }),
             },
             limits,
         ))
@@ -625,6 +671,7 @@ impl Broker {
         mode: CommMode,
         req: ExecuteRequest,
         guard: LockGuard,
+        lease: Option<crate::cluster::LeaseHold>,
         permit: Option<ExecutionPermit>,
         progress: Option<mpsc::UnboundedSender<Progress>>,
     ) -> Result<ExecuteResponse> {
@@ -687,18 +734,30 @@ impl Broker {
             .filter(|m| m.is_object())
             .unwrap_or_else(|| json!({}));
         user_meta["executionId"] = json!(execution_id);
-        store
-            .begin_execution(&NewExecution {
-                execution_id: execution_id.clone(),
-                agent_id: id.clone(),
-                conversation_id: session.conversation_id.clone(),
-                cli_type: cli,
-                mode,
-                user_turn_id: uuid::Uuid::new_v4().to_string(),
-                prompt: req.prompt.clone(),
-                turn_metadata: user_meta,
-            })
-            .await?;
+        let new_execution = NewExecution {
+            execution_id: execution_id.clone(),
+            agent_id: id.clone(),
+            conversation_id: session.conversation_id.clone(),
+            cli_type: cli,
+            mode,
+            user_turn_id: uuid::Uuid::new_v4().to_string(),
+            prompt: req.prompt.clone(),
+            turn_metadata: user_meta,
+        };
+        match &lease {
+            Some(l) => {
+                store
+                    .begin_execution_fenced(&new_execution, &l.owner, l.token)
+                    .await
+                    .map_err(lease_error)?;
+                store
+                    .set_execution_instance(&execution_id, &l.owner)
+                    .await?;
+            }
+            None => {
+                store.begin_execution(&new_execution).await?;
+            }
+        }
 
         let timeout = Duration::from_millis(
             req.timeout_ms
@@ -735,6 +794,20 @@ impl Broker {
             other => (other, None),
         };
         let cancel = CancellationToken::new();
+        let renewal = match (&lease, &self.inner.cfg.cluster) {
+            (Some(l), Some(c)) => {
+                let (this, agent_key) = (self.clone(), id.clone());
+                Some(crate::cluster::spawn_renewal(
+                    self.inner.store.clone(),
+                    c.clone(),
+                    id.to_string(),
+                    l.token,
+                    cancel.clone(),
+                    move || this.running(&agent_key).and_then(|r| r.pid),
+                ))
+            }
+            _ => None,
+        };
         let secondary = match secondary_mode {
             Some(sm) => Some(
                 self.start_secondary(&agent, sm, &req.prompt, timeout, cancel.clone())
@@ -774,6 +847,7 @@ impl Broker {
                 timeout,
                 result,
                 permit,
+                lease.as_ref().map(|l| (l.owner.as_str(), l.token)),
             )
             .await;
         // Where the time of an execution goes, for `cargo xtask bench` and for operators
@@ -786,6 +860,8 @@ impl Broker {
             "execution phases"
         );
         if let (Some((sm, task)), Some(primary)) = (secondary, primary_result) {
+            let renewal = renewal;
+            let lease = lease;
             // The caller has its answer; the lock stays held until the secondary leg ends
             // (bounded by its own timeout), so that no other run of the agent overlaps it.
             let this = self.clone();
@@ -803,12 +879,84 @@ impl Broker {
                     &secondary,
                 )
                 .await;
+                if let Some(r) = renewal {
+                    r.abort();
+                }
+                if let Some(l) = lease {
+                    l.release().await;
+                }
                 drop(guard);
             });
+            return answer;
+        }
+        if let Some(r) = renewal {
+            r.abort();
+        }
+        if let Some(l) = lease {
+            l.release().await;
         }
         answer
         // Otherwise `guard` drops here, after the outcome is stored: the next waiter sees a
         // finished run.
+    }
+
+    /// This broker took an agent's lease over from `previous`, whose lease had expired (it died
+    /// or stalled): its unfinished executions of the agent are marked `interrupted`. Nothing is
+    /// killed — those processes belong to another broker (its lease guard stops them).
+    async fn take_over(&self, id: &AgentId, previous: &str, hold: &crate::cluster::LeaseHold) {
+        tracing::warn!(agent = %id, %previous, "took over an expired lease");
+        let foreign = match self
+            .inner
+            .store
+            .foreign_running_executions(id.as_str(), &hold.owner)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the previous owner's executions");
+                return;
+            }
+        };
+        for exec in foreign {
+            let message = format!(
+                "interrupted: broker {previous} stopped renewing the agent's lease while this execution ran"
+            );
+            let fin = FinishExecution {
+                execution_id: exec.execution_id.clone(),
+                outcome: OutcomeClass::Interrupted,
+                exit_code: None,
+                error_message: Some(message.clone()),
+                duration_ms: (Utc::now() - exec.started_at).num_milliseconds().max(0),
+                usage: None,
+                cost_usd: None,
+                num_turns: None,
+                peak_rss_mb: None,
+                cli_session_id: None,
+                turn: Some(NewTurn {
+                    turn_id: uuid::Uuid::new_v4().to_string(),
+                    role: Role::System,
+                    content: message,
+                    metadata: json!({"executionId": exec.execution_id, "outcome": "interrupted", "previousOwner": previous}),
+                }),
+            };
+            if let Err(e) = self
+                .inner
+                .store
+                .finish_execution_fenced(&fin, id.as_str(), &hold.owner, hold.token)
+                .await
+            {
+                tracing::warn!(error = %e, "could not mark a taken-over execution interrupted");
+                continue;
+            }
+            let mut ev = event(
+                "EXECUTION_INTERRUPTED",
+                Some(id.as_str()),
+                Some(exec.cli_type.as_str()),
+            );
+            ev.success = Some(false);
+            ev.metadata = json!({"executionId": exec.execution_id, "previousOwner": previous});
+            self.inner.events.emit(ev);
+        }
     }
 
     /// Starts the secondary leg of a shadow execution in its own task. It uses its own CLI
@@ -1145,6 +1293,7 @@ impl Broker {
         timeout: Duration,
         result: RunResult,
         permit: Option<ExecutionPermit>,
+        fence: Option<(&str, i64)>,
     ) -> Result<ExecuteResponse> {
         let id = &agent.spec.agent_id;
         let cli = agent.spec.cli_type;
@@ -1206,28 +1355,33 @@ impl Broker {
                 ),
             )
         };
-        let turn = self
-            .inner
-            .store
-            .finish_execution(&FinishExecution {
-                execution_id: execution_id.to_owned(),
-                outcome,
-                exit_code: result.exit.code.map(i64::from),
-                error_message: error_message.clone(),
-                duration_ms: duration_ms as i64,
-                usage: result.parsed.usage,
-                cost_usd: result.parsed.cost_usd,
-                num_turns: result.parsed.num_turns.map(i64::from),
-                peak_rss_mb: Some(result.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
-                cli_session_id: session_id.clone(),
-                turn: Some(NewTurn {
-                    turn_id: uuid::Uuid::new_v4().to_string(),
-                    role,
-                    content,
-                    metadata: turn_meta,
-                }),
-            })
-            .await?;
+        let finished = FinishExecution {
+            execution_id: execution_id.to_owned(),
+            outcome,
+            exit_code: result.exit.code.map(i64::from),
+            error_message: error_message.clone(),
+            duration_ms: duration_ms as i64,
+            usage: result.parsed.usage,
+            cost_usd: result.parsed.cost_usd,
+            num_turns: result.parsed.num_turns.map(i64::from),
+            peak_rss_mb: Some(result.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+            cli_session_id: session_id.clone(),
+            turn: Some(NewTurn {
+                turn_id: uuid::Uuid::new_v4().to_string(),
+                role,
+                content,
+                metadata: turn_meta,
+            }),
+        };
+        let turn = match fence {
+            Some((owner, token)) => self
+                .inner
+                .store
+                .finish_execution_fenced(&finished, id.as_str(), owner, token)
+                .await
+                .map_err(lease_error)?,
+            None => self.inner.store.finish_execution(&finished).await?,
+        };
 
         metrics::counter!(telemetry::EXECUTIONS_TOTAL,
             "cli" => cli.as_str(), "mode" => mode.as_str(), "outcome" => outcome.as_str())
@@ -1898,11 +2052,16 @@ impl Broker {
             .values()
             .map(|r| r.execution_id.clone())
             .collect();
-        Ok(self
-            .inner
-            .store
-            .running_executions()
-            .await?
+        let running = match &self.inner.cfg.cluster {
+            Some(c) => {
+                self.inner
+                    .store
+                    .running_executions_of(&c.instance_id)
+                    .await?
+            }
+            None => self.inner.store.running_executions().await?,
+        };
+        Ok(running
             .into_iter()
             .filter(|e| !live.contains(&e.execution_id))
             .filter(|e| match (e.pid, e.pid_start_time) {
@@ -2232,5 +2391,16 @@ fn shadow_primary(agent: &AgentRecord) -> CommMode {
     {
         Some("headless") => CommMode::Headless,
         _ => CommMode::Tmux,
+    }
+}
+
+/// A write refused because this broker's lease is stale is a conflict the caller can retry,
+/// not a store outage.
+fn lease_error(e: kokino_store::StoreError) -> ServiceError {
+    match e {
+        kokino_store::StoreError::StaleLease { .. } => ServiceError::Conflict(format!(
+            "{e}; this broker lost the agent while it ran, the result was not stored; retry the request"
+        )),
+        other => other.into(),
     }
 }

@@ -50,6 +50,8 @@ pub struct ServiceConfig {
     /// Disk usage thresholds of the doctor's `disk` check, in percent.
     pub disk_warn_pct: f64,
     pub disk_fail_pct: f64,
+    /// Set when several brokers share the store (PostgreSQL): agent leases and lease guards.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl ServiceConfig {
@@ -81,6 +83,7 @@ impl ServiceConfig {
             doctor_check_timeout: Duration::from_millis(5_000),
             disk_warn_pct: 85.0,
             disk_fail_pct: 95.0,
+            cluster: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! and knows nothing of processes or SQL; the executor and the store know nothing of each other.
 
 mod broker;
+pub mod cluster;
 mod config;
 mod error;
 pub mod integrity;

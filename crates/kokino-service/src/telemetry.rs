@@ -272,3 +272,37 @@ pub fn metrics_reference_markdown() -> String {
     );
     out
 }
+
+/// Creates the counters' label sets at zero, so that the first failures after a start are seen
+/// by `rate()` and `increase()` (a series that appears with value 5 has no increase to show).
+pub fn zero_counters() {
+    use kokino_core::{CliType, CommMode, OutcomeClass};
+    for cli in CliType::ALL {
+        for mode in CommMode::ALL {
+            for outcome in OutcomeClass::ALL {
+                metrics::counter!(EXECUTIONS_TOTAL,
+                    "cli" => cli.as_str(), "mode" => mode.as_str(), "outcome" => outcome.as_str())
+                .increment(0);
+            }
+        }
+        metrics::counter!(LOCK_TIMEOUTS_TOTAL, "cli" => cli.as_str()).increment(0);
+        metrics::counter!(RATE_LIMITED_TOTAL, "cli" => cli.as_str()).increment(0);
+        metrics::counter!(JSONL_PARSE_ERRORS_TOTAL, "cli" => cli.as_str()).increment(0);
+    }
+    for scope in ["agent", "cli"] {
+        metrics::counter!(CIRCUIT_REJECTIONS_TOTAL, "scope" => scope).increment(0);
+        for to in ["closed", "open", "half_open", "forced_open", "disabled"] {
+            metrics::counter!(CIRCUIT_TRANSITIONS_TOTAL, "scope" => scope, "to" => to).increment(0);
+        }
+    }
+    for verdict in [
+        "matched",
+        "mismatched",
+        "headless_failed",
+        "tmux_failed",
+        "both_failed",
+    ] {
+        metrics::counter!(SHADOW_RESULTS_TOTAL, "verdict" => verdict).increment(0);
+    }
+    metrics::counter!(EVENTS_DROPPED_TOTAL).increment(0);
+}

@@ -23,4 +23,11 @@ pub enum StoreError {
     Unsupported(String),
     #[error("execution {0} not found")]
     ExecutionNotFound(String),
+    /// A fenced write carried a lease that is no longer the agent's live lease: it expired (and
+    /// may have been taken over) or was released. Nothing was written.
+    #[error(
+        "the lease of agent {agent_id} held with token {token} is no longer current: \
+         another broker owns the agent"
+    )]
+    StaleLease { agent_id: String, token: i64 },
 }

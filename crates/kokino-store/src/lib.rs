@@ -6,6 +6,8 @@
 //! database it talks to. A concrete enum rather than a trait object keeps the async methods simple
 //! and lets the compiler check that every backend handles every operation.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use kokino_core::{
     AgentId, AgentRecord, AgentSpec, CliType, Conversation, ExecutionRecord, NewExecution,
@@ -523,6 +525,111 @@ impl Store {
     pub async fn load_fallbacks(&self) -> Result<Vec<FallbackRow>> {
         dispatch!(self.load_fallbacks())
     }
+
+    // ---- leases ----
+    //
+    // Several brokers sharing one PostgreSQL database must never run one agent twice. A broker
+    // runs an agent only while it holds the agent's lease; every acquisition hands out a larger
+    // fencing token, and the writes that matter (beginning and finishing an execution) can be
+    // fenced: they commit only if their token is still the live one, so a broker that stalled
+    // past its lease cannot write over its successor (Kleppmann's fencing tokens). Expiry is
+    // judged by the database's clock, so brokers whose clocks disagree still agree on who holds
+    // a lease.
+
+    /// Takes the agent's lease for `owner` if it is free, expired, or already `owner`'s; each
+    /// successful acquisition increments the token (fencing), starting at 1, and the token never
+    /// decreases, also across release and re-acquisition. Returns `None` when another owner
+    /// holds an unexpired lease. `taken_over_from` names the previous owner when it was another
+    /// one (its lease had expired or been released). Atomic: of several brokers racing for one
+    /// free lease exactly one wins.
+    pub async fn acquire_lease(
+        &self,
+        agent_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let ttl = clamp_ttl(ttl);
+        dispatch!(self.acquire_lease(agent_id, owner, ttl))
+    }
+    /// Extends the lease to `ttl` from now if `owner` still holds it with `token` and it has not
+    /// expired; `false` when it was lost (expired, taken over or released). An expired lease is
+    /// never revived, even if nobody took it yet: the holder must acquire again, which gives it
+    /// a new token.
+    pub async fn renew_lease(
+        &self,
+        agent_id: &str,
+        owner: &str,
+        token: i64,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let ttl = clamp_ttl(ttl);
+        dispatch!(self.renew_lease(agent_id, owner, token, ttl))
+    }
+    /// Ends the lease if `owner`/`token` still hold it, by expiring it now (the row and its token
+    /// stay, so the next acquisition gets a larger token); a stale release, or the release of an
+    /// already expired lease, does nothing. Returns whether it released. On PostgreSQL the same
+    /// transaction also sends `NOTIFY kokino_lease_released, '<agent_id>'`
+    /// ([`LEASE_RELEASED_CHANNEL`]) so that waiting brokers wake up.
+    pub async fn release_lease(&self, agent_id: &str, owner: &str, token: i64) -> Result<bool> {
+        dispatch!(self.release_lease(agent_id, owner, token))
+    }
+    /// The current holder, if the lease is unexpired (`taken_over_from` is always `None`).
+    pub async fn lease_holder(&self, agent_id: &str) -> Result<Option<Lease>> {
+        dispatch!(self.lease_holder(agent_id))
+    }
+    /// Whether `owner`/`token` is still the live (unexpired) lease of the agent (fencing check).
+    /// Only a snapshot: to make a write depend on it, use the fenced writes.
+    pub async fn lease_is_current(&self, agent_id: &str, owner: &str, token: i64) -> Result<bool> {
+        dispatch!(self.lease_is_current(agent_id, owner, token))
+    }
+    /// Executions still `running` recorded by `instance_id`, oldest first (what a restarted
+    /// broker with the same stable instance id must clean up).
+    pub async fn running_executions_of(&self, instance_id: &str) -> Result<Vec<ExecutionRecord>> {
+        dispatch!(self.running_executions_of(instance_id))
+    }
+    /// Running executions of the agent recorded by an instance other than `owner`, oldest first,
+    /// including those with no instance recorded (what a broker that took an expired lease over
+    /// marks interrupted; it kills nothing).
+    pub async fn foreign_running_executions(
+        &self,
+        agent_id: &str,
+        owner: &str,
+    ) -> Result<Vec<ExecutionRecord>> {
+        dispatch!(self.foreign_running_executions(agent_id, owner))
+    }
+    /// Sets the execution's `instance_id` (called right after [`Store::begin_execution`] or
+    /// [`Store::begin_execution_fenced`]). [`StoreError::ExecutionNotFound`] for an unknown id.
+    pub async fn set_execution_instance(
+        &self,
+        execution_id: &str,
+        instance_id: &str,
+    ) -> Result<()> {
+        dispatch!(self.set_execution_instance(execution_id, instance_id))
+    }
+    /// [`Store::begin_execution`], fenced: inside the same transaction it first checks that
+    /// (`owner`, `token`) is still the live lease of `new.agent_id` (on PostgreSQL holding the
+    /// lease row `FOR SHARE` until commit, so no takeover can slip in before the write lands)
+    /// and returns [`StoreError::StaleLease`] without writing anything otherwise.
+    pub async fn begin_execution_fenced(
+        &self,
+        new: &NewExecution,
+        owner: &str,
+        token: i64,
+    ) -> Result<Turn> {
+        dispatch!(self.begin_execution_fenced(new, owner, token))
+    }
+    /// [`Store::finish_execution`], fenced like [`Store::begin_execution_fenced`] on the lease of
+    /// `agent_id`, which must be the execution's agent (otherwise [`StoreError::Unsupported`],
+    /// and nothing is written).
+    pub async fn finish_execution_fenced(
+        &self,
+        fin: &FinishExecution,
+        agent_id: &str,
+        owner: &str,
+        token: i64,
+    ) -> Result<Option<Turn>> {
+        dispatch!(self.finish_execution_fenced(fin, agent_id, owner, token))
+    }
 }
 
 /// One stored fallback override (`kokino_core::fallback::Override` with its target spelled as
@@ -535,4 +642,34 @@ pub struct FallbackRow {
     pub reason: String,
     pub since: DateTime<Utc>,
     pub auto: bool,
+}
+
+/// The PostgreSQL channel [`Store::release_lease`] notifies, with the agent id as payload.
+pub const LEASE_RELEASED_CHANNEL: &str = "kokino_lease_released";
+
+/// An agent's lease as a broker holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub agent_id: String,
+    pub owner: String,
+    /// The fencing token: larger for every acquisition of this agent's lease, never reused.
+    pub token: i64,
+    /// By the database's clock, truncated to the millisecond like every stored time.
+    pub expires_at: DateTime<Utc>,
+    /// The previous owner when this acquisition took the lease over from another broker whose
+    /// lease had expired (or been released).
+    pub taken_over_from: Option<String>,
+}
+
+/// The longest lease the store grants. Longer ttls are shortened to it so that "now + ttl" can
+/// never overflow a timestamp or interval in either database; a century is "forever" enough.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn clamp_ttl(ttl: Duration) -> Duration {
+    ttl.min(MAX_LEASE_TTL)
+}
+
+/// A ttl in whole milliseconds, the precision of every stored time; the ttl is already clamped.
+pub(crate) fn ttl_millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }

@@ -38,8 +38,11 @@ use crate::{Event, EventFilter, FinishExecution, NewEvent, NewTurn, Result, Stor
 
 mod analytics;
 mod integrity;
+mod leases;
 mod shadow;
 mod versions;
+
+use leases::Fence;
 
 /// The migrations, embedded in the binary so that a deployed broker needs no files besides its
 /// configuration. sqlx serialises concurrent runs with an advisory lock, so several brokers may
@@ -485,39 +488,8 @@ impl PgStore {
     // ---- executions ----
 
     pub(crate) async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
-        let now = now();
         let mut tx = self.write_tx().await?;
-        // An unknown conversation has no agent to lock; the turn insert then fails on its
-        // foreign key, as on SQLite.
-        lock_conversation_agent(&mut tx, &new.conversation_id).await?;
-        let turn = insert_turn(
-            &mut tx,
-            &new.conversation_id,
-            &NewTurn {
-                turn_id: new.user_turn_id.clone(),
-                role: Role::User,
-                content: new.prompt.clone(),
-                metadata: new.turn_metadata.clone(),
-            },
-            now,
-        )
-        .await?;
-        sqlx::query(
-            "INSERT INTO executions \
-                 (execution_id, agent_id, conversation_id, cli_type, mode, state, \
-                  user_turn_id, started_at) \
-             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
-        )
-        .bind(&new.execution_id)
-        .bind(new.agent_id.as_str())
-        .bind(&new.conversation_id)
-        .bind(new.cli_type.as_str())
-        .bind(new.mode.as_str())
-        .bind(&new.user_turn_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        touch_conversation(&mut tx, &new.conversation_id, now).await?;
+        let turn = begin_execution_in(&mut tx, new, None).await?;
         tx.commit().await?;
         Ok(turn)
     }
@@ -546,60 +518,8 @@ impl PgStore {
     }
 
     pub(crate) async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
-        let now = now();
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT conversation_id FROM executions WHERE execution_id = $1")
-            .bind(&fin.execution_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            // Dropping the transaction rolls it back; nothing was written yet anyway.
-            return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
-        };
-        let conversation_id: String = Fields::new(&row, "executions").get("conversation_id")?;
-        lock_conversation_agent(&mut tx, &conversation_id).await?;
-
-        let turn = match &fin.turn {
-            Some(new_turn) => Some(insert_turn(&mut tx, &conversation_id, new_turn, now).await?),
-            None => None,
-        };
-        let usage = fin.usage;
-        let updated = sqlx::query(
-            "UPDATE executions SET \
-                 state = 'finished', outcome = $1, exit_code = $2, error_message = $3, \
-                 duration_ms = $4, input_tokens = $5, output_tokens = $6, \
-                 cache_read_tokens = $7, cache_creation_tokens = $8, cost_usd = $9, \
-                 num_turns = $10, peak_rss_mb = $11, \
-                 cli_session_id = COALESCE($12, cli_session_id), \
-                 result_turn_id = COALESCE($13, result_turn_id), finished_at = $14 \
-             WHERE execution_id = $15",
-        )
-        .bind(fin.outcome.as_str())
-        .bind(fin.exit_code)
-        .bind(fin.error_message.as_deref())
-        .bind(fin.duration_ms)
-        .bind(usage.map(|u| saturating_i64(u.input_tokens)))
-        .bind(usage.map(|u| saturating_i64(u.output_tokens)))
-        .bind(usage.map(|u| saturating_i64(u.cache_read_tokens)))
-        .bind(usage.map(|u| saturating_i64(u.cache_creation_tokens)))
-        .bind(fin.cost_usd)
-        .bind(fin.num_turns)
-        .bind(fin.peak_rss_mb)
-        .bind(fin.cli_session_id.as_deref())
-        .bind(turn.as_ref().map(|t| t.turn_id.as_str()))
-        .bind(now)
-        .bind(&fin.execution_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            // The conversation (and with it the execution) was deleted between the read above
-            // and the lock; SQLite's single writer cannot get here, and the answer is the same
-            // as if the deletion had come first. Returning drops the transaction, which rolls
-            // the turn back.
-            return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
-        }
-        touch_conversation(&mut tx, &conversation_id, now).await?;
+        let turn = finish_execution_in(&mut tx, fin, None).await?;
         tx.commit().await?;
         Ok(turn)
     }
@@ -862,6 +782,123 @@ async fn lock_conversation_agent(
 }
 
 // ---- transaction steps shared by several operations ----
+
+/// The writes of [`PgStore::begin_execution`], in the caller's transaction; with a fence, only
+/// while that lease is current ([`StoreError::StaleLease`] before anything is written otherwise).
+async fn begin_execution_in(
+    tx: &mut Transaction<'static, Postgres>,
+    new: &NewExecution,
+    fence: Option<&Fence<'_>>,
+) -> Result<Turn> {
+    let now = now();
+    // An unknown conversation has no agent to lock; the turn insert then fails on its
+    // foreign key, as on SQLite.
+    lock_conversation_agent(tx, &new.conversation_id).await?;
+    if let Some(fence) = fence {
+        // After the agent's lock, like every other step of the transaction; the check holds
+        // the lease row until commit (see `Fence::check`).
+        fence.check(tx).await?;
+    }
+    let turn = insert_turn(
+        tx,
+        &new.conversation_id,
+        &NewTurn {
+            turn_id: new.user_turn_id.clone(),
+            role: Role::User,
+            content: new.prompt.clone(),
+            metadata: new.turn_metadata.clone(),
+        },
+        now,
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO executions \
+             (execution_id, agent_id, conversation_id, cli_type, mode, state, \
+              user_turn_id, started_at) \
+         VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
+    )
+    .bind(&new.execution_id)
+    .bind(new.agent_id.as_str())
+    .bind(&new.conversation_id)
+    .bind(new.cli_type.as_str())
+    .bind(new.mode.as_str())
+    .bind(&new.user_turn_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    touch_conversation(tx, &new.conversation_id, now).await?;
+    Ok(turn)
+}
+
+/// The writes of [`PgStore::finish_execution`], in the caller's transaction; with a fence, only
+/// while that lease is current ([`StoreError::StaleLease`] before anything is written otherwise).
+async fn finish_execution_in(
+    tx: &mut Transaction<'static, Postgres>,
+    fin: &FinishExecution,
+    fence: Option<&Fence<'_>>,
+) -> Result<Option<Turn>> {
+    let now = now();
+    let row =
+        sqlx::query("SELECT conversation_id, agent_id FROM executions WHERE execution_id = $1")
+            .bind(&fin.execution_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some(row) = row else {
+        // The caller drops the transaction on the error, which rolls it back; nothing was
+        // written yet anyway.
+        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
+    };
+    let conversation_id: String = Fields::new(&row, "executions").get("conversation_id")?;
+    lock_conversation_agent(tx, &conversation_id).await?;
+    if let Some(fence) = fence {
+        let agent_id: String = Fields::new(&row, "executions").get("agent_id")?;
+        fence.check_covers(&fin.execution_id, &agent_id)?;
+        fence.check(tx).await?;
+    }
+
+    let turn = match &fin.turn {
+        Some(new_turn) => Some(insert_turn(tx, &conversation_id, new_turn, now).await?),
+        None => None,
+    };
+    let usage = fin.usage;
+    let updated = sqlx::query(
+        "UPDATE executions SET \
+             state = 'finished', outcome = $1, exit_code = $2, error_message = $3, \
+             duration_ms = $4, input_tokens = $5, output_tokens = $6, \
+             cache_read_tokens = $7, cache_creation_tokens = $8, cost_usd = $9, \
+             num_turns = $10, peak_rss_mb = $11, \
+             cli_session_id = COALESCE($12, cli_session_id), \
+             result_turn_id = COALESCE($13, result_turn_id), finished_at = $14 \
+         WHERE execution_id = $15",
+    )
+    .bind(fin.outcome.as_str())
+    .bind(fin.exit_code)
+    .bind(fin.error_message.as_deref())
+    .bind(fin.duration_ms)
+    .bind(usage.map(|u| saturating_i64(u.input_tokens)))
+    .bind(usage.map(|u| saturating_i64(u.output_tokens)))
+    .bind(usage.map(|u| saturating_i64(u.cache_read_tokens)))
+    .bind(usage.map(|u| saturating_i64(u.cache_creation_tokens)))
+    .bind(fin.cost_usd)
+    .bind(fin.num_turns)
+    .bind(fin.peak_rss_mb)
+    .bind(fin.cli_session_id.as_deref())
+    .bind(turn.as_ref().map(|t| t.turn_id.as_str()))
+    .bind(now)
+    .bind(&fin.execution_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        // The conversation (and with it the execution) was deleted between the read above
+        // and the lock; SQLite's single writer cannot get here, and the answer is the same
+        // as if the deletion had come first. The caller drops the transaction on the error,
+        // which rolls the turn back.
+        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
+    }
+    touch_conversation(tx, &conversation_id, now).await?;
+    Ok(turn)
+}
 
 /// Inserts a turn with the conversation's next `seq`. The caller must hold the lock of the
 /// conversation's agent ([`lock_conversation_agent`]): the UNIQUE (conversation_id, seq)

@@ -38,8 +38,11 @@ use crate::{Event, EventFilter, FinishExecution, NewEvent, NewTurn, Result, Stor
 
 mod analytics;
 mod integrity;
+mod leases;
 mod shadow;
 mod versions;
+
+use leases::Fence;
 
 /// The migrations, embedded in the binary so that a deployed broker needs no files besides its
 /// database.
@@ -499,37 +502,8 @@ impl SqliteStore {
     // ---- executions ----
 
     pub(crate) async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
-        let now_ts = now();
-        let now = ts(now_ts);
         let mut tx = self.write_tx().await?;
-        let turn = insert_turn(
-            &mut tx,
-            &new.conversation_id,
-            &NewTurn {
-                turn_id: new.user_turn_id.clone(),
-                role: Role::User,
-                content: new.prompt.clone(),
-                metadata: new.turn_metadata.clone(),
-            },
-            now_ts,
-        )
-        .await?;
-        sqlx::query(
-            "INSERT INTO executions \
-                 (execution_id, agent_id, conversation_id, cli_type, mode, state, \
-                  user_turn_id, started_at) \
-             VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-        )
-        .bind(&new.execution_id)
-        .bind(new.agent_id.as_str())
-        .bind(&new.conversation_id)
-        .bind(new.cli_type.as_str())
-        .bind(new.mode.as_str())
-        .bind(&new.user_turn_id)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        touch_conversation(&mut tx, &new.conversation_id, &now).await?;
+        let turn = begin_execution_in(&mut tx, new, None).await?;
         tx.commit().await?;
         Ok(turn)
     }
@@ -557,51 +531,8 @@ impl SqliteStore {
     }
 
     pub(crate) async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
-        let now_ts = now();
-        let now = ts(now_ts);
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT conversation_id FROM executions WHERE execution_id = ?")
-            .bind(&fin.execution_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            // Dropping the transaction rolls it back; nothing was written yet anyway.
-            return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
-        };
-        let conversation_id: String = Fields::new(&row, "executions").get("conversation_id")?;
-
-        let turn = match &fin.turn {
-            Some(new_turn) => Some(insert_turn(&mut tx, &conversation_id, new_turn, now_ts).await?),
-            None => None,
-        };
-        let usage = fin.usage;
-        sqlx::query(
-            "UPDATE executions SET \
-                 state = 'finished', outcome = ?, exit_code = ?, error_message = ?, \
-                 duration_ms = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, \
-                 cache_creation_tokens = ?, cost_usd = ?, num_turns = ?, peak_rss_mb = ?, \
-                 cli_session_id = COALESCE(?, cli_session_id), \
-                 result_turn_id = COALESCE(?, result_turn_id), finished_at = ? \
-             WHERE execution_id = ?",
-        )
-        .bind(fin.outcome.as_str())
-        .bind(fin.exit_code)
-        .bind(fin.error_message.as_deref())
-        .bind(fin.duration_ms)
-        .bind(usage.map(|u| saturating_i64(u.input_tokens)))
-        .bind(usage.map(|u| saturating_i64(u.output_tokens)))
-        .bind(usage.map(|u| saturating_i64(u.cache_read_tokens)))
-        .bind(usage.map(|u| saturating_i64(u.cache_creation_tokens)))
-        .bind(fin.cost_usd)
-        .bind(fin.num_turns)
-        .bind(fin.peak_rss_mb)
-        .bind(fin.cli_session_id.as_deref())
-        .bind(turn.as_ref().map(|t| t.turn_id.as_str()))
-        .bind(&now)
-        .bind(&fin.execution_id)
-        .execute(&mut *tx)
-        .await?;
-        touch_conversation(&mut tx, &conversation_id, &now).await?;
+        let turn = finish_execution_in(&mut tx, fin, None).await?;
         tx.commit().await?;
         Ok(turn)
     }
@@ -805,6 +736,116 @@ impl SqliteStore {
 }
 
 // ---- transaction steps shared by several operations ----
+
+/// The writes of [`SqliteStore::begin_execution`], in the caller's write transaction; with a
+/// fence, only while that lease is current ([`StoreError::StaleLease`] before anything is
+/// written otherwise).
+async fn begin_execution_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    new: &NewExecution,
+    fence: Option<&Fence<'_>>,
+) -> Result<Turn> {
+    // Taken inside the transaction: the write lock may have been a wait.
+    let now_ts = now();
+    let now = ts(now_ts);
+    if let Some(fence) = fence {
+        // Under BEGIN IMMEDIATE no other writer can change the lease until this commits, so a
+        // check at the start holds for the whole transaction.
+        fence.check(tx).await?;
+    }
+    let turn = insert_turn(
+        tx,
+        &new.conversation_id,
+        &NewTurn {
+            turn_id: new.user_turn_id.clone(),
+            role: Role::User,
+            content: new.prompt.clone(),
+            metadata: new.turn_metadata.clone(),
+        },
+        now_ts,
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO executions \
+             (execution_id, agent_id, conversation_id, cli_type, mode, state, \
+              user_turn_id, started_at) \
+         VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+    )
+    .bind(&new.execution_id)
+    .bind(new.agent_id.as_str())
+    .bind(&new.conversation_id)
+    .bind(new.cli_type.as_str())
+    .bind(new.mode.as_str())
+    .bind(&new.user_turn_id)
+    .bind(&now)
+    .execute(&mut **tx)
+    .await?;
+    touch_conversation(tx, &new.conversation_id, &now).await?;
+    Ok(turn)
+}
+
+/// The writes of [`SqliteStore::finish_execution`], in the caller's write transaction; with a
+/// fence, only while that lease is current ([`StoreError::StaleLease`] before anything is
+/// written otherwise).
+async fn finish_execution_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    fin: &FinishExecution,
+    fence: Option<&Fence<'_>>,
+) -> Result<Option<Turn>> {
+    let now_ts = now();
+    let now = ts(now_ts);
+    let row =
+        sqlx::query("SELECT conversation_id, agent_id FROM executions WHERE execution_id = ?")
+            .bind(&fin.execution_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some(row) = row else {
+        // The caller drops the transaction on the error, which rolls it back; nothing was
+        // written yet anyway.
+        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
+    };
+    let conversation_id: String = Fields::new(&row, "executions").get("conversation_id")?;
+    if let Some(fence) = fence {
+        let agent_id: String = Fields::new(&row, "executions").get("agent_id")?;
+        fence.check_covers(&fin.execution_id, &agent_id)?;
+        // As in `begin_execution_in`, the write lock keeps the lease as checked until commit.
+        fence.check(tx).await?;
+    }
+
+    let turn = match &fin.turn {
+        Some(new_turn) => Some(insert_turn(tx, &conversation_id, new_turn, now_ts).await?),
+        None => None,
+    };
+    let usage = fin.usage;
+    sqlx::query(
+        "UPDATE executions SET \
+             state = 'finished', outcome = ?, exit_code = ?, error_message = ?, \
+             duration_ms = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, \
+             cache_creation_tokens = ?, cost_usd = ?, num_turns = ?, peak_rss_mb = ?, \
+             cli_session_id = COALESCE(?, cli_session_id), \
+             result_turn_id = COALESCE(?, result_turn_id), finished_at = ? \
+         WHERE execution_id = ?",
+    )
+    .bind(fin.outcome.as_str())
+    .bind(fin.exit_code)
+    .bind(fin.error_message.as_deref())
+    .bind(fin.duration_ms)
+    .bind(usage.map(|u| saturating_i64(u.input_tokens)))
+    .bind(usage.map(|u| saturating_i64(u.output_tokens)))
+    .bind(usage.map(|u| saturating_i64(u.cache_read_tokens)))
+    .bind(usage.map(|u| saturating_i64(u.cache_creation_tokens)))
+    .bind(fin.cost_usd)
+    .bind(fin.num_turns)
+    .bind(fin.peak_rss_mb)
+    .bind(fin.cli_session_id.as_deref())
+    .bind(turn.as_ref().map(|t| t.turn_id.as_str()))
+    .bind(&now)
+    .bind(&fin.execution_id)
+    .execute(&mut **tx)
+    .await?;
+    touch_conversation(tx, &conversation_id, &now).await?;
+    Ok(turn)
+}
 
 /// Inserts a turn with the conversation's next `seq`. Must run inside a `BEGIN IMMEDIATE`
 /// transaction: the write lock is what makes "highest seq + 1" unique under concurrency (the

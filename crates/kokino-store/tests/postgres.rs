@@ -189,6 +189,11 @@ conformance!(
     fallbacks_round_trip_and_upsert,
     fallback_delete_and_clear,
     fallback_rejects_unknown_kind,
+    lease_acquire_renew_release_cycle,
+    lease_is_exclusive_until_it_expires,
+    stale_lease_holder_cannot_write,
+    concurrent_acquisitions_have_one_winner,
+    running_executions_filter_by_instance,
 );
 
 // ---- what only PostgreSQL has ----
@@ -848,4 +853,49 @@ fn database_names_replace_only_the_path() {
         "postgresql://u:p@h/x?sslmode=disable"
     );
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}
+
+/// A release wakes waiting brokers: `NOTIFY kokino_lease_released` with the agent id, sent in
+/// the release's own transaction; a stale release sends nothing.
+#[tokio::test]
+async fn lease_release_notifies_listeners() {
+    let Some((store, db)) = pg_store().await else {
+        return;
+    };
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener
+        .listen(kokino_store::LEASE_RELEASED_CHANNEL)
+        .await
+        .unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    let lease = store
+        .acquire_lease("alpha", "broker-a", wait)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(!store
+        .release_lease("alpha", "broker-b", lease.token)
+        .await
+        .unwrap());
+    assert!(store
+        .release_lease("alpha", "broker-a", lease.token)
+        .await
+        .unwrap());
+    let note = tokio::time::timeout(wait, listener.recv())
+        .await
+        .expect("a notification within 5 s")
+        .unwrap();
+    assert_eq!(note.channel(), "kokino_lease_released");
+    // The first notification is the real release's: the stale one sent nothing before it.
+    assert_eq!(note.payload(), "alpha");
+
+    // Releasing again is stale: no second notification.
+    assert!(!store
+        .release_lease("alpha", "broker-a", lease.token)
+        .await
+        .unwrap());
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), listener.recv()).await;
+    assert!(quiet.is_err(), "unexpected notification: {quiet:?}");
+    listener.unlisten_all().await.ok();
 }

@@ -58,6 +58,11 @@ conformance!(
     fallbacks_round_trip_and_upsert,
     fallback_delete_and_clear,
     fallback_rejects_unknown_kind,
+    lease_acquire_renew_release_cycle,
+    lease_is_exclusive_until_it_expires,
+    stale_lease_holder_cannot_write,
+    concurrent_acquisitions_have_one_winner,
+    running_executions_filter_by_instance,
 );
 
 #[tokio::test]

@@ -91,11 +91,12 @@ impl World {
     pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Broker {
         let port = free_port();
         let mut cmd = Command::new(bin_dir().join("kokino-broker"));
-        cmd.arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(args)
+        cmd.arg("--bind").arg(format!("127.0.0.1:{port}"));
+        // A test that runs several brokers gives each its own data directory.
+        if !args.contains(&"--data-dir") {
+            cmd.arg("--data-dir").arg(self.data_dir());
+        }
+        cmd.args(args)
             .env("KOKINO_FAKE_STATE", self.path().join("fake-state"))
             .env("KOKINO_FAKE_LOG", self.witness())
             .env(

@@ -206,15 +206,16 @@ pub fn session_id(name: &str, events: &[Value]) -> String {
     v.and_then(Value::as_str).expect("session id").to_owned()
 }
 
-/// Where the real-CLI captures live, if this checkout has them next to it.
+/// Where the real-CLI captures live (the repository's copy, or the shared folder).
 pub fn captures_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KOKINO_CAPTURES") {
         return Some(PathBuf::from(p));
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The repository keeps a copy of the captures next to the parser tests.
     [
+        manifest.join("../../crates/kokino-cli/tests/captures"),
         manifest.join("../../../shared/captures"),
-        manifest.join("../../shared/captures"),
     ]
     .into_iter()
     .find(|p| p.is_dir())

@@ -1075,3 +1075,455 @@ pub async fn fallback_rejects_unknown_kind(store: &Store) {
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
     assert!(store.load_fallbacks().await.unwrap().is_empty());
 }
+
+// ---- leases ----
+//
+// Lease expiry is judged by the database's clock, so these cases sleep in real time: a 200 ms
+// lease and a 300 ms pause leave 100 ms of margin on either side.
+
+const SHORT_TTL: Duration = Duration::from_millis(200);
+const PAST_SHORT_TTL: Duration = Duration::from_millis(300);
+const LONG_TTL: Duration = Duration::from_secs(30);
+
+async fn turn_count(store: &Store, conversation_id: &str) -> usize {
+    let (_, turns) = store
+        .get_conversation(conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    turns.len()
+}
+
+pub async fn lease_acquire_renew_release_cycle(store: &Store) {
+    assert_eq!(store.lease_holder("alpha").await.unwrap(), None);
+    let before = Utc::now();
+    let first = store
+        .acquire_lease("alpha", "broker-a", LONG_TTL)
+        .await
+        .unwrap()
+        .expect("a free lease is granted");
+    assert_eq!(
+        (first.agent_id.as_str(), first.owner.as_str(), first.token),
+        ("alpha", "broker-a", 1)
+    );
+    assert_eq!(first.taken_over_from, None);
+    // The database's clock runs on this machine in the tests, so this bound holds here.
+    assert!(first.expires_at > before + chrono::Duration::seconds(25));
+    assert_eq!(
+        store.lease_holder("alpha").await.unwrap(),
+        Some(first.clone())
+    );
+    assert!(store
+        .lease_is_current("alpha", "broker-a", 1)
+        .await
+        .unwrap());
+    assert!(!store
+        .lease_is_current("alpha", "broker-b", 1)
+        .await
+        .unwrap());
+    assert!(!store.lease_is_current("beta", "broker-a", 1).await.unwrap());
+
+    tick().await;
+    assert!(store
+        .renew_lease("alpha", "broker-a", 1, LONG_TTL)
+        .await
+        .unwrap());
+    let renewed = store.lease_holder("alpha").await.unwrap().unwrap();
+    assert_eq!(renewed.token, 1, "renewing keeps the token");
+    assert!(renewed.expires_at > first.expires_at);
+    assert!(!store
+        .renew_lease("alpha", "broker-b", 1, LONG_TTL)
+        .await
+        .unwrap());
+    assert!(!store
+        .renew_lease("alpha", "broker-a", 2, LONG_TTL)
+        .await
+        .unwrap());
+
+    // Acquiring one's own lease again is a new acquisition: a new token, the old one is stale.
+    let again = store
+        .acquire_lease("alpha", "broker-a", LONG_TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.token, again.taken_over_from.as_deref()), (2, None));
+    assert!(!store
+        .lease_is_current("alpha", "broker-a", 1)
+        .await
+        .unwrap());
+    assert!(!store
+        .renew_lease("alpha", "broker-a", 1, LONG_TTL)
+        .await
+        .unwrap());
+    assert!(!store.release_lease("alpha", "broker-a", 1).await.unwrap());
+    assert!(store
+        .lease_is_current("alpha", "broker-a", 2)
+        .await
+        .unwrap());
+
+    assert!(!store.release_lease("alpha", "broker-b", 2).await.unwrap());
+    assert!(store.release_lease("alpha", "broker-a", 2).await.unwrap());
+    assert_eq!(store.lease_holder("alpha").await.unwrap(), None);
+    assert!(!store
+        .lease_is_current("alpha", "broker-a", 2)
+        .await
+        .unwrap());
+    assert!(
+        !store.release_lease("alpha", "broker-a", 2).await.unwrap(),
+        "a second release does nothing"
+    );
+    assert!(
+        !store
+            .renew_lease("alpha", "broker-a", 2, LONG_TTL)
+            .await
+            .unwrap(),
+        "a released lease is not revived"
+    );
+
+    // The token keeps counting across release and re-acquisition.
+    let third = store
+        .acquire_lease("alpha", "broker-a", LONG_TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((third.token, third.taken_over_from.as_deref()), (3, None));
+    assert!(store.release_lease("alpha", "broker-a", 3).await.unwrap());
+    // Another broker taking a released lease takes it over from its previous owner (whose
+    // executions all finished before the release, so there is nothing to clean up).
+    let other = store
+        .acquire_lease("alpha", "broker-b", LONG_TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (other.token, other.taken_over_from.as_deref()),
+        (4, Some("broker-a"))
+    );
+    // Leases are per agent.
+    let beta = store
+        .acquire_lease("beta", "broker-a", LONG_TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(beta.token, 1);
+}
+
+pub async fn lease_is_exclusive_until_it_expires(store: &Store) {
+    let first = store
+        .acquire_lease("alpha", "broker-a", SHORT_TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .acquire_lease("alpha", "broker-b", LONG_TTL)
+            .await
+            .unwrap(),
+        None,
+        "an unexpired lease of another owner is not granted"
+    );
+    let holder = store.lease_holder("alpha").await.unwrap().unwrap();
+    assert_eq!((holder.owner.as_str(), holder.token), ("broker-a", 1));
+
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert_eq!(store.lease_holder("alpha").await.unwrap(), None);
+    assert!(!store
+        .lease_is_current("alpha", "broker-a", first.token)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .renew_lease("alpha", "broker-a", first.token, LONG_TTL)
+            .await
+            .unwrap(),
+        "an expired lease is not revived, even before anyone takes it"
+    );
+
+    let second = store
+        .acquire_lease("alpha", "broker-b", LONG_TTL)
+        .await
+        .unwrap()
+        .expect("an expired lease is granted to another owner");
+    assert!(second.token > first.token);
+    assert_eq!(second.taken_over_from.as_deref(), Some("broker-a"));
+    assert_eq!(
+        store.lease_holder("alpha").await.unwrap().unwrap().owner,
+        "broker-b"
+    );
+
+    // The old holder's late calls change nothing.
+    assert!(!store
+        .renew_lease("alpha", "broker-a", first.token, LONG_TTL)
+        .await
+        .unwrap());
+    assert!(!store
+        .release_lease("alpha", "broker-a", first.token)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .acquire_lease("alpha", "broker-a", LONG_TTL)
+            .await
+            .unwrap(),
+        None
+    );
+    let holder = store.lease_holder("alpha").await.unwrap().unwrap();
+    assert_eq!(
+        (holder.owner.as_str(), holder.token),
+        ("broker-b", second.token)
+    );
+}
+
+pub async fn stale_lease_holder_cannot_write(store: &Store) {
+    let conv = agent_with_session(store, "alpha").await;
+    let a = store
+        .acquire_lease("alpha", "broker-a", SHORT_TTL)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // While the lease is live, fenced writes go through like the plain ones.
+    let running = new_execution("alpha", &conv, "first");
+    let user = store
+        .begin_execution_fenced(&running, "broker-a", a.token)
+        .await
+        .unwrap();
+    assert_eq!((user.seq, user.role), (1, Role::User));
+    store
+        .set_execution_instance(&running.execution_id, "broker-a")
+        .await
+        .unwrap();
+    // A token that was never issued is refused at once, live lease or not.
+    let err = store
+        .begin_execution_fenced(&new_execution("alpha", &conv, "x"), "broker-a", a.token + 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StaleLease { .. }), "{err:?}");
+    assert_eq!(turn_count(store, &conv).await, 1);
+
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    let b = store
+        .acquire_lease("alpha", "broker-b", LONG_TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.taken_over_from.as_deref(), Some("broker-a"));
+
+    // broker-a wakes up from its stall and tries to carry on.
+    let late = new_execution("alpha", &conv, "second");
+    let err = store
+        .begin_execution_fenced(&late, "broker-a", a.token)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::StaleLease { agent_id, token } if agent_id == "alpha" && *token == a.token),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("alpha") && message.contains(&a.token.to_string()),
+        "{message}"
+    );
+    assert_eq!(
+        turn_count(store, &conv).await,
+        1,
+        "no user turn was written"
+    );
+    assert!(store
+        .get_execution(&late.execution_id)
+        .await
+        .unwrap()
+        .is_none());
+
+    let err = store
+        .finish_execution_fenced(
+            &finish(&running.execution_id, "too late"),
+            "alpha",
+            "broker-a",
+            a.token,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StaleLease { .. }), "{err:?}");
+    assert_eq!(
+        turn_count(store, &conv).await,
+        1,
+        "no result turn was written"
+    );
+    let still = store
+        .get_execution(&running.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.state, ExecutionState::Running);
+    assert_eq!(still.outcome, None);
+
+    // The new holder finds the execution the old one left running, and may close it.
+    let foreign = store
+        .foreign_running_executions("alpha", "broker-b")
+        .await
+        .unwrap();
+    assert_eq!(foreign, vec![still]);
+    let mut interrupted = finish(&running.execution_id, "interrupted");
+    interrupted.outcome = OutcomeClass::Interrupted;
+    let turn = store
+        .finish_execution_fenced(&interrupted, "alpha", "broker-b", b.token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(turn.seq, 2);
+    assert!(store
+        .foreign_running_executions("alpha", "broker-b")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A lease fences only its own agent's executions.
+    let beta_conv = agent_with_session(store, "beta").await;
+    let beta_run = new_execution("beta", &beta_conv, "b");
+    store.begin_execution(&beta_run).await.unwrap();
+    let err = store
+        .finish_execution_fenced(
+            &finish(&beta_run.execution_id, "x"),
+            "alpha",
+            "broker-b",
+            b.token,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported(_)), "{err:?}");
+    assert_eq!(turn_count(store, &beta_conv).await, 1);
+
+    // No lease at all fences everything.
+    let err = store
+        .begin_execution_fenced(&new_execution("beta", &beta_conv, "c"), "broker-b", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StaleLease { .. }), "{err:?}");
+    assert_eq!(turn_count(store, &beta_conv).await, 1);
+}
+
+/// 20 brokers race for one free lease: exactly one wins. Then, once that lease expired, 20 other
+/// brokers race to take it over: again exactly one wins, and it names the previous owner.
+pub async fn concurrent_acquisitions_have_one_winner(store: &Store) {
+    const BROKERS: usize = 20;
+    async fn race(store: &Store, prefix: &str, ttl: Duration) -> Vec<kokino_store::Lease> {
+        let handles: Vec<_> = (0..BROKERS)
+            .map(|i| {
+                let store = store.clone();
+                let owner = format!("{prefix}-{i}");
+                tokio::spawn(async move { store.acquire_lease("alpha", &owner, ttl).await })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for handle in handles {
+            if let Some(lease) = handle.await.unwrap().unwrap() {
+                won.push(lease);
+            }
+        }
+        won
+    }
+
+    let won = race(store, "broker", SHORT_TTL).await;
+    assert_eq!(won.len(), 1, "{won:?}");
+    let winner = &won[0];
+    assert_eq!((winner.token, winner.taken_over_from.as_deref()), (1, None));
+    assert_eq!(
+        store.lease_holder("alpha").await.unwrap().as_ref(),
+        Some(winner)
+    );
+
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    let won = race(store, "successor", LONG_TTL).await;
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(won[0].token, 2);
+    assert_eq!(
+        won[0].taken_over_from.as_deref(),
+        Some(winner.owner.as_str())
+    );
+    assert_eq!(
+        store.lease_holder("alpha").await.unwrap().unwrap().owner,
+        won[0].owner
+    );
+}
+
+pub async fn running_executions_filter_by_instance(store: &Store) {
+    let alpha = agent_with_session(store, "alpha").await;
+    let beta = agent_with_session(store, "beta").await;
+    let mut ids = Vec::new();
+    for (agent, conv, instance) in [
+        ("alpha", &alpha, Some("i-1")),
+        ("alpha", &alpha, Some("i-2")),
+        ("alpha", &alpha, None),
+        ("beta", &beta, Some("i-1")),
+        ("alpha", &alpha, Some("i-1")),
+    ] {
+        let new = new_execution(agent, conv, "p");
+        store.begin_execution(&new).await.unwrap();
+        if let Some(instance) = instance {
+            store
+                .set_execution_instance(&new.execution_id, instance)
+                .await
+                .unwrap();
+        }
+        ids.push(new.execution_id);
+        tick().await;
+    }
+    // The last one finished: only running executions count.
+    store
+        .finish_execution(&finish(&ids[4], "done"))
+        .await
+        .unwrap();
+
+    let ids_of = |records: Vec<kokino_core::ExecutionRecord>| {
+        records
+            .into_iter()
+            .map(|r| r.execution_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids_of(store.running_executions_of("i-1").await.unwrap()),
+        vec![ids[0].clone(), ids[3].clone()]
+    );
+    assert_eq!(
+        ids_of(store.running_executions_of("i-2").await.unwrap()),
+        vec![ids[1].clone()]
+    );
+    assert!(store.running_executions_of("i-3").await.unwrap().is_empty());
+
+    // Foreign to i-1: alpha's runs by another instance or by none recorded.
+    assert_eq!(
+        ids_of(
+            store
+                .foreign_running_executions("alpha", "i-1")
+                .await
+                .unwrap()
+        ),
+        vec![ids[1].clone(), ids[2].clone()]
+    );
+    assert_eq!(
+        ids_of(
+            store
+                .foreign_running_executions("alpha", "i-2")
+                .await
+                .unwrap()
+        ),
+        vec![ids[0].clone(), ids[2].clone()]
+    );
+    assert!(store
+        .foreign_running_executions("beta", "i-1")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .foreign_running_executions("gamma", "i-1")
+        .await
+        .unwrap()
+        .is_empty());
+
+    let err = store
+        .set_execution_instance("no-such-execution", "i-1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ExecutionNotFound(_)), "{err:?}");
+}
