@@ -1171,7 +1171,24 @@ impl Broker {
                     run_headless(cmd, parser_for(cli), limits, cancel, tx, Some(log)).await
                 }
                 Runner::Tmux(req, limits) => match &self.inner.tmux {
-                    Some(tmux) => tmux.run(req, limits, cancel, tx).await,
+                    Some(tmux) => {
+                        let first = tmux
+                            .run(req.clone(), limits.clone(), cancel.clone(), tx.clone())
+                            .await;
+                        // A pane killed by SIGHUP before any answer means the tmux server or
+                        // session went away under the CLI (tmux itself crashed, or an operator
+                        // killed it), not that the CLI failed: run it once more in a new
+                        // session rather than fail the request.
+                        let hung_up = first.exit.signal == Some(libc_sighup())
+                            && first.parsed.answer.is_none()
+                            && !cancel.is_cancelled();
+                        if hung_up {
+                            tracing::warn!(agent = %id, "the tmux pane was hung up before answering; retrying once in a new session");
+                            tmux.run(req, limits, cancel, tx).await
+                        } else {
+                            first
+                        }
+                    }
                     None => spawn_error_result("tmux is not available".into()),
                 },
             }
@@ -2403,4 +2420,9 @@ fn lease_error(e: kokino_store::StoreError) -> ServiceError {
         )),
         other => other.into(),
     }
+}
+
+/// SIGHUP's number on Linux (the service does not link libc for one constant).
+const fn libc_sighup() -> i32 {
+    1
 }
