@@ -63,6 +63,15 @@ pub fn run(args: Vec<String>) -> Result<()> {
     throughput(&world, &broker, &args)?;
     tmux_vs_headless(&world, &broker, args.tmux_runs)?;
     comparison(&root)?;
+    drop(broker);
+    match std::env::var("KOKINO_BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("KOKINO_TEST_DATABASE_URL"))
+    {
+        Ok(url) => postgres_throughput(&world, &url, &args)?,
+        Err(_) => println!(
+            "\n== (f) PostgreSQL: skipped (set KOKINO_BENCH_DATABASE_URL or KOKINO_TEST_DATABASE_URL)"
+        ),
+    }
     Ok(())
 }
 
@@ -104,11 +113,23 @@ impl World {
     }
 
     fn start_broker(&self) -> Result<Broker> {
+        self.start_broker_with(&[])
+    }
+
+    /// A broker with extra flags (a database URL, its own data directory, an instance id).
+    fn start_broker_with(&self, extra: &[String]) -> Result<Broker> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(self.bins.join("kokino-broker"))
             .args(["--bind", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
+            .args(if extra.iter().any(|a| a == "--data-dir") {
+                Vec::new()
+            } else {
+                vec![
+                    "--data-dir".to_owned(),
+                    self.dir.join("data").display().to_string(),
+                ]
+            })
+            .args(extra)
             .env("KOKINO_FAKE_STATE", self.dir.join("state"))
             .env("KOKINO_FAKE_LOG", self.dir.join("witness.log"))
             .env("KOKINO_LOG", "warn")
@@ -501,4 +522,131 @@ fn comparison(root: &Path) -> Result<()> {
     }
     println!("  (goal: shadow_compare_1mb_median_ms ≤ 50)");
     Ok(())
+}
+
+/// (issue 8) Throughput of the same load on one broker on SQLite, one broker on PostgreSQL and
+/// two brokers sharing one PostgreSQL (requests alternate between them).
+fn postgres_throughput(world: &World, admin_url: &str, args: &Args) -> Result<()> {
+    println!(
+        "\n== (f) throughput by store: {} executions over {} agents, {} clients",
+        args.throughput_runs, args.agents, args.clients
+    );
+    let setups: [(&str, usize, bool); 3] = [
+        ("1 broker, SQLite", 1, false),
+        ("1 broker, PostgreSQL", 1, true),
+        ("2 brokers, one PostgreSQL", 2, true),
+    ];
+    for (n, (label, brokers, pg)) in setups.into_iter().enumerate() {
+        let db = if pg {
+            Some(BenchDb::create(admin_url)?)
+        } else {
+            None
+        };
+        let mut started = Vec::new();
+        for i in 0..brokers {
+            let mut extra = vec![
+                "--data-dir".to_owned(),
+                world
+                    .dir
+                    .join(format!("data-f{n}-{i}"))
+                    .display()
+                    .to_string(),
+                "--instance-id".to_owned(),
+                format!("bench-{n}-{i}"),
+            ];
+            if let Some(db) = &db {
+                extra.extend(["--database-url".to_owned(), db.url.clone()]);
+            }
+            started.push(world.start_broker_with(&extra)?);
+        }
+        for i in 0..args.agents {
+            world.register(&started[0], &format!("pg-{i}"))?;
+        }
+        let addrs: Vec<String> = started.iter().map(|b| b.addr.clone()).collect();
+        let next = Arc::new(Mutex::new(0usize));
+        let t = Instant::now();
+        let mut handles = Vec::new();
+        for c in 0..args.clients {
+            let next = next.clone();
+            let addr = addrs[c % addrs.len()].clone();
+            let (total, agents) = (args.throughput_runs, args.agents);
+            handles.push(std::thread::spawn(move || -> Result<()> {
+                let mut client = Client::connect(&addr)?;
+                loop {
+                    let i = {
+                        let mut n = next.lock().unwrap();
+                        if *n >= total {
+                            return Ok(());
+                        }
+                        *n += 1;
+                        *n - 1
+                    };
+                    let (status, text) = client.post(
+                        &format!("/agents/pg-{}/execute", i % agents),
+                        r#"{"prompt":"hello"}"#,
+                    )?;
+                    if status != 200 {
+                        bail!("execute failed: {status} {text}");
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        }
+        let rate = args.throughput_runs as f64 / t.elapsed().as_secs_f64();
+        println!("  {label:<28} {rate:8.1} executions/s");
+        drop(started);
+    }
+    println!("  (where the time goes: each execution is two durable transactions plus a lease");
+    println!("   acquire/renew/release on PostgreSQL; two brokers share the same two cores here)");
+    Ok(())
+}
+
+/// A throw-away database on the benchmark's PostgreSQL server.
+struct BenchDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    fn create(admin: &str) -> Result<BenchDb> {
+        let name = format!("kokino_bench_{}", std::process::id());
+        let _ = Command::new("psql")
+            .args([
+                admin,
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            ])
+            .status();
+        let ok = Command::new("psql")
+            .args([admin, "-q", "-c", &format!("CREATE DATABASE {name}")])
+            .status()?;
+        if !ok.success() {
+            bail!("could not create the benchmark database with psql");
+        }
+        let cut = admin
+            .rfind('/')
+            .context("database URL without a database name")?;
+        Ok(BenchDb {
+            url: format!("{}/{name}", &admin[..cut]),
+            admin: admin.to_owned(),
+            name,
+        })
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &self.admin,
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .status();
+    }
 }

@@ -231,3 +231,68 @@ async fn three_brokers_never_run_one_agent_twice_through_a_kill_and_a_pause() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_and_fallback_changed_on_one_broker_are_seen_by_the_others() {
+    let Ok(base) = std::env::var("KOKINO_TEST_DATABASE_URL") else {
+        eprintln!("skipped: KOKINO_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let db = TestDb::create(&base);
+    let w = World::new();
+    let cfg = w.path().join("cluster.toml");
+    std::fs::write(&cfg, "[doctor]\nenabled = false\n").unwrap();
+    let b: Vec<Broker> = (0..2)
+        .map(|i| {
+            let data = w.path().join(format!("data-{i}"));
+            w.start_with(
+                &[
+                    "--config",
+                    &cfg.display().to_string(),
+                    "--database-url",
+                    &db.url,
+                    "--data-dir",
+                    &data.display().to_string(),
+                    "--instance-id",
+                    &format!("s{i}"),
+                ],
+                &[("PATH", &w.path().join("bin").display().to_string())],
+            )
+        })
+        .collect();
+    let (s, _) = b[0]
+        .post("/agents/register", json!({"agentId": "shared", "type": "codex", "binary": w.bin("codex"), "cwd": w.work()}))
+        .await;
+    assert_eq!(s, 200);
+    b[0].post(
+        "/api/fallback/cli/disable",
+        json!({"cliType": "gemini", "reason": "seen everywhere"}),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(b[0].execute("shared", "fake:exit=1").await.0, 502);
+    }
+    let mut agreed = false;
+    for _ in 0..100 {
+        let (_, fb) = b[1].get("/api/fallback/status").await;
+        let (_, circuits) = b[1].get("/agents/circuits/status").await;
+        let open = circuits["circuits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["agentId"] == "shared" && c["state"] == "open");
+        if fb["disabledCLIs"][0]["reason"] == "seen everywhere" && open {
+            agreed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agreed,
+        "the second broker shows the first broker's override and open breaker"
+    );
+    // And it acts on them: the open breaker refuses there too (no tmux on this PATH).
+    let (s, body) = b[1].execute("shared", "refused").await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["code"], "CIRCUIT_OPEN");
+}

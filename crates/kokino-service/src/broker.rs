@@ -2193,11 +2193,20 @@ impl Broker {
             // The first doctor run happens right at start, then every `doctor_every`.
             let mut doctor = tokio::time::interval(doctor_every);
             let doctor_on = cfg.doctor_every.is_some();
+            // With several brokers, breakers and overrides changed elsewhere are picked up
+            // every two seconds.
+            let mut shared = tokio::time::interval(Duration::from_secs(2));
+            let cluster = cfg.cluster.is_some();
             let mut nightly = tokio::time::Instant::now()
                 + until_next_local_hour(chrono::Local::now(), cfg.integrity_check_hour);
             loop {
                 tokio::select! {
                     _ = this.inner.stop.cancelled() => return,
+                    _ = shared.tick(), if cluster => {
+                        if let Err(e) = this.inner.resilience.reload().await {
+                            tracing::warn!(error = %e, "could not reload shared breaker and fallback state");
+                        }
+                    }
                     _ = doctor.tick(), if doctor_on => {
                         let report = this.environment(None).await;
                         if !report.overall {

@@ -78,6 +78,40 @@ impl Resilience {
         Ok(r)
     }
 
+    /// Several brokers share breakers and overrides through the database: adopt what the others
+    /// changed. Overrides are taken whole (every change is written at once, so the database is
+    /// the truth). A breaker is taken from the database only when its stored state differs from
+    /// the local one — an operator's reset or another broker's opening; below the threshold each
+    /// broker counts its own consecutive failures.
+    pub async fn reload(&self) -> Result<()> {
+        let mut fresh = FallbackState::new();
+        for row in self.store.load_fallbacks().await? {
+            if let Ok(target) = Target::parse(&row.kind, &row.key) {
+                fresh.restore(
+                    target,
+                    Override {
+                        reason: row.reason,
+                        since: row.since,
+                        auto: row.auto,
+                    },
+                );
+            }
+        }
+        *self.fallback.lock().expect("fallback state") = fresh;
+        for (scope, key, snapshot) in self.store.load_circuits().await? {
+            if let (Ok(scope), Ok(snap)) = (
+                Scope::parse(&scope, &key),
+                serde_json::from_value::<BreakerSnapshot>(snapshot),
+            ) {
+                if self.breakers.state(&scope) != snap.state {
+                    self.breakers.restore(&scope, &snap);
+                }
+            }
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
