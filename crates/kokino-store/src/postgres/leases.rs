@@ -134,7 +134,8 @@ impl PgStore {
             token: f.get("token")?,
             expires_at: f.get("expires_at")?,
             // Re-acquiring one's own lease is not a takeover.
-            taken_over_from: previous.filter(|p| p != owner),
+            // A released lease has no owner (''): taking it is no takeover.
+            taken_over_from: previous.filter(|p| p != owner && !p.is_empty()),
         }))
     }
 
@@ -172,7 +173,7 @@ impl PgStore {
         // stays (expired) so the next acquisition continues the token sequence.
         let released = sqlx::query(
             "WITH released AS ( \
-                 UPDATE agent_leases SET expires_at = date_trunc('milliseconds', now()) \
+                 UPDATE agent_leases SET expires_at = date_trunc('milliseconds', now()), owner = '' \
                  WHERE agent_id = $1 AND owner = $2 AND token = $3 AND expires_at > now() \
                  RETURNING agent_id \
              ) \

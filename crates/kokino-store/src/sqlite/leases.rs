@@ -116,7 +116,8 @@ impl SqliteStore {
             token: f.get("token")?,
             expires_at: f.time("expires_at")?,
             // Re-acquiring one's own lease is not a takeover.
-            taken_over_from: previous.filter(|p| p != owner),
+            // A released lease has no owner (''): taking it is no takeover.
+            taken_over_from: previous.filter(|p| p != owner && !p.is_empty()),
         }))
     }
 
@@ -129,7 +130,7 @@ impl SqliteStore {
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let now = now();
-        // `expires_at > now`: a released lease keeps its owner and token, and an expired one may
+        // `expires_at > now`: a released lease has no owner any more, and an expired one may
         // be taken any moment; neither may be revived.
         let done = sqlx::query(
             "UPDATE agent_leases SET expires_at = ? \
@@ -157,7 +158,7 @@ impl SqliteStore {
         // The row stays (expired) so the next acquisition continues the token sequence. There is
         // no notification: brokers sharing a SQLite file are on one machine and simply poll.
         let done = sqlx::query(
-            "UPDATE agent_leases SET expires_at = ? \
+            "UPDATE agent_leases SET expires_at = ?, owner = '' \
              WHERE agent_id = ? AND owner = ? AND token = ? AND expires_at > ?",
         )
         .bind(&now)
