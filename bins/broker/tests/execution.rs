@@ -377,3 +377,43 @@ async fn a_streaming_client_that_disconnects_does_not_cancel_the_run() {
     }
     assert_eq!(last["content"], "echo: still stored");
 }
+
+/// Counter samples of a Prometheus exposition: `name{labels}` → value.
+fn counters(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            (name.ends_with("_total") || name.ends_with("_count") || name.ends_with("_bucket"))
+                .then(|| Some((series.to_owned(), value.parse().ok()?)))
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn counters_only_grow() {
+    let w = World::new();
+    let b = w.start();
+    w.register(&b, "mono", "codex", json!({})).await;
+    let mut previous = counters(&b.get_text("/metrics").await.1);
+    assert!(!previous.is_empty(), "counters exist from the start");
+    for round in 0..4 {
+        b.execute("mono", &format!("ok {round}")).await;
+        b.execute("mono", "fake:exit=2").await;
+        b.execute("nobody", "404").await;
+        let now = counters(&b.get_text("/metrics").await.1);
+        for (series, before) in &previous {
+            let after = now
+                .get(series)
+                .unwrap_or_else(|| panic!("{series} disappeared"));
+            assert!(after >= before, "{series} went from {before} to {after}");
+        }
+        assert!(
+            now.values().sum::<f64>() > previous.values().sum::<f64>(),
+            "something was counted"
+        );
+        previous = now;
+    }
+}
