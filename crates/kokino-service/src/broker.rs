@@ -665,6 +665,7 @@ impl Broker {
     }
 
     /// The execution proper, with the lock held.
+    #[allow(clippy::too_many_arguments)]
     async fn run_locked(
         &self,
         agent: AgentRecord,
@@ -2364,32 +2365,6 @@ fn until_next_local_hour(now: chrono::DateTime<chrono::Local>, hour: u32) -> Dur
     (next - now).to_std().unwrap_or(Duration::from_secs(3600))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn the_nightly_job_waits_for_the_next_occurrence_of_its_hour() {
-        let at = |h, m| {
-            chrono::Local
-                .with_ymd_and_hms(2026, 3, 10, h, m, 0)
-                .unwrap()
-        };
-        assert_eq!(
-            until_next_local_hour(at(1, 30), 2),
-            Duration::from_secs(30 * 60)
-        );
-        assert_eq!(
-            until_next_local_hour(at(2, 0), 2),
-            Duration::from_secs(24 * 3600)
-        );
-        assert_eq!(
-            until_next_local_hour(at(23, 0), 2),
-            Duration::from_secs(3 * 3600)
-        );
-    }
-}
 
 /// Stored shadow answers are cut at this size: the comparison already saw them whole.
 const SHADOW_ANSWER_MAX: usize = 256 * 1024;
@@ -2434,4 +2409,31 @@ fn lease_error(e: kokino_store::StoreError) -> ServiceError {
 /// SIGHUP's number on Linux (the service does not link libc for one constant).
 const fn libc_sighup() -> i32 {
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn the_nightly_job_waits_for_the_next_occurrence_of_its_hour() {
+        let at = |h, m| {
+            chrono::Local
+                .with_ymd_and_hms(2026, 3, 10, h, m, 0)
+                .unwrap()
+        };
+        assert_eq!(
+            until_next_local_hour(at(1, 30), 2),
+            Duration::from_secs(30 * 60)
+        );
+        assert_eq!(
+            until_next_local_hour(at(2, 0), 2),
+            Duration::from_secs(24 * 3600)
+        );
+        assert_eq!(
+            until_next_local_hour(at(23, 0), 2),
+            Duration::from_secs(3 * 3600)
+        );
+    }
 }

@@ -337,7 +337,9 @@ pub async fn failures_by_agent(
     store: &Store,
     since: DateTime<Utc>,
 ) -> Result<Vec<AgentFailures>, StoreError> {
-    let mut by: BTreeMap<(String, String), (Tally, Option<DateTime<Utc>>)> = BTreeMap::new();
+    // (agent, cli) → (tally, time of the latest failure)
+    type ByAgent = BTreeMap<(String, String), (Tally, Option<DateTime<Utc>>)>;
+    let mut by: ByAgent = BTreeMap::new();
     for c in store.outcome_counts(since).await? {
         let e = by
             .entry((c.agent_id.clone(), c.cli_type.clone()))
