@@ -2365,7 +2365,6 @@ fn until_next_local_hour(now: chrono::DateTime<chrono::Local>, hour: u32) -> Dur
     (next - now).to_std().unwrap_or(Duration::from_secs(3600))
 }
 
-
 /// Stored shadow answers are cut at this size: the comparison already saw them whole.
 const SHADOW_ANSWER_MAX: usize = 256 * 1024;
 
