@@ -48,8 +48,12 @@ fn the_readme_names_the_commands_ci_runs() {
     let ci = std::fs::read_to_string(workspace_root().join(".ci/run")).unwrap();
     assert!(readme.contains("cargo run --release --bin kokino-broker"));
     assert!(readme.contains("cargo test --workspace"));
+    // CI runs `cargo xtask ci`, whose test step is the README's test command.
+    let ci_runs_xtask = ci.lines().any(|l| l.trim() == "cargo xtask ci");
+    assert!(ci_runs_xtask, ".ci/run runs cargo xtask ci");
+    let xtask = std::fs::read_to_string(workspace_root().join("xtask/src/main.rs")).unwrap();
     assert!(
-        ci.contains("cargo test --workspace"),
-        ".ci/run runs the README's test command"
+        xtask.contains(r#"&["test", "--workspace"]"#),
+        "cargo xtask ci runs cargo test --workspace"
     );
 }
