@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use kokino_cli::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
 use kokino_core::{LineSink, OutcomeClass, OutputStream};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::group::{group_alive, signal_group, terminate_group};
 use crate::lines::{BoundedLines, Line};
 use crate::procfs;
 
@@ -153,65 +153,9 @@ struct GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
-            let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+            signal_group(self.pgid, Signal::SIGKILL);
         }
     }
-}
-
-fn signal_group(pgid: i32, signal: Signal) {
-    // ESRCH (no such group) is the normal case once everything exited.
-    let _ = killpg(Pid::from_raw(pgid), signal);
-}
-
-/// Live (non-zombie) members of the group. A zombie cannot be killed and holds no resources,
-/// and in a container whose init does not reap, orphaned zombies would otherwise look alive
-/// forever.
-fn group_alive(pgid: i32) -> bool {
-    // The common case, a group that is gone entirely, is one system call; only a group that
-    // still has members (perhaps just zombies) needs the procfs scan.
-    if killpg(Pid::from_raw(pgid), None).is_err() {
-        return false;
-    }
-    procfs::group_members(pgid).into_iter().any(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rfind(')')
-                    .and_then(|i| s[i + 1..].split_whitespace().next())
-                    .is_some_and(|state| state != "Z" && state != "X")
-            })
-            .unwrap_or(false)
-    })
-}
-
-/// SIGTERM to the whole group, wait up to `grace` for the CLI and everything it started to exit,
-/// then SIGKILL the group and reap. Returns the CLI's exit status if it had not been reaped yet.
-async fn terminate_group(
-    pgid: i32,
-    child: Option<&mut Child>,
-    grace: Duration,
-) -> Option<ExitStatus> {
-    signal_group(pgid, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    let mut status = None;
-    if let Some(child) = child {
-        match tokio::time::timeout_at(deadline, child.wait()).await {
-            Ok(s) => status = s.ok(),
-            Err(_) => {
-                signal_group(pgid, Signal::SIGKILL);
-                status = child.wait().await.ok();
-            }
-        }
-    }
-    // Grandchildren are not our children, so nothing wakes us when they exit; look at procfs
-    // at a modest pace, and only during this rare escalation.
-    while group_alive(pgid) {
-        if Instant::now() >= deadline {
-            signal_group(pgid, Signal::SIGKILL);
-            break;
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    status
 }
 
 /// Runs one CLI to completion, within the limits, and says how it ended. Never panics on what

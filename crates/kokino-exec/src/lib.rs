@@ -7,6 +7,7 @@
 //! outlives [`run_headless`].
 
 mod error;
+mod group;
 pub mod guard;
 mod headless;
 mod lines;

@@ -13,8 +13,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -75,7 +74,7 @@ struct GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
-            let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+            crate::group::signal_group(self.pgid, Signal::SIGKILL);
         }
     }
 }
@@ -198,7 +197,7 @@ pub async fn run_probe(
         Ok(status) => (status.ok(), false),
         Err(_) => {
             if pgid > 0 {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                crate::group::signal_group(pgid, Signal::SIGKILL);
             }
             (child.wait().await.ok(), true)
         }
@@ -207,7 +206,7 @@ pub async fn run_probe(
     // stays reserved while any member lives, so this cannot reach an unrelated process group;
     // ESRCH is the normal answer.
     if pgid > 0 {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        crate::group::signal_group(pgid, Signal::SIGKILL);
     }
     guard.armed = false;
 
@@ -253,13 +252,7 @@ mod tests {
     }
 
     fn alive(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rfind(')')
-                    .and_then(|i| s[i + 1..].split_whitespace().next())
-                    .is_some_and(|st| st != "Z" && st != "X")
-            })
-            .unwrap_or(false)
+        crate::procfs::is_live(pid)
     }
 
     #[tokio::test]

@@ -37,6 +37,18 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether `pid` exists and is not a zombie (state `Z`) or dead (`X`).
+pub fn is_live(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            stat_fields(&s)?
+                .next()
+                .map(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
 /// Resident set size of one process in bytes (`/proc/<pid>/statm`, second field, in pages).
 pub fn rss_bytes(pid: i32) -> Option<u64> {
     let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;

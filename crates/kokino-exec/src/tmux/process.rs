@@ -7,11 +7,9 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::time::{sleep, Instant};
+use tokio::time::sleep;
 
 use crate::procfs;
 
@@ -36,7 +34,7 @@ pub(crate) async fn wait_exit(pid: i32) {
             return;
         }
     }
-    while alive(pid) {
+    while procfs::is_live(pid) {
         sleep(Duration::from_millis(50)).await;
     }
 }
@@ -63,41 +61,10 @@ pub(crate) fn zombie_exit(pid: i32) -> Option<(Option<i32>, Option<i32>)> {
     })
 }
 
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rfind(')')
-                .and_then(|i| s[i + 1..].split_whitespace().next())
-                .is_some_and(|state| state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
-}
-
-/// Live (non-zombie) members of the group.
-pub(crate) fn group_alive(pgid: i32) -> bool {
-    pgid > 1 && procfs::group_members(pgid).into_iter().any(alive)
-}
-
-/// SIGTERM to the whole group, up to `grace` for it to go, then SIGKILL; returns once no member
-/// is alive (or a bounded time after SIGKILL, if the kernel has not finished with them).
+/// SIGTERM, `grace`, SIGKILL to the pane's whole group (the shared escalation; the pane process
+/// is tmux's child, so there is no leader of ours to reap).
 pub(crate) async fn terminate_group(pgid: i32, grace: Duration) {
-    if !group_alive(pgid) {
-        return;
-    }
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    // Members that are not our children send no notification when they exit; this escalation
-    // is rare, so a modest procfs poll is the simple and reliable way to watch it.
-    while group_alive(pgid) {
-        if Instant::now() >= deadline {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            let hard = Instant::now() + Duration::from_secs(2);
-            while group_alive(pgid) && Instant::now() < hard {
-                sleep(Duration::from_millis(10)).await;
-            }
-            return;
-        }
-        sleep(Duration::from_millis(20)).await;
+    if crate::group::group_alive(pgid) {
+        crate::group::terminate_group(pgid, None, grace).await;
     }
 }

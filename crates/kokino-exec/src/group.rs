@@ -1,0 +1,72 @@
+//! Stopping a process group: the one escalation every executor uses (headless runs, tmux panes,
+//! probes' leftovers).
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::time::{sleep, Instant};
+
+use crate::procfs;
+
+/// Signals a whole group. ESRCH (no such group) is the normal case once everything exited.
+/// Groups 0 and 1 are never signalled: 0 would be our own group, 1 init's.
+pub(crate) fn signal_group(pgid: i32, signal: Signal) {
+    if pgid > 1 {
+        let _ = killpg(Pid::from_raw(pgid), signal);
+    }
+}
+
+/// Whether the group has a live (non-zombie) member. A zombie cannot be killed and holds no
+/// resources, and in a container whose init does not reap, orphaned zombies would otherwise look
+/// alive forever.
+pub(crate) fn group_alive(pgid: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    // The common case, a group that is gone entirely, is one system call; only a group that
+    // still has members (perhaps just zombies) needs the procfs scan.
+    if killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    procfs::group_members(pgid).into_iter().any(procfs::is_live)
+}
+
+/// SIGTERM to the whole group, up to `grace` for the leader (`child`, when it is ours to reap)
+/// and everything it started to exit, then SIGKILL and reap. Returns once no member is alive, or
+/// a bounded time after SIGKILL if the kernel has not finished with them, with the leader's exit
+/// status if it was reaped here.
+pub(crate) async fn terminate_group(
+    pgid: i32,
+    child: Option<&mut Child>,
+    grace: Duration,
+) -> Option<ExitStatus> {
+    signal_group(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    let mut status = None;
+    if let Some(child) = child {
+        match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(s) => status = s.ok(),
+            Err(_) => {
+                signal_group(pgid, Signal::SIGKILL);
+                status = child.wait().await.ok();
+            }
+        }
+    }
+    // Members that are not our children send no notification when they exit; this escalation
+    // is rare, so a modest procfs poll is the simple and reliable way to watch it.
+    while group_alive(pgid) {
+        if Instant::now() >= deadline {
+            signal_group(pgid, Signal::SIGKILL);
+            let hard = Instant::now() + Duration::from_secs(2);
+            while group_alive(pgid) && Instant::now() < hard {
+                sleep(Duration::from_millis(10)).await;
+            }
+            break;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    status
+}
