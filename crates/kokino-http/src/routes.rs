@@ -321,19 +321,8 @@ async fn agent_logs(
     query: Result<Query<LinesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
-    let lines = match q.lines.as_deref().filter(|l| !l.is_empty()) {
-        None => 100,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=10_000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    Some("lines"),
-                    format!("lines must be an integer from 1 to 10000, not {raw:?}"),
-                ))
-            }
-        },
-    };
-    Ok(Json(s.broker.agent_logs(id.as_str(), lines).await?).into_response())
+    let lines = bounded(q.lines.as_deref(), "lines", 100, 10_000)?;
+    Ok(Json(s.broker.agent_logs(id.as_str(), lines as usize).await?).into_response())
 }
 
 async fn logs_status(State(s): State<AppState>) -> ApiResult<Json<Value>> {
@@ -557,18 +546,7 @@ async fn list_events(
             )
         })?),
     };
-    let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
-        None => 100,
-        Some(raw) => match raw.parse::<u32>() {
-            Ok(n) if (1..=10_000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    Some("limit"),
-                    format!("limit must be an integer from 1 to 10000, not {raw:?}"),
-                ))
-            }
-        },
-    };
+    let limit = bounded(q.limit.as_deref(), "limit", 100, 10_000)?;
     let events = s
         .broker
         .store()
@@ -594,19 +572,7 @@ fn hours(
     default: u32,
 ) -> ApiResult<u32> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
-    match q.hours.as_deref().filter(|h| !h.is_empty()) {
-        None => Ok(default),
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|h| (1..=2160).contains(h))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    Some("hours"),
-                    format!("hours must be a whole number from 1 to 2160, not {raw:?}"),
-                )
-            }),
-    }
+    bounded(q.hours.as_deref(), "hours", default, 2160)
 }
 
 type HoursParam = Result<Query<HoursQuery>, axum::extract::rejection::QueryRejection>;
@@ -684,6 +650,8 @@ struct ShadowQuery {
 
 type ShadowParam = Result<Query<ShadowQuery>, axum::extract::rejection::QueryRejection>;
 
+/// A whole-number query parameter from 1 to `max`; absent or empty means `default`. Every
+/// numeric parameter of the API goes through here, so they all fail the same way.
 fn bounded(raw: Option<&str>, field: &str, default: u32, max: u32) -> ApiResult<u32> {
     match raw.filter(|r| !r.is_empty()) {
         None => Ok(default),
@@ -778,15 +746,12 @@ async fn cleanup_events(
     JsonBody(body): JsonBody<RetentionBody>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
-    let days = match q.days.as_deref().filter(|d| !d.is_empty()) {
-        Some(raw) => raw.parse::<u32>().ok().filter(|d| *d >= 1).ok_or_else(|| {
-            ApiError::bad_request(
-                Some("days"),
-                format!("days must be a whole number of days ≥ 1, not {raw:?}"),
-            )
-        })?,
-        None => body.retention_days.unwrap_or(90),
-    };
+    let days = bounded(
+        q.days.as_deref(),
+        "days",
+        body.retention_days.unwrap_or(90),
+        36_500,
+    )?;
     let deleted = s.broker.cleanup_events(days).await?;
     Ok(Json(json!({ "deleted": deleted, "retentionDays": days })))
 }

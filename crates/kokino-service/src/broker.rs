@@ -1180,7 +1180,7 @@ impl Broker {
                         // session went away under the CLI (tmux itself crashed, or an operator
                         // killed it), not that the CLI failed: run it once more in a new
                         // session rather than fail the request.
-                        let hung_up = first.exit.signal == Some(libc_sighup())
+                        let hung_up = first.exit.signal == Some(SIGHUP)
                             && first.parsed.answer.is_none()
                             && !cancel.is_cancelled();
                         if hung_up {
@@ -2406,9 +2406,7 @@ fn lease_error(e: kokino_store::StoreError) -> ServiceError {
 }
 
 /// SIGHUP's number on Linux (the service does not link libc for one constant).
-const fn libc_sighup() -> i32 {
-    1
-}
+const SIGHUP: i32 = 1;
 
 #[cfg(test)]
 mod tests {
