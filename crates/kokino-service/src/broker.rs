@@ -998,17 +998,7 @@ impl Broker {
                 Err(message) => return spawn_error_result(message),
             };
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let run = async {
-                match runner {
-                    Runner::Headless(cmd, limits) => {
-                        run_headless(cmd, parser_for(cli), limits, cancel, tx, None).await
-                    }
-                    Runner::Tmux(req, limits) => match &this.inner.tmux {
-                        Some(tmux) => tmux.run(req, limits, cancel, tx).await,
-                        None => spawn_error_result("tmux is not available".into()),
-                    },
-                }
-            };
+            let run = this.run_runner(&id, cli, runner, cancel, tx, false);
             let sessions = async {
                 while let Some(ev) = rx.recv().await {
                     if let ExecEvent::Stream(StreamEvent::SessionId(sid)) = ev {
@@ -1165,35 +1155,7 @@ impl Broker {
             .increment(1.0);
 
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let run = async {
-            match runner {
-                Runner::Headless(cmd, limits) => {
-                    let log = Box::new(self.inner.logs.writer(id));
-                    run_headless(cmd, parser_for(cli), limits, cancel, tx, Some(log)).await
-                }
-                Runner::Tmux(req, limits) => match &self.inner.tmux {
-                    Some(tmux) => {
-                        let first = tmux
-                            .run(req.clone(), limits.clone(), cancel.clone(), tx.clone())
-                            .await;
-                        // A pane killed by SIGHUP before any answer means the tmux server or
-                        // session went away under the CLI (tmux itself crashed, or an operator
-                        // killed it), not that the CLI failed: run it once more in a new
-                        // session rather than fail the request.
-                        let hung_up = first.exit.signal == Some(SIGHUP)
-                            && first.parsed.answer.is_none()
-                            && !cancel.is_cancelled();
-                        if hung_up {
-                            tracing::warn!(agent = %id, "the tmux pane was hung up before answering; retrying once in a new session");
-                            tmux.run(req, limits, cancel, tx).await
-                        } else {
-                            first
-                        }
-                    }
-                    None => spawn_error_result("tmux is not available".into()),
-                },
-            }
-        };
+        let run = self.run_runner(id, cli, runner, cancel, tx, true);
         let consume = async {
             let mut known_session = session
                 .cli_session_id
@@ -1296,6 +1258,47 @@ impl Broker {
         metrics::gauge!(telemetry::RUNNING_PROCESSES, "cli" => cli.as_str(), "mode" => mode.as_str())
             .decrement(1.0);
         result
+    }
+
+    /// Runs one leg with its executor. `log` sends a headless CLI's lines to the agent's log
+    /// (the secondary leg of a shadow run is not logged: the primary's log is the agent's).
+    async fn run_runner(
+        &self,
+        id: &AgentId,
+        cli: CliType,
+        runner: Runner,
+        cancel: CancellationToken,
+        tx: mpsc::UnboundedSender<ExecEvent>,
+        log: bool,
+    ) -> RunResult {
+        match runner {
+            Runner::Headless(cmd, limits) => {
+                let log = log.then(|| {
+                    Box::new(self.inner.logs.writer(id)) as Box<dyn kokino_core::LineSink>
+                });
+                run_headless(cmd, parser_for(cli), limits, cancel, tx, log).await
+            }
+            Runner::Tmux(req, limits) => {
+                let Some(tmux) = &self.inner.tmux else {
+                    return spawn_error_result("tmux is not available".into());
+                };
+                let first = tmux
+                    .run(req.clone(), limits.clone(), cancel.clone(), tx.clone())
+                    .await;
+                // A pane killed by SIGHUP before any answer means the tmux server or session
+                // went away under the CLI (tmux itself crashed, or an operator killed it), not
+                // that the CLI failed: run it once more in a new session rather than fail.
+                let hung_up = first.exit.signal == Some(SIGHUP)
+                    && first.parsed.answer.is_none()
+                    && !cancel.is_cancelled();
+                if hung_up {
+                    tracing::warn!(agent = %id, "the tmux pane was hung up before answering; retrying once in a new session");
+                    tmux.run(req, limits, cancel, tx).await
+                } else {
+                    first
+                }
+            }
+        }
     }
 
     /// Stores the outcome (answer or failure turn, in one transaction), records telemetry, and
