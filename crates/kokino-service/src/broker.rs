@@ -197,26 +197,12 @@ impl Broker {
     /// turn saying so (not counted by breakers or SLOs).
     async fn mark_interrupted(&self, exec: &kokino_core::ExecutionRecord) -> Result<()> {
         let store = &self.inner.store;
-        let message = "interrupted: the broker stopped while this execution was running";
         store
-            .finish_execution(&FinishExecution {
-                execution_id: exec.execution_id.clone(),
-                outcome: OutcomeClass::Interrupted,
-                exit_code: None,
-                error_message: Some(message.into()),
-                duration_ms: (Utc::now() - exec.started_at).num_milliseconds().max(0),
-                usage: None,
-                cost_usd: None,
-                num_turns: None,
-                peak_rss_mb: None,
-                cli_session_id: None,
-                turn: Some(NewTurn {
-                    turn_id: uuid::Uuid::new_v4().to_string(),
-                    role: Role::System,
-                    content: message.into(),
-                    metadata: json!({"executionId": exec.execution_id, "outcome": "interrupted"}),
-                }),
-            })
+            .finish_execution(&interrupted_finish(
+                exec,
+                "interrupted: the broker stopped while this execution was running".into(),
+                json!({}),
+            ))
             .await?;
         let mut e = event(
             "EXECUTION_INTERRUPTED",
@@ -922,24 +908,7 @@ impl Broker {
             let message = format!(
                 "interrupted: broker {previous} stopped renewing the agent's lease while this execution ran"
             );
-            let fin = FinishExecution {
-                execution_id: exec.execution_id.clone(),
-                outcome: OutcomeClass::Interrupted,
-                exit_code: None,
-                error_message: Some(message.clone()),
-                duration_ms: (Utc::now() - exec.started_at).num_milliseconds().max(0),
-                usage: None,
-                cost_usd: None,
-                num_turns: None,
-                peak_rss_mb: None,
-                cli_session_id: None,
-                turn: Some(NewTurn {
-                    turn_id: uuid::Uuid::new_v4().to_string(),
-                    role: Role::System,
-                    content: message,
-                    metadata: json!({"executionId": exec.execution_id, "outcome": "interrupted", "previousOwner": previous}),
-                }),
-            };
+            let fin = interrupted_finish(&exec, message, json!({"previousOwner": previous}));
             if let Err(e) = self
                 .inner
                 .store
@@ -2366,6 +2335,35 @@ fn until_next_local_hour(now: chrono::DateTime<chrono::Local>, hour: u32) -> Dur
             .unwrap_or(now + chrono::Duration::days(1));
     }
     (next - now).to_std().unwrap_or(Duration::from_secs(3600))
+}
+
+/// The record of an execution that no process will finish: outcome `interrupted`, with a
+/// `system` turn carrying `message` (and `extra` metadata).
+fn interrupted_finish(
+    exec: &kokino_core::ExecutionRecord,
+    message: String,
+    mut extra: serde_json::Value,
+) -> FinishExecution {
+    extra["executionId"] = json!(exec.execution_id);
+    extra["outcome"] = json!("interrupted");
+    FinishExecution {
+        execution_id: exec.execution_id.clone(),
+        outcome: OutcomeClass::Interrupted,
+        exit_code: None,
+        error_message: Some(message.clone()),
+        duration_ms: (Utc::now() - exec.started_at).num_milliseconds().max(0),
+        usage: None,
+        cost_usd: None,
+        num_turns: None,
+        peak_rss_mb: None,
+        cli_session_id: None,
+        turn: Some(NewTurn {
+            turn_id: uuid::Uuid::new_v4().to_string(),
+            role: Role::System,
+            content: message,
+            metadata: extra,
+        }),
+    }
 }
 
 /// Stored shadow answers are cut at this size: the comparison already saw them whole.
