@@ -63,6 +63,7 @@ conformance!(
     stale_lease_holder_cannot_write,
     concurrent_acquisitions_have_one_winner,
     running_executions_filter_by_instance,
+    analytics_aggregates_match_the_executions,
 );
 
 #[tokio::test]
