@@ -1,10 +1,8 @@
 //! Circuit breakers, rate-limit parking and fallback through a real broker.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn starts(w: &World) -> usize {

@@ -2,13 +2,11 @@
 //! broker killed and one paused mid-run. The fake agent's own start/end log is the witness that
 //! no agent ever ran twice at once. Needs `KOKINO_TEST_DATABASE_URL` (`.ci/run` sets it).
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// A fresh database on the test server, dropped at the end.

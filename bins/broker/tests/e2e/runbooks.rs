@@ -1,11 +1,9 @@
 //! Every command of the operator runbooks in `docs/ops/` runs, as written, against a real broker
 //! set up in the situation the runbook is about.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Runs every shell block of `doc` in order, in the world's directory (so `./data` is the

@@ -1,8 +1,6 @@
 //! Every command the README gives runs as written against a real broker.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn the_readme_tour_runs_as_written() {

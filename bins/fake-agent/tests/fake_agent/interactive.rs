@@ -2,13 +2,11 @@
 //! session of its own tmux server (`-S` in the test's tempdir, `-f /dev/null`), pastes with
 //! bracketed paste, presses keys and reads the screen, as the broker's tmux executor does.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const TMUX: &str = "/usr/bin/tmux";

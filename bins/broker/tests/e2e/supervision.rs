@@ -1,10 +1,8 @@
 //! Process supervision and per-agent logs, seen through the HTTP API.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 #[tokio::test]

@@ -1,8 +1,6 @@
 //! Session reuse and resume behave like the real CLIs, and state survives between runs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const SID: &str = "6b0e2a9e-0f1d-4c1e-9f55-0b8f3c1d2e4a";
 

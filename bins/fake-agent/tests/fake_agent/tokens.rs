@@ -1,10 +1,8 @@
 //! The `fake:` prompt tokens and `KOKINO_FAKE_LOGGED_OUT`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const AGENTS: [&str; 4] = ["claude", "codex", "gemini", "droid"];
 

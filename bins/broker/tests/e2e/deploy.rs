@@ -2,13 +2,11 @@
 //! promtool tests) checked against promtool and against what a real broker exports: a dashboard
 //! panel or an alert on a metric name the broker does not serve would stay silent forever.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Metric names the dashboards and rules use that the broker does not export yet because they

@@ -1,11 +1,9 @@
 //! tmux mode through the broker: real tmux (a server private to the broker's data directory),
 //! the fake agent's interactive mode.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn home(w: &World) -> String {

@@ -1,12 +1,10 @@
 //! Process-level behaviour: signals, hanging, grandchildren, broken pipes and the witness log.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn signal(child: &Child, sig: i32) {
     // SAFETY: sending a signal to a child we spawned and have not reaped yet.

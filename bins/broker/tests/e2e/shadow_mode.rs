@@ -1,11 +1,9 @@
 //! Shadow mode through the broker: both legs run, the tmux leg answers, the comparison is
 //! stored and reported.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn wait_for_tests(b: &Broker, n: u64) -> Value {

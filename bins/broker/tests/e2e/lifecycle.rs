@@ -1,11 +1,9 @@
 //! The broker process itself: start-up settings, auth, graceful shutdown, crash recovery.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn broker_cmd(w: &World) -> Command {

@@ -1,9 +1,7 @@
 //! The fake agent's lines must carry the same field names and JSON types as the real CLIs'
 //! (`shared/captures/`), and the basic success flow of each personality must look right.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Identifies "the same kind of line" across a capture and our output.

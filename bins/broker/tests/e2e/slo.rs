@@ -1,10 +1,8 @@
 //! SLO figures from real executions with known outcomes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 #[tokio::test]

@@ -1,10 +1,8 @@
 //! End-to-end: a real broker process, real SQLite, the real fake agent for all four CLI types.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 #[tokio::test]

@@ -1,9 +1,7 @@
 //! The environment doctor through the broker: `/api/health/environment`, CLI versions, and the
 //! automatic CLI disable it drives.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

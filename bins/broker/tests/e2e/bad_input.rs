@@ -1,11 +1,9 @@
 //! Bad input gets a clear error and loses nothing: no process, no held lock, no half-written
 //! conversation.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str, mentions: &str) {
