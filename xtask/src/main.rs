@@ -5,6 +5,8 @@
 //! they are ordinary tests (`xtask/tests/layering.rs`), so `cargo test --workspace` alone already
 //! enforces them.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 
 use std::path::PathBuf;
@@ -26,10 +28,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Runs what CI runs: rustfmt, clippy, the tests, cargo-deny.
+    /// Runs what CI runs: rustfmt, the workspace checks, clippy, the tests, cargo-deny.
     ///
     /// The steps run in order from the workspace root and the task stops at the first failure:
-    /// `cargo fmt --all -- --check`, `cargo clippy --workspace --all-targets -- -D warnings`,
+    /// `cargo fmt --all -- --check`, `cargo test -p xtask` (the layering, hygiene and document
+    /// checks), `cargo clippy --workspace --all-targets -- -D warnings`,
     /// `cargo test --workspace` (which includes the layering test), and `cargo deny check` when
     /// cargo-deny is installed.
     Ci,
@@ -61,8 +64,12 @@ fn main() -> ExitCode {
 }
 
 fn ci() -> anyhow::Result<()> {
-    let steps: [&[&str]; 3] = [
+    let steps: [&[&str]; 4] = [
         &["fmt", "--all", "--", "--check"],
+        // The workspace checks (layering, hygiene: lints, unsafe, unused dependencies; documents
+        // that name code) take seconds; running them before the long steps fails fast on them.
+        // `cargo test --workspace` runs them again, which costs nothing once built.
+        &["test", "-p", "xtask"],
         &[
             "clippy",
             "--workspace",

@@ -1,6 +1,8 @@
 //! `kokino-broker`: composes the store, the service and the HTTP API into the service operators
 //! run. Everything interesting lives in the library crates; this file only wires them.
 
+#![forbid(unsafe_code)]
+
 mod config;
 
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! what they mean; the parser tests feed it the captures of the real CLIs. Keeping both behind
 //! the same functions is what makes the captures a test of production code.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use kokino_core::{CliType, OutcomeClass, Usage};

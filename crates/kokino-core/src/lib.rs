@@ -5,6 +5,8 @@
 //! keeps, and the per-agent FIFO lock. No file, process, socket or database is touched from this
 //! crate, which is what lets the other crates depend on it freely (see `ARCHITECTURE.md`).
 
+#![forbid(unsafe_code)]
+
 pub mod breaker;
 pub mod clock;
 mod error;

@@ -5,6 +5,8 @@
 //! has the same shape — `{"error": "...", "code": "UPPER_SNAKE", "details": {...}}` — and no
 //! client mistake ever becomes a 500.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod extract;
 mod middleware;
