@@ -93,7 +93,7 @@ fn ci() -> anyhow::Result<()> {
         // (an offline machine), say so loudly and go on; when it can, a known vulnerability
         // fails the run like any other step.
         if cargo_step(&["deny", "fetch", "db"]).is_ok() {
-            cargo_step(&["deny", "check", "--disable-fetch", "advisories"])?;
+            cargo_step(&["deny", "--offline", "check", "advisories"])?;
         } else {
             println!(
                 "warning: the RustSec advisory database could not be fetched, so \
