@@ -644,7 +644,7 @@ async fn every_metric_the_dashboards_and_rules_use_is_exported_by_the_broker() {
         if live.contains_key(*name) || declared.contains_key(*name) {
             eprintln!(
                 "note: PENDING {name} is now declared or exported by the broker: remove it from \
-                 PENDING in bins/broker/tests/deploy.rs"
+                 PENDING in bins/broker/tests/e2e/deploy.rs"
             );
         }
     }

@@ -101,6 +101,7 @@ async fn five_failures_open_the_breaker_and_the_sixth_request_spawns_nothing() {
 
 #[tokio::test]
 async fn an_opened_breaker_reroutes_the_agent_to_tmux_when_it_can() {
+    require_tmux();
     let w = World::new();
     let b = w.start();
     let home = w.path().join("home");

@@ -14,6 +14,7 @@ fn home(w: &World) -> String {
 
 #[tokio::test]
 async fn every_cli_type_answers_through_tmux_and_keeps_its_session() {
+    require_tmux();
     let w = World::new();
     let b = w.start();
     for (cli_type, name) in TYPES {
@@ -53,6 +54,7 @@ async fn every_cli_type_answers_through_tmux_and_keeps_its_session() {
 
 #[tokio::test]
 async fn tmux_runs_time_out_cancel_and_end_like_headless_ones() {
+    require_tmux();
     let w = World::new();
     let cfg = w.path().join("k.toml");
     std::fs::write(&cfg, "[limits]\nkill_grace_ms = 500\n").unwrap();

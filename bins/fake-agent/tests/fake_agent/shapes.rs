@@ -88,10 +88,7 @@ fn check_keys(want: &Value, got: &Value, path: &str, errors: &mut Vec<String>) {
 /// Compares our events against a capture file: every kind of line in the capture must appear in
 /// our output (except `ignore`d ones), with at least the capture's fields.
 fn compare_with_capture(file: &str, ours: &[Value], ignore: &[&str]) {
-    let Some(dir) = captures_dir() else {
-        eprintln!("captures not found; skipping comparison with {file}");
-        return;
-    };
+    let dir = captures_dir();
     let text = std::fs::read_to_string(dir.join(file)).unwrap();
     let mut errors = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -442,3 +442,23 @@ pub fn run_doc_snippet_in(
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// Fails the calling test with instructions when `tmux` is not on `PATH`. The tmux-mode tests
+/// never skip: a machine without tmux would otherwise report them as passed without having run
+/// them, and the broker finds tmux on `PATH` exactly as this check does.
+pub fn require_tmux() {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            let candidate = dir.join("tmux");
+            candidate.is_file()
+                && std::fs::metadata(&candidate).is_ok_and(|m| {
+                    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+        })
+    });
+    assert!(
+        found,
+        "TMUX NOT FOUND on PATH: this test runs the broker's tmux mode and needs tmux \
+         (install it, e.g. `apt-get install tmux`); it is not skipped"
+    );
+}

@@ -206,17 +206,21 @@ pub fn session_id(name: &str, events: &[Value]) -> String {
     v.and_then(Value::as_str).expect("session id").to_owned()
 }
 
-/// Where the real-CLI captures live (the repository's copy, or the shared folder).
-pub fn captures_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KOKINO_CAPTURES") {
-        return Some(PathBuf::from(p));
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The repository keeps a copy of the captures next to the parser tests.
-    [
-        manifest.join("../../crates/kokino-cli/tests/captures"),
-        manifest.join("../../../shared/captures"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
+/// The real-CLI captures: `KOKINO_CAPTURES_DIR` when set, else the copy vendored in the
+/// repository next to the parser tests. A missing folder fails the test: comparing against no
+/// capture would pass without checking anything.
+pub fn captures_dir() -> PathBuf {
+    let dir = match std::env::var_os("KOKINO_CAPTURES_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/kokino-cli/tests/captures")
+        }
+    };
+    assert!(
+        dir.is_dir(),
+        "captures folder not found at {} (set KOKINO_CAPTURES_DIR to the folder holding \
+         claude/, codex/, gemini/ and droid/)",
+        dir.display()
+    );
+    dir
 }
