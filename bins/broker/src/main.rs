@@ -5,6 +5,7 @@
 
 mod config;
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,8 +163,12 @@ async fn wait_for_signal() {
 
 fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("KOKINO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a log file, a pipe or journald would otherwise
+    // store the escape sequences as text. NO_COLOR (https://no-color.org) turns it off anywhere.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

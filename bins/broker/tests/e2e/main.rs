@@ -10,6 +10,7 @@ mod docs;
 mod environment;
 mod execution;
 mod lifecycle;
+mod logs;
 mod resilience;
 mod runbooks;
 mod shadow_mode;
