@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod config;
+#[cfg(test)]
+mod config_reference;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
