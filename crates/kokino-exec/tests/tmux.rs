@@ -14,7 +14,6 @@ use kokino_exec::tmux::{CompletionSignal, TmuxConfig, TmuxRun};
 use kokino_exec::{procfs, CancellationToken, ExecEvent, Limits, TmuxExecutor, TmuxRequest};
 use tokio::sync::mpsc;
 
-const TMUX: &str = "/usr/bin/tmux";
 
 /// The fake agent binary next to this test's binary (`<target>/debug/kokino-fake-agent`),
 /// built once if `cargo test -p kokino-exec` did not build it.
@@ -39,8 +38,30 @@ fn fake_agent() -> &'static Path {
     })
 }
 
+/// The tmux binary on `PATH`, looked up once.
+fn tmux() -> Option<&'static Path> {
+    static TMUX: OnceLock<Option<PathBuf>> = OnceLock::new();
+    TMUX.get_or_init(|| kokino_exec::resolve_binary("tmux", std::env::var_os("PATH").as_deref()).ok())
+        .as_deref()
+}
+
+/// Whether tmux is on `PATH`; when it is not, says loudly which test is skipped and how to
+/// install tmux, so a missing tmux never looks like a pass.
 fn tmux_available() -> bool {
-    Path::new(TMUX).exists()
+    if tmux().is_some() {
+        return true;
+    }
+    let thread = std::thread::current();
+    eprintln!(
+        "SKIPPED {}: tmux is not on PATH. Install it (Debian/Ubuntu: `apt-get install -y tmux`) \
+         to run the tmux executor tests.",
+        thread.name().unwrap_or("a tmux test")
+    );
+    false
+}
+
+fn tmux_bin() -> &'static Path {
+    tmux().expect("tmux_available() was checked first")
 }
 
 /// One test's world: fake CLIs on a private PATH, a HOME, a working directory, a tmux server.
@@ -65,7 +86,7 @@ impl World {
         for name in ["claude", "codex", "gemini", "droid"] {
             std::os::unix::fs::symlink(fake_agent(), dir.path().join("bin").join(name)).unwrap();
         }
-        let exec = TmuxExecutor::new(TMUX.into(), dir.path().join("tmux")).with_config(config);
+        let exec = TmuxExecutor::new(tmux_bin().into(), dir.path().join("tmux")).with_config(config);
         World { dir, exec }
     }
 
@@ -91,13 +112,13 @@ impl World {
         );
         TmuxRequest {
             agent_id: agent.into(),
-            cli,
+            tui: kokino_cli::tui_for(cli),
             program: self.path("bin").join(name),
             args: Vec::new(),
             env,
             cwd: self.path("work"),
             prompt: prompt.into(),
-            claude_session_id: None,
+            session_id: None,
         }
     }
 
@@ -105,7 +126,7 @@ impl World {
     fn claude(&self, agent: &str, session: &str, prompt: &str) -> TmuxRequest {
         let mut r = self.request(CliType::ClaudeCode, agent, prompt);
         r.args = vec!["--session-id".into(), session.into()];
-        r.claude_session_id = Some(session.into());
+        r.session_id = Some(session.into());
         r
     }
 
@@ -159,7 +180,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         // A failed test must not leave its server behind; the tests' own cleanup is async.
-        let _ = std::process::Command::new(TMUX)
+        let _ = std::process::Command::new(tmux_bin())
             .arg("-S")
             .arg(self.exec.socket_path())
             .arg("kill-server")
@@ -282,7 +303,7 @@ async fn claude_completion_comes_from_the_transcript() {
         e,
         ExecEvent::Stream(StreamEvent::ToolUse { name, .. }) if name == "Bash"
     )));
-    let transcript = kokino_exec::tmux::transcript_path(
+    let transcript = kokino_cli::tui::transcript_path(
         &w.path("home"),
         &std::fs::canonicalize(w.path("work")).unwrap(),
         SID,
