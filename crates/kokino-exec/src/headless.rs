@@ -22,10 +22,13 @@ use crate::procfs;
 /// A fully resolved command: the executor adds nothing to it but the process group and pipes.
 #[derive(Debug, Clone)]
 pub struct HeadlessCommand {
+    /// The CLI's binary (see [`crate::resolve_binary`]).
     pub program: PathBuf,
+    /// The arguments after the binary (`kokino_cli::build_args`).
     pub args: Vec<String>,
     /// The complete child environment; the broker's own environment is not inherited beyond it.
     pub env: BTreeMap<String, String>,
+    /// The working directory; the caller's when `None`.
     pub cwd: Option<PathBuf>,
     /// Written to the CLI's stdin, which is then closed. Prompts never go in argv.
     pub stdin: Vec<u8>,
@@ -37,12 +40,20 @@ pub struct HeadlessCommand {
 /// supervision").
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// The whole run's ceiling (outcome `timeout`).
     pub timeout: Duration,
+    /// The longest silence on stdout (or in the pane) before the run is stopped.
     pub inactivity: Duration,
+    /// How long a CLI may linger after its final event before it is stopped (the answer stands).
     pub post_result_grace: Duration,
+    /// Between SIGTERM and SIGKILL to the process group.
     pub kill_grace: Duration,
+    /// The resident memory of the whole process group above which the run is stopped
+    /// (outcome `resource_limit`); `None` for no limit.
     pub max_memory_bytes: Option<u64>,
+    /// How often the group's memory and CPU are sampled.
     pub memory_sample_every: Duration,
+    /// The longest stdout line kept; longer lines are skipped, counted as malformed.
     pub max_line_bytes: usize,
 }
 
@@ -64,14 +75,20 @@ impl Default for Limits {
 
 /// Why the executor stopped the process itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
+    /// The caller's cancellation token fired.
     Cancelled,
+    /// [`Limits::timeout`] passed.
     Timeout,
+    /// Nothing was heard from the CLI for [`Limits::inactivity`].
     Inactivity,
     /// The final event was read but the CLI did not exit within the post-result grace. The answer
     /// stands.
     PostResultGrace,
+    /// The process group's resident memory went over [`Limits::max_memory_bytes`].
     MemoryLimit {
+        /// The resident memory that was measured.
         rss_bytes: u64,
     },
 }
@@ -79,27 +96,43 @@ pub enum StopReason {
 /// What happened during a run, as it happens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecEvent {
+    /// The CLI's process is running.
     Started {
+        /// Its pid, which leads its process group.
         pid: i32,
+        /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so that a
+        /// later life can tell the same process from a reused pid.
         start_time: Option<i64>,
     },
+    /// Something the CLI's output meant, as its parser read it.
     Stream(StreamEvent),
     /// A supervision sample of the whole process group, taken every `memory_sample_every`.
     Sample {
+        /// The group's resident memory.
         rss_bytes: u64,
+        /// The group's CPU use since the previous sample, in percent of one core.
         cpu_percent: f64,
     },
 }
 
+/// How one run ended.
 #[derive(Debug, Clone)]
 pub struct RunResult {
+    /// The run's outcome class: the parser's verdict, or the executor's when it stopped the run.
     pub outcome: OutcomeClass,
+    /// What the parser made of the CLI's output (answer, session id, usage, error).
     pub parsed: ParsedOutcome,
+    /// How the process ended.
     pub exit: ProcessExit,
+    /// Why the executor stopped the process, when it did.
     pub stop: Option<StopReason>,
+    /// The end of the CLI's stderr (in tmux mode, the pane's last lines).
     pub stderr_tail: String,
+    /// From the start of the run to the end.
     pub duration: Duration,
+    /// The highest resident memory of the process group that was sampled.
     pub peak_rss_bytes: u64,
+    /// The CLI's pid, when it started.
     pub pid: Option<i32>,
     /// Set when the process could not be started at all.
     pub spawn_error: Option<String>,

@@ -3,7 +3,10 @@
 //! Every test has its own tmux server (a socket in its own tempdir), its own HOME and fake-agent
 //! state, and kills its server at the end, so nothing touches a user's tmux or another test.
 
+#![cfg(feature = "tmux")]
+
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
@@ -51,8 +54,11 @@ fn tmux_available() -> bool {
     if tmux().is_some() {
         return true;
     }
+    // Written to stderr directly rather than with `eprintln!`, which the test harness captures
+    // and shows only for failing tests: a skip must be visible in an ordinary `cargo test` run.
     let thread = std::thread::current();
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIPPED {}: tmux is not on PATH. Install it (Debian/Ubuntu: `apt-get install -y tmux`) \
          to run the tmux executor tests.",
         thread.name().unwrap_or("a tmux test")

@@ -72,6 +72,7 @@ use run::{RunContext, Sources, Transcript, TurnRun};
 pub struct TmuxConfig {
     /// Pane size. Wide enough that answers rarely wrap (wrapped lines are joined anyway).
     pub width: u16,
+    /// Pane height; it only bounds the screen read while the session starts.
     pub height: u16,
     /// Lines of scrollback kept per pane: the bound on an answer read from the screen.
     pub history_limit: u32,
@@ -208,12 +209,14 @@ impl TmuxExecutor {
         }
     }
 
+    /// The same executor with `config` instead of the defaults.
     pub fn with_config(mut self, config: TmuxConfig) -> Self {
         self.tmux.timeout = config.command_timeout;
         self.config = config;
         self
     }
 
+    /// The executor's tuning.
     pub fn config(&self) -> &TmuxConfig {
         &self.config
     }

@@ -127,10 +127,11 @@ pub(super) struct Sources {
 }
 
 impl Sources {
-    /// Resolves when the transcript may have grown; never without a transcript.
-    async fn transcript_changed(transcript: &Option<Transcript>) {
-        match transcript {
-            Some(t) => t.follower.changed().await,
+    /// Resolves when the transcript may have grown; never without a transcript. It borrows
+    /// only the follower, so the wait does not need the parser to be `Sync`.
+    async fn transcript_changed(follower: Option<&Follower>) {
+        match follower {
+            Some(f) => f.changed().await,
             None => std::future::pending().await,
         }
     }
@@ -261,7 +262,7 @@ impl<'a> TurnRun<'a> {
             _ = &mut src.death => Wake::Died,
             _ = src.mem_tick.tick() => Wake::MemorySample,
             ev = src.control.events.recv() => Wake::Control(ev),
-            _ = Sources::transcript_changed(&src.transcript) => Wake::TranscriptChanged,
+            _ = Sources::transcript_changed(src.transcript.as_ref().map(|t| &t.follower)) => Wake::TranscriptChanged,
             _ = sleep_until(self.attach_deadline), if !self.attached => Wake::AttachOverdue,
             _ = sleep_until(check_at), if self.check_at.is_some() => Wake::CheckDue,
             _ = sleep_until(phase_deadline), if self.phase_deadline.is_some() => Wake::PhaseDue,
@@ -505,7 +506,7 @@ impl<'a> TurnRun<'a> {
                 error,
                 signal,
             } => self.finish_answer(class, answer, error, signal, &src),
-            End::Died(known) => self.finish_died(known, &src).await,
+            End::Died(known) => self.finish_died(known, src.malformed_lines()).await,
             End::Stop(reason) => self.finish_stop(reason, &mut src).await,
             End::Unusable { class, message } => self.finish_unusable(class, message).await,
         };
@@ -562,7 +563,7 @@ impl<'a> TurnRun<'a> {
     async fn finish_died(
         &mut self,
         known: Option<(Option<i32>, Option<i32>)>,
-        src: &Sources,
+        malformed_lines: u64,
     ) -> Ending {
         let (status, text) = self
             .exec
@@ -598,7 +599,7 @@ impl<'a> TurnRun<'a> {
                 class: Some(class),
                 session_id: self.req.session_id.clone(),
                 error_message: Some(message),
-                malformed_lines: src.malformed_lines(),
+                malformed_lines,
                 ..ParsedOutcome::default()
             },
         );
