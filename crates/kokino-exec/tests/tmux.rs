@@ -17,7 +17,6 @@ use kokino_exec::tmux::{CompletionSignal, TmuxConfig, TmuxRun};
 use kokino_exec::{procfs, CancellationToken, ExecEvent, Limits, TmuxExecutor, TmuxRequest};
 use tokio::sync::mpsc;
 
-
 /// The fake agent binary next to this test's binary (`<target>/debug/kokino-fake-agent`),
 /// built once if `cargo test -p kokino-exec` did not build it.
 fn fake_agent() -> &'static Path {
@@ -44,8 +43,10 @@ fn fake_agent() -> &'static Path {
 /// The tmux binary on `PATH`, looked up once.
 fn tmux() -> Option<&'static Path> {
     static TMUX: OnceLock<Option<PathBuf>> = OnceLock::new();
-    TMUX.get_or_init(|| kokino_exec::resolve_binary("tmux", std::env::var_os("PATH").as_deref()).ok())
-        .as_deref()
+    TMUX.get_or_init(|| {
+        kokino_exec::resolve_binary("tmux", std::env::var_os("PATH").as_deref()).ok()
+    })
+    .as_deref()
 }
 
 /// Whether tmux is on `PATH`; when it is not, says loudly which test is skipped and how to
@@ -92,7 +93,8 @@ impl World {
         for name in ["claude", "codex", "gemini", "droid"] {
             std::os::unix::fs::symlink(fake_agent(), dir.path().join("bin").join(name)).unwrap();
         }
-        let exec = TmuxExecutor::new(tmux_bin().into(), dir.path().join("tmux")).with_config(config);
+        let exec =
+            TmuxExecutor::new(tmux_bin().into(), dir.path().join("tmux")).with_config(config);
         World { dir, exec }
     }
 

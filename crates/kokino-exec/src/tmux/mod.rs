@@ -39,7 +39,6 @@
 //! [`TmuxExecutor::run_detailed`] also returns [`TmuxTimings`], from which a benchmark reads how
 //! long after the CLI finished the executor noticed.
 
-
 mod client;
 mod control;
 mod pane;

@@ -277,9 +277,7 @@ impl TmuxExecutor {
             .run(&["kill-session", "-t", &format!("={name}")])
             .await;
     }
-
 }
-
 
 /// The last `n` non-blank lines, joined with ` | ` for a one-line message or `\n` for a tail.
 pub(super) fn last_lines(text: &str, n: usize) -> String {
@@ -339,5 +337,4 @@ mod tests {
         assert_eq!(parse_version("tmux 2.9"), Some((2, 9)));
         assert_eq!(parse_version("nonsense"), None);
     }
-
 }

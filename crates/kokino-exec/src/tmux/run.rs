@@ -43,7 +43,10 @@ pub(super) enum End {
     Stop(StopReason),
     /// The pane cannot be used: a screen the CLI cannot get past, an unknown screen, or tmux
     /// failing mid-run.
-    Unusable { class: OutcomeClass, message: String },
+    Unusable {
+        class: OutcomeClass,
+        message: String,
+    },
 }
 
 impl End {
@@ -540,10 +543,12 @@ impl<'a> TurnRun<'a> {
         self.timings.signal = Some(signal);
         if signal == CompletionSignal::PromptAfterQuiet {
             // The screen gave no events on the way; the answer is the one stream event.
-            let _ = self.events.send(ExecEvent::Stream(StreamEvent::AssistantText {
-                text: answer.clone(),
-                partial: false,
-            }));
+            let _ = self
+                .events
+                .send(ExecEvent::Stream(StreamEvent::AssistantText {
+                    text: answer.clone(),
+                    partial: false,
+                }));
             let _ = self.events.send(ExecEvent::Stream(StreamEvent::Final));
         }
         Ending::new(
