@@ -11,34 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
+mod support;
+
 use kokino_cli::StreamEvent;
 use kokino_core::{CliType, OutcomeClass};
 use kokino_exec::tmux::{CompletionSignal, TmuxConfig, TmuxRun};
 use kokino_exec::{procfs, CancellationToken, ExecEvent, Limits, TmuxExecutor, TmuxRequest};
+use support::fake_agent;
 use tokio::sync::mpsc;
-
-/// The fake agent binary next to this test's binary (`<target>/debug/kokino-fake-agent`),
-/// built once if `cargo test -p kokino-exec` did not build it.
-fn fake_agent() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        // <target>/debug/deps/tmux-<hash> → <target>/debug
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let bin = profile_dir.join("kokino-fake-agent");
-        if !bin.exists() {
-            let target_dir = profile_dir.parent().expect("target root");
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "kokino-fake-agent"])
-                .env("CARGO_TARGET_DIR", target_dir)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo build the fake agent");
-            assert!(status.success(), "building kokino-fake-agent failed");
-        }
-        bin
-    })
-}
 
 /// The tmux binary on `PATH`, looked up once.
 fn tmux() -> Option<&'static Path> {
