@@ -18,7 +18,9 @@ fn claude_transcript_capture_reads_as_one_finished_turn() {
         parser.feed_line(line, &mut out);
     }
     assert!(parser.prompt_seen());
-    let end = parser.turn_end().expect("the capture holds a finished turn");
+    let end = parser
+        .turn_end()
+        .expect("the capture holds a finished turn");
     assert_eq!(end.answer, "FAKE_ANSWER: 4");
     assert_eq!(end.class, OutcomeClass::Success);
     assert_eq!(end.error, None);

@@ -56,7 +56,9 @@ fn parse_options() -> Result<Options, String> {
             "--cwd" => opts.cwd = Some(PathBuf::from(value("--cwd")?)),
             "--timeout-ms" => {
                 let v = value("--timeout-ms")?;
-                let ms = v.parse().map_err(|_| format!("--timeout-ms {v}: not a number"))?;
+                let ms = v
+                    .parse()
+                    .map_err(|_| format!("--timeout-ms {v}: not a number"))?;
                 opts.timeout = Duration::from_millis(ms);
             }
             _ => words.push(arg),
@@ -64,9 +66,11 @@ fn parse_options() -> Result<Options, String> {
     }
     opts.prompt = words.join(" ");
     if opts.prompt.is_empty() {
-        return Err("usage: run_headless [--cli TYPE] [--binary PATH] [--cwd DIR] \
+        return Err(
+            "usage: run_headless [--cli TYPE] [--binary PATH] [--cwd DIR] \
                     [--timeout-ms N] PROMPT..."
-            .into());
+                .into(),
+        );
     }
     Ok(opts)
 }
@@ -162,7 +166,11 @@ async fn main() -> ExitCode {
         }
         (outcome, _) => {
             let message = result.error_message().unwrap_or_default();
-            eprintln!("{} failed ({}): {message}", opts.cli.as_str(), outcome.as_str());
+            eprintln!(
+                "{} failed ({}): {message}",
+                opts.cli.as_str(),
+                outcome.as_str()
+            );
             ExitCode::FAILURE
         }
     }

@@ -48,5 +48,8 @@ fn the_example_reports_a_failed_run_on_stderr_with_status_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty());
-    assert!(stderr.contains("claude-code failed (auth_error)"), "{stderr}");
+    assert!(
+        stderr.contains("claude-code failed (auth_error)"),
+        "{stderr}"
+    );
 }

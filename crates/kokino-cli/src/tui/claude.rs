@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use kokino_core::{CliType, OutcomeClass};
 use serde_json::Value;
 
-use super::{TranscriptContext, TranscriptParser, TranscriptSource, TurnEnd, Tui};
+use super::{TranscriptContext, TranscriptParser, TranscriptSource, Tui, TurnEnd};
 use crate::{SessionArg, StreamEvent};
 
 /// Claude Code's TUI.

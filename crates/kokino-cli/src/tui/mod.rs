@@ -345,9 +345,7 @@ mod tests {
         assert_eq!(claude.extract_answer(&working, 2), None);
         let codex = v(&["› a", "echo: a", "›"]);
         assert_eq!(
-            tui_for(CliType::Codex)
-                .extract_answer(&codex, 1)
-                .as_deref(),
+            tui_for(CliType::Codex).extract_answer(&codex, 1).as_deref(),
             Some("echo: a")
         );
     }

@@ -18,10 +18,7 @@ fn profile_dir() -> PathBuf {
 
 /// Runs `cargo build` with `args` into this test's own target directory.
 fn cargo_build(args: &[&str]) {
-    let target_root = profile_dir()
-        .parent()
-        .expect("target root")
-        .to_path_buf();
+    let target_root = profile_dir().parent().expect("target root").to_path_buf();
     let status = Command::new(env!("CARGO"))
         .arg("build")
         .args(args)
