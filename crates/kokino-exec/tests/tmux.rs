@@ -604,3 +604,70 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
     .await;
     out.into_iter().map(|v| v.expect("ready")).collect()
 }
+
+/// A profile of an embedder's own: the executor takes any `Tui` as a trait object. This one
+/// recognises a login screen as blocking, so the run fails at once with `auth_error` and the
+/// screen's words, long before the startup timeout, and leaves no process.
+#[derive(Debug)]
+struct LoginScreenTui;
+
+impl kokino_cli::Tui for LoginScreenTui {
+    fn cli(&self) -> CliType {
+        CliType::FactoryDroid
+    }
+    fn interactive_args(
+        &self,
+        _session: kokino_cli::SessionArg<'_>,
+        _model: Option<&str>,
+    ) -> Vec<String> {
+        Vec::new()
+    }
+    fn is_prompt_line(&self, line: &str) -> bool {
+        line.trim() == ">"
+    }
+    fn prompt_output_suffix(&self) -> &'static [u8] {
+        b"> "
+    }
+    fn read_startup_screen(&self, screen: &str) -> kokino_cli::tui::StartupScreen {
+        if screen.contains("Please login") {
+            kokino_cli::tui::StartupScreen::Blocked {
+                class: OutcomeClass::AuthError,
+                reason: "it asks for a login".into(),
+            }
+        } else {
+            kokino_cli::tui::StartupScreen::NotYet
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_screen_fails_fast_with_its_class() {
+    if !tmux_available() {
+        return;
+    }
+    let w = World::new();
+    let mut req = w.request(CliType::FactoryDroid, "login", "hello");
+    req.tui = std::sync::Arc::new(LoginScreenTui);
+    req.program = "/bin/sh".into();
+    req.args = vec![
+        "-c".into(),
+        "echo 'Please login with your Factory account to continue.'; sleep 100".into(),
+    ];
+    let (run, _) = w.run(req).await;
+    assert_eq!(run.result.outcome, OutcomeClass::AuthError);
+    let msg = run.result.error_message().unwrap_or_default();
+    assert!(msg.contains("it asks for a login"), "{msg}");
+    assert!(
+        msg.contains("Please login with your Factory account"),
+        "{msg}"
+    );
+    // The startup timeout is 10 s here; a blocking screen must not wait for it.
+    assert!(
+        run.result.duration < Duration::from_secs(5),
+        "{:?}",
+        run.result.duration
+    );
+    assert!(!group_alive(run.result.pid.unwrap()));
+    assert!(!w.exec.has_session("login").await);
+    w.exec.kill_server().await;
+}
