@@ -62,7 +62,10 @@ impl AlertRule {
 
     /// The labels as amtool arguments, `key=value`.
     fn amtool_args(&self) -> Vec<String> {
-        self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        self.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 }
 
@@ -176,7 +179,8 @@ fn expected_receivers(rule: &AlertRule) -> Result<(&'static str, &'static str), 
 }
 
 fn read(rel: &str) -> String {
-    std::fs::read_to_string(workspace_root().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    std::fs::read_to_string(workspace_root().join(rel))
+        .unwrap_or_else(|e| panic!("read {rel}: {e}"))
 }
 
 // ------------------------------------------------------------------------------- tools
@@ -245,7 +249,11 @@ fn routes_test(bin: &Path, labels: &[String]) -> (BTreeSet<String>, String) {
     let (ok, out, err) = amtool(bin, &args);
     assert!(ok, "amtool {args:?} failed:\n{out}\n{err}");
     // The last non-empty line is the comma-separated receiver list; the tree comes before it.
-    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     let receivers = last.split(',').map(|s| s.trim().to_owned()).collect();
     (receivers, out)
 }
@@ -332,7 +340,9 @@ groups:
         BTreeMap::from([("scope".to_owned(), "cli".to_owned())])
     );
     assert_eq!(
-        expression_labels("expr: max by (cli) (y) == 1\nhistogram_quantile(0.95, sum by (le) (z))\n"),
+        expression_labels(
+            "expr: max by (cli) (y) == 1\nhistogram_quantile(0.95, sum by (le) (z))\n"
+        ),
         BTreeMap::from([("cli".to_owned(), "claude-code".to_owned())])
     );
     assert!(expected_receivers(&rules[3])
@@ -356,8 +366,14 @@ fn alertmanager_config_passes_amtool_check_config() {
         "{CONFIG} must read webhook URLs from files (api_url_file), never hold one"
     );
     for (_, channel, lead) in ESCALATION {
-        assert!(config.contains(&format!("- name: {channel}\n")), "receiver {channel}");
-        assert!(config.contains(&format!("- name: {lead}\n")), "receiver {lead}");
+        assert!(
+            config.contains(&format!("- name: {channel}\n")),
+            "receiver {channel}"
+        );
+        assert!(
+            config.contains(&format!("- name: {lead}\n")),
+            "receiver {lead}"
+        );
         assert!(
             config.contains(&format!("channel: '#{channel}'")),
             "receiver {channel} posts to #{channel}"
@@ -404,7 +420,10 @@ fn every_alert_of_the_rules_file_routes_to_its_channel_and_lead() {
                 rule.label("severity")
             ));
         }
-        table.push(format!("{:<60} -> {channel}, escalates to {lead}", rule.describe()));
+        table.push(format!(
+            "{:<60} -> {channel}, escalates to {lead}",
+            rule.describe()
+        ));
     }
     eprintln!("alert routes:\n  {}", table.join("\n  "));
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -444,7 +463,10 @@ impl Alertmanager {
         let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--cluster.listen-address=")
             .stdout(Stdio::null())
@@ -466,7 +488,8 @@ impl Alertmanager {
             assert!(
                 Instant::now() < deadline,
                 "Alertmanager did not become ready:\n{}",
-                std::fs::read_to_string(am._dir.path().join("alertmanager.log")).unwrap_or_default()
+                std::fs::read_to_string(am._dir.path().join("alertmanager.log"))
+                    .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -489,7 +512,11 @@ mod http {
         rt().block_on(async { Ok(Client::new().get(url).send().await?.status().as_u16()) })
     }
 
-    pub fn blocking_json(method: Method, url: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    pub fn blocking_json(
+        method: Method,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
         rt().block_on(async {
             let mut req = Client::new().request(method, url);
             if let Some(b) = body {
@@ -551,8 +578,19 @@ fn post(am: &Alertmanager, rules: &[&AlertRule]) {
     );
 }
 
-/// The alerts Alertmanager holds: labels → (state, names of the inhibiting alerts, receivers).
-fn alert_states(am: &Alertmanager) -> Vec<(BTreeMap<String, String>, String, Vec<String>, Vec<String>)> {
+/// An alert as Alertmanager holds it.
+#[derive(Debug)]
+struct AlertState {
+    labels: BTreeMap<String, String>,
+    /// `active` or `suppressed`.
+    state: String,
+    /// `alertname/scope-or-severity` of the alerts inhibiting it.
+    inhibited_by: Vec<String>,
+    receivers: Vec<String>,
+}
+
+/// The alerts Alertmanager holds.
+fn alert_states(am: &Alertmanager) -> Vec<AlertState> {
     let all = http::blocking_json(
         reqwest::Method::GET,
         &format!("{}/api/v2/alerts", am.base),
@@ -596,12 +634,12 @@ fn alert_states(am: &Alertmanager) -> Vec<(BTreeMap<String, String>, String, Vec
                 .iter()
                 .map(|r| r["name"].as_str().unwrap_or("").to_owned())
                 .collect();
-            (
+            AlertState {
                 labels,
-                a["status"]["state"].as_str().unwrap_or("").to_owned(),
+                state: a["status"]["state"].as_str().unwrap_or("").to_owned(),
                 inhibited_by,
                 receivers,
-            )
+            }
         })
         .collect()
 }
@@ -614,15 +652,14 @@ fn wait_for(am: &Alertmanager, r: &AlertRule, state: &str, by: &[&str]) {
     let want: BTreeSet<String> = by.iter().map(|s| s.to_string()).collect();
     loop {
         let states = alert_states(am);
-        let found = states.iter().find(|(l, ..)| *l == r.labels);
-        if let Some((_, s, inhibited_by, _)) = found {
-            let got: BTreeSet<String> = inhibited_by.iter().cloned().collect();
+        if let Some(found) = states.iter().find(|a| a.labels == r.labels) {
+            let got: BTreeSet<String> = found.inhibited_by.iter().cloned().collect();
             let by_ok = if want.is_empty() {
                 got.is_empty()
             } else {
                 !got.is_empty() && got.is_subset(&want)
             };
-            if s == state && by_ok {
+            if found.state == state && by_ok {
                 return;
             }
         }
@@ -649,8 +686,16 @@ fn inhibitions_hold_with_the_labels_the_rules_carry() {
     let rules = alert_rules(&read(RULES));
     let agent_breaker = rule(&rules, "KokinoCircuitBreakerOpened", &[("scope", "agent")]);
     let cli_breaker = rule(&rules, "KokinoCircuitBreakerOpened", &[("scope", "cli")]);
-    let burn_ticket = rule(&rules, "KokinoAvailabilityErrorBudgetBurn", &[("severity", "ticket")]);
-    let burn_page = rule(&rules, "KokinoAvailabilityErrorBudgetBurn", &[("long_window", "1h")]);
+    let burn_ticket = rule(
+        &rules,
+        "KokinoAvailabilityErrorBudgetBurn",
+        &[("severity", "ticket")],
+    );
+    let burn_page = rule(
+        &rules,
+        "KokinoAvailabilityErrorBudgetBurn",
+        &[("long_window", "1h")],
+    );
     let latency = rule(&rules, "KokinoLatencySLOBreach", &[]);
     let store = rule(&rules, "KokinoStoreUnavailable", &[]);
     let environment = rule(&rules, "KokinoEnvironmentDegraded", &[]);
@@ -662,14 +707,19 @@ fn inhibitions_hold_with_the_labels_the_rules_carry() {
         wait_for(&am, r, "active", &[]);
         let (channel, lead) = expected_receivers(r).unwrap();
         let states = alert_states(&am);
-        let (_, _, _, receivers) = states.iter().find(|(l, ..)| *l == r.labels).unwrap();
-        let got: BTreeSet<&str> = receivers.iter().map(String::as_str).collect();
+        let found = states.iter().find(|a| a.labels == r.labels).unwrap();
+        let got: BTreeSet<&str> = found.receivers.iter().map(String::as_str).collect();
         assert_eq!(got, BTreeSet::from([channel, lead]), "{}", r.describe());
     }
 
     // An open CLI breaker silences the agent breakers, nothing else.
     post(&am, &[cli_breaker]);
-    wait_for(&am, agent_breaker, "suppressed", &["KokinoCircuitBreakerOpened/cli"]);
+    wait_for(
+        &am,
+        agent_breaker,
+        "suppressed",
+        &["KokinoCircuitBreakerOpened/cli"],
+    );
     wait_for(&am, burn_ticket, "active", &[]);
 
     // A paging burn rate makes the 1x ticket redundant.
@@ -684,7 +734,12 @@ fn inhibitions_hold_with_the_labels_the_rules_carry() {
     // A store outage suppresses the SLO alerts it causes (the page included), not the
     // environment alert or the store alert itself.
     post(&am, &[store]);
-    wait_for(&am, burn_page, "suppressed", &["KokinoStoreUnavailable/page"]);
+    wait_for(
+        &am,
+        burn_page,
+        "suppressed",
+        &["KokinoStoreUnavailable/page"],
+    );
     wait_for(&am, latency, "suppressed", &["KokinoStoreUnavailable/page"]);
     wait_for(
         &am,
@@ -729,7 +784,10 @@ fn routing_commands_of_the_docs_work_as_written() {
             .filter(|(m, _)| m.as_deref().is_some_and(|m| m.contains(DOC_MARKER)))
             .map(|(_, b)| b)
             .collect();
-        assert!(!blocks.is_empty(), "{doc} has no routing blocks marked {DOC_MARKER}");
+        assert!(
+            !blocks.is_empty(),
+            "{doc} has no routing blocks marked {DOC_MARKER}"
+        );
         for body in blocks {
             let mut script = String::from("set -euo pipefail\n");
             if body.contains("localhost:9093") {
@@ -776,15 +834,24 @@ fn routing_commands_of_the_docs_work_as_written() {
         let f = am_dir.join("secrets").join(format!("slack-{channel}.url"));
         let meta = std::fs::metadata(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(meta.permissions().mode() & 0o077, 0, "{} is private", f.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o077,
+            0,
+            "{} is private",
+            f.display()
+        );
     }
     // The documented test alert reached the running Alertmanager and was routed to ops.
     let am = am.expect("a block talks to the running Alertmanager");
     let states = alert_states(&am);
-    let (_, _, _, receivers) = states
+    let test_alert = states
         .iter()
-        .find(|(l, ..)| l.get("alertname").is_some_and(|n| n == "KokinoRoutingTest"))
+        .find(|a| {
+            a.labels
+                .get("alertname")
+                .is_some_and(|n| n == "KokinoRoutingTest")
+        })
         .unwrap_or_else(|| panic!("the documented test alert is not in Alertmanager: {states:#?}"));
-    let got: BTreeSet<&str> = receivers.iter().map(String::as_str).collect();
+    let got: BTreeSet<&str> = test_alert.receivers.iter().map(String::as_str).collect();
     assert_eq!(got, BTreeSet::from(["ops-alerts", "ops-lead"]));
 }
