@@ -111,6 +111,9 @@ async fn health(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    // The store's reachability is measured per scrape, so `kokino_store_up` is as fresh as the
+    // rest of the exposition (the store-outage alert reads it).
+    s.broker.record_store_up().await;
     (
         [(
             header::CONTENT_TYPE,

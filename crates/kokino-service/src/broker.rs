@@ -2246,6 +2246,19 @@ impl Broker {
         }
     }
 
+    /// Pings the store and records the answer in `kokino_store_up`, for the scrape that asked.
+    /// The ping is bounded by two seconds: a database that hangs instead of refusing must not
+    /// stall the scrape past Prometheus's timeout, which would hide the outage as a missing
+    /// target instead of reporting it.
+    pub async fn record_store_up(&self) -> bool {
+        let up = matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.inner.store.ping()).await,
+            Ok(Ok(()))
+        );
+        metrics::gauge!(telemetry::STORE_UP).set(if up { 1.0 } else { 0.0 });
+        up
+    }
+
     /// Stops accepting executions, cancels the running ones (recorded as `cancelled`) and waits
     /// for them to finish, so that no CLI outlives the broker.
     pub async fn shutdown(&self) {

@@ -38,6 +38,7 @@ pub const SHADOW_RESULTS_TOTAL: &str = "kokino_shadow_results_total";
 pub const SHADOW_SIMILARITY: &str = "kokino_shadow_similarity_ratio";
 pub const SHADOW_LATENCY_DELTA: &str = "kokino_shadow_latency_delta_seconds";
 pub const ENV_CHECK_FAILING: &str = "kokino_env_check_failing";
+pub const STORE_UP: &str = "kokino_store_up";
 
 pub const METRICS: &[MetricDef] = &[
     MetricDef {
@@ -111,6 +112,12 @@ pub const METRICS: &[MetricDef] = &[
         kind: "gauge",
         labels: &[],
         help: "Integrity issues found by the latest integrity check (0 when clean).",
+    },
+    MetricDef {
+        name: STORE_UP,
+        kind: "gauge",
+        labels: &[],
+        help: "1 when the store answered a ping at this scrape (within 2 s), 0 when it did not.",
     },
     MetricDef {
         name: CIRCUIT_BREAKERS,

@@ -36,7 +36,7 @@ const NOT_PROVOKED: &[(&str, &str)] = &[
 ];
 
 /// The playbook anchors the alerts' `runbook_url`s must point at, one per alert.
-const PLAYBOOK_ANCHORS: [&str; 8] = [
+const PLAYBOOK_ANCHORS: [&str; 9] = [
     "availability-slo-burn",
     "latency-slo",
     "correctness-shadow-mismatch",
@@ -45,6 +45,7 @@ const PLAYBOOK_ANCHORS: [&str; 8] = [
     "environment-degraded",
     "circuit-breaker-opened",
     "lock-timeouts",
+    "store-unavailable",
 ];
 
 const RULES: &str = "deploy/prometheus/kokino-alerts.yml";
@@ -441,8 +442,8 @@ fn every_alert_is_labelled_annotated_and_linked_to_its_playbook() {
     }
     assert_eq!(
         names.len(),
-        8,
-        "the eight alerts of the playbooks: {names:?}"
+        9,
+        "the nine alerts of the playbooks: {names:?}"
     );
     assert_eq!(
         anchors,

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod alert_routing;
 mod bad_input;
 mod cluster;
 mod deploy;
