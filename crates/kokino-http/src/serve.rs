@@ -184,6 +184,9 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a connection must have been quiet before it is closed to make room for a new one.
+const EVICTION_GRACE_MS: u64 = 250;
+
 enum Verdict {
     /// Close now, without waiting for anything (a half-sent request).
     Abort,
@@ -252,7 +255,10 @@ impl Conn {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = self.pressure.notified() => {
-                    if activity.idle() {
+                    // A connection accepted a moment ago may not have had its request read yet;
+                    // only one quiet for a little while is idle enough to make room.
+                    let quiet = activity.now().saturating_sub(activity.last_io.load(Ordering::Relaxed));
+                    if activity.idle() && quiet >= EVICTION_GRACE_MS {
                         return Verdict::Graceful;
                     }
                 }
