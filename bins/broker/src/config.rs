@@ -43,15 +43,27 @@ pub struct Args {
     pub log_format: Option<String>,
     /// A binary, or a directory of binaries, an agent's `binary` may name (repeatable; the
     /// variable takes a comma-separated list). Replaces the config file's `allowed_binaries`.
-    #[arg(long = "allow-binary", env = "KOKINO_ALLOW_BINARY", value_delimiter = ',')]
+    #[arg(
+        long = "allow-binary",
+        env = "KOKINO_ALLOW_BINARY",
+        value_delimiter = ','
+    )]
     pub allow_binary: Vec<String>,
     /// An extra `Host` name the broker answers to, `name` or `name:port` (repeatable). Replaces
     /// the config file's `http.allowed_hosts`.
-    #[arg(long = "allowed-host", env = "KOKINO_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-host",
+        env = "KOKINO_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     pub allowed_host: Vec<String>,
     /// An extra browser `Origin` allowed to call the API, e.g. `https://dash.example.com`
     /// (repeatable). Replaces the config file's `http.allowed_origins`.
-    #[arg(long = "allowed-origin", env = "KOKINO_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "KOKINO_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origin: Vec<String>,
     /// Serve `/metrics` without the token (for a Prometheus that has none).
     #[arg(long, env = "KOKINO_PUBLIC_METRICS")]

@@ -58,9 +58,8 @@ fn restrict(path: &Path, mode: u32) -> Result<()> {
         .mode()
         & 0o777;
     if current != mode {
-        std::fs::set_permissions(path, Permissions::from_mode(mode)).with_context(|| {
-            format!("cannot make {} private (mode {mode:o})", path.display())
-        })?;
+        std::fs::set_permissions(path, Permissions::from_mode(mode))
+            .with_context(|| format!("cannot make {} private (mode {mode:o})", path.display()))?;
         tracing::info!(path = %path.display(), from = format!("{current:o}"), to = format!("{mode:o}"), "narrowed permissions");
     }
     Ok(())

@@ -209,7 +209,10 @@ async fn assert_clean_after_failure(w: &World, b: &Broker, agent: &str) {
 async fn failing_clis_get_the_spec_status_and_leave_nothing_behind() {
     let w = World::new();
     // The operator allows the two odd binaries this test registers.
-    let allowed = format!("{},/nonexistent/claude,/bin/true", w.path().join("bin").display());
+    let allowed = format!(
+        "{},/nonexistent/claude,/bin/true",
+        w.path().join("bin").display()
+    );
     let b = w.start_with(&["--allow-binary", &allowed], &[]);
     // A binary that does not exist.
     w.register(

@@ -26,8 +26,13 @@ async fn the_data_directory_and_database_files_are_private() {
     std::fs::create_dir_all(w.data_dir()).unwrap();
     std::fs::set_permissions(w.data_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let b = w.start();
-    w.register(&b, "p", "codex", json!({"env": {"OPENAI_API_KEY": "sk-secret"}}))
-        .await;
+    w.register(
+        &b,
+        "p",
+        "codex",
+        json!({"env": {"OPENAI_API_KEY": "sk-secret"}}),
+    )
+    .await;
     let (s, v) = b.execute("p", "hello").await;
     assert_eq!(s, 200, "{v}");
     let dir = w.data_dir();
@@ -66,7 +71,10 @@ async fn a_config_declared_agent_obeys_the_same_policy() {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/bin/sh") && err.contains("not allowed"), "{err}");
+    assert!(
+        err.contains("/bin/sh") && err.contains("not allowed"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -119,13 +127,16 @@ async fn a_web_page_cannot_register_a_shell() {
 /// was still open after `limit`.
 fn time_to_close(mut s: TcpStream, limit: Duration) -> Option<Duration> {
     let start = Instant::now();
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut buf = [0u8; 4096];
     while start.elapsed() < limit {
         match s.read(&mut buf) {
             Ok(0) => return Some(start.elapsed()),
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return Some(start.elapsed()),
         }
     }
@@ -136,7 +147,12 @@ fn time_to_close(mut s: TcpStream, limit: Duration) -> Option<Duration> {
 async fn half_sent_and_idle_connections_are_closed() {
     let w = World::new();
     let b = w.start_with(
-        &["--header-read-timeout-ms", "300", "--idle-timeout-ms", "600"],
+        &[
+            "--header-read-timeout-ms",
+            "300",
+            "--idle-timeout-ms",
+            "600",
+        ],
         &[],
     );
     let addr = b.base.trim_start_matches("http://").to_owned();
@@ -145,17 +161,26 @@ async fn half_sent_and_idle_connections_are_closed() {
     half.write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
         .unwrap();
     let closed = time_to_close(half, Duration::from_secs(5));
-    assert!(closed.is_some_and(|d| d < Duration::from_secs(3)), "{closed:?}");
+    assert!(
+        closed.is_some_and(|d| d < Duration::from_secs(3)),
+        "{closed:?}"
+    );
     // A connection that says nothing at all.
     let silent = TcpStream::connect(&addr).unwrap();
     let closed = time_to_close(silent, Duration::from_secs(5));
-    assert!(closed.is_some_and(|d| d < Duration::from_secs(3)), "{closed:?}");
+    assert!(
+        closed.is_some_and(|d| d < Duration::from_secs(3)),
+        "{closed:?}"
+    );
     // An idle keep-alive connection after a complete request.
     let mut kept = TcpStream::connect(&addr).unwrap();
     kept.write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .unwrap();
     let closed = time_to_close(kept, Duration::from_secs(5));
-    assert!(closed.is_some_and(|d| d < Duration::from_secs(3)), "{closed:?}");
+    assert!(
+        closed.is_some_and(|d| d < Duration::from_secs(3)),
+        "{closed:?}"
+    );
     // The broker serves on.
     let (s, _) = b.get("/health").await;
     assert_eq!(s, 200);
@@ -194,7 +219,9 @@ async fn idle_connections_beyond_the_limit_do_not_break_executions() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Five times the limit of connections that say nothing.
-    let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // A new client still gets through, well before any idle timeout.
     let started = Instant::now();
@@ -206,7 +233,11 @@ async fn idle_connections_beyond_the_limit_do_not_break_executions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let (status, body) = running.await.unwrap();
     assert_eq!(status, 200, "the running execution was not harmed: {body}");
     assert!(body.contains("slow one"), "{body}");

@@ -14,28 +14,70 @@ use crate::CoreError;
 /// Environment variables an agent's `env` may not set, with the reason each one is refused.
 /// Compared case-insensitively, so that a near miss is refused too.
 pub const DENIED_ENV_VARS: &[(&str, &str)] = &[
-    ("PATH", "decides which programs are found, including the interpreter of `#!/usr/bin/env node` CLIs"),
+    (
+        "PATH",
+        "decides which programs are found, including the interpreter of `#!/usr/bin/env node` CLIs",
+    ),
     ("SHELL", "is the shell CLIs run their tool commands with"),
-    ("BASH_ENV", "is a script every non-interactive bash runs before its command"),
-    ("ENV", "is a script every POSIX sh (dash, ash) runs at start"),
+    (
+        "BASH_ENV",
+        "is a script every non-interactive bash runs before its command",
+    ),
+    (
+        "ENV",
+        "is a script every POSIX sh (dash, ash) runs at start",
+    ),
     ("ZDOTDIR", "is where zsh reads its start-up scripts from"),
-    ("PROMPT_COMMAND", "is a command bash runs before every prompt"),
-    ("SHELLOPTS", "turns on bash options (xtrace with PS4 runs code) before any script line"),
+    (
+        "PROMPT_COMMAND",
+        "is a command bash runs before every prompt",
+    ),
+    (
+        "SHELLOPTS",
+        "turns on bash options (xtrace with PS4 runs code) before any script line",
+    ),
     ("BASHOPTS", "turns on bash options before any script line"),
     ("PS4", "is expanded (and can run commands) by bash's xtrace"),
     ("IFS", "changes how every shell splits words"),
-    ("GCONV_PATH", "makes glibc load character-conversion modules (shared libraries) from a directory"),
-    ("GLIBC_TUNABLES", "is parsed by the dynamic loader before the program runs"),
+    (
+        "GCONV_PATH",
+        "makes glibc load character-conversion modules (shared libraries) from a directory",
+    ),
+    (
+        "GLIBC_TUNABLES",
+        "is parsed by the dynamic loader before the program runs",
+    ),
     ("LOCPATH", "makes glibc load locale data from a directory"),
-    ("NODE_OPTIONS", "passes options such as `--require` (preload a module) to every Node.js process"),
+    (
+        "NODE_OPTIONS",
+        "passes options such as `--require` (preload a module) to every Node.js process",
+    ),
     ("NODE_PATH", "adds directories Node.js loads modules from"),
     ("CLASSPATH", "decides where Java loads classes from"),
-    ("JAVA_TOOL_OPTIONS", "passes options such as `-javaagent` to every JVM"),
-    ("_JAVA_OPTIONS", "passes options such as `-javaagent` to every JVM"),
-    ("JDK_JAVA_OPTIONS", "passes options such as `-javaagent` to the `java` launcher"),
-    ("OPENSSL_CONF", "can make OpenSSL load engines (shared libraries)"),
-    ("OPENSSL_ENGINES", "is where OpenSSL loads engines (shared libraries) from"),
-    ("LUA_INIT", "is Lua code every Lua interpreter runs at start"),
+    (
+        "JAVA_TOOL_OPTIONS",
+        "passes options such as `-javaagent` to every JVM",
+    ),
+    (
+        "_JAVA_OPTIONS",
+        "passes options such as `-javaagent` to every JVM",
+    ),
+    (
+        "JDK_JAVA_OPTIONS",
+        "passes options such as `-javaagent` to the `java` launcher",
+    ),
+    (
+        "OPENSSL_CONF",
+        "can make OpenSSL load engines (shared libraries)",
+    ),
+    (
+        "OPENSSL_ENGINES",
+        "is where OpenSSL loads engines (shared libraries) from",
+    ),
+    (
+        "LUA_INIT",
+        "is Lua code every Lua interpreter runs at start",
+    ),
     ("LUA_PATH", "decides where Lua loads modules from"),
     ("LUA_CPATH", "decides where Lua loads native modules from"),
     ("GIT_SSH", "is a program git runs for SSH remotes"),
@@ -48,7 +90,10 @@ pub const DENIED_ENV_VARS: &[(&str, &str)] = &[
     ("GIT_EDITOR", "is a program git runs"),
     ("GIT_PAGER", "is a program git runs"),
     ("GIT_EXTERNAL_DIFF", "is a program git runs"),
-    ("GIT_TEMPLATE_DIR", "holds hooks git copies into new repositories"),
+    (
+        "GIT_TEMPLATE_DIR",
+        "holds hooks git copies into new repositories",
+    ),
     ("EDITOR", "is a program tools run to edit text"),
     ("VISUAL", "is a program tools run to edit text"),
     ("PAGER", "is a program tools run to page output"),
@@ -71,7 +116,11 @@ pub fn denied_env_var(name: &str) -> Option<&'static str> {
     DENIED_ENV_VARS
         .iter()
         .find(|(n, _)| *n == upper)
-        .or_else(|| DENIED_ENV_PREFIXES.iter().find(|(p, _)| upper.starts_with(p)))
+        .or_else(|| {
+            DENIED_ENV_PREFIXES
+                .iter()
+                .find(|(p, _)| upper.starts_with(p))
+        })
         .map(|(_, why)| *why)
 }
 
@@ -102,7 +151,8 @@ impl BinaryAllowlist {
         let mut out = Vec::new();
         for e in entries {
             let e = e.as_ref();
-            let path = normalize(e).ok_or_else(|| CoreError::InvalidAllowlistEntry(e.to_owned()))?;
+            let path =
+                normalize(e).ok_or_else(|| CoreError::InvalidAllowlistEntry(e.to_owned()))?;
             out.push(path);
         }
         Ok(BinaryAllowlist { entries: out })
@@ -167,9 +217,15 @@ mod tests {
         assert!(l.check("/bin/sh", &[]).is_err());
         assert!(l.check("sh", &["claude"]).is_err());
         assert!(l.check("claude", &["claude", "/usr/bin/claude"]).is_ok());
-        assert!(l.check("/usr/bin/claude", &["claude", "/usr/bin/claude"]).is_ok());
-        assert!(l.check("/usr/bin//./claude", &["claude", "/usr/bin/claude"]).is_ok());
-        assert!(l.check("/usr/bin/codex", &["claude", "/usr/bin/claude"]).is_err());
+        assert!(l
+            .check("/usr/bin/claude", &["claude", "/usr/bin/claude"])
+            .is_ok());
+        assert!(l
+            .check("/usr/bin//./claude", &["claude", "/usr/bin/claude"])
+            .is_ok());
+        assert!(l
+            .check("/usr/bin/codex", &["claude", "/usr/bin/claude"])
+            .is_err());
     }
 
     #[test]
@@ -218,7 +274,14 @@ mod tests {
         ] {
             assert!(denied_env_var(name).is_some(), "{name}");
         }
-        for name in ["HOME", "ANTHROPIC_API_KEY", "LANG", "ENVIRONMENT", "NODE_ENV", "TERM"] {
+        for name in [
+            "HOME",
+            "ANTHROPIC_API_KEY",
+            "LANG",
+            "ENVIRONMENT",
+            "NODE_ENV",
+            "TERM",
+        ] {
             assert!(denied_env_var(name).is_none(), "{name}");
         }
         let env = ["HOME".to_owned(), "LD_PRELOAD".to_owned()];

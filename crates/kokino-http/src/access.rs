@@ -67,11 +67,13 @@ impl AccessPolicy {
         if name == "localhost" {
             return true;
         }
-        match name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        match name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             // An IP literal cannot be rebound by DNS; it must be one this broker listens on.
-            Ok(ip) => {
-                ip.is_loopback() || ip == self.bind.ip() || self.bind.ip().is_unspecified()
-            }
+            Ok(ip) => ip.is_loopback() || ip == self.bind.ip() || self.bind.ip().is_unspecified(),
             Err(_) => false,
         }
     }

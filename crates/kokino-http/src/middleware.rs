@@ -80,7 +80,9 @@ pub fn catch_panics<S>(router: axum::Router<S>) -> axum::Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_response,
+    ))
 }
 
 pub(crate) fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

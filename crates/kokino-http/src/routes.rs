@@ -803,7 +803,12 @@ async fn cleanup_events(
         Some(d) => in_range(u64::from(d), "retentionDays", 1, MAX_RETENTION_DAYS)? as u32,
         None => 90,
     };
-    let days = bounded(q.days.as_deref(), "days", default, MAX_RETENTION_DAYS as u32)?;
+    let days = bounded(
+        q.days.as_deref(),
+        "days",
+        default,
+        MAX_RETENTION_DAYS as u32,
+    )?;
     let deleted = s.broker.cleanup_events(days).await?;
     Ok(Json(json!({ "deleted": deleted, "retentionDays": days })))
 }

@@ -150,12 +150,9 @@ impl Activity {
         let now = self.now();
         self.last_io.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Acquire) == 0 {
-            let _ = self.head_since.compare_exchange(
-                0,
-                now + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            let _ =
+                self.head_since
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 
@@ -277,8 +274,7 @@ impl Conn {
                 tracing::debug!("closing a connection whose request head did not arrive in time");
                 return Verdict::Abort;
             }
-            if head == 0 && now.saturating_sub(activity.last_io.load(Ordering::Relaxed)) > idle_ms
-            {
+            if head == 0 && now.saturating_sub(activity.last_io.load(Ordering::Relaxed)) > idle_ms {
                 return Verdict::Graceful;
             }
         }
@@ -343,10 +339,7 @@ impl AsyncWrite for WatchedIo {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -69,7 +69,12 @@ async fn harness(opts: Options) -> Harness {
 }
 
 /// A request as curl would send it to `localhost:5050`, plus `headers`.
-fn request(method: Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Request<Body> {
+fn request(
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Request<Body> {
     let mut b = Request::builder()
         .method(method)
         .uri(path)
@@ -101,7 +106,10 @@ async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
 fn assert_error(status: StatusCode, body: &Value, want: u16, code: &str) {
     assert_eq!(status.as_u16(), want, "{body}");
     assert_eq!(body["code"], code, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
     assert!(body["details"].is_object(), "{body}");
 }
 
@@ -131,7 +139,10 @@ async fn register_validates_before_storing_anything() {
     let cwd = h._dir.path().display().to_string();
     let cases = [
         (json!({"agentId": "a", "type": "vim"}), "type"),
-        (json!({"agentId": "a", "type": "codex", "timeoutMs": 0}), "timeoutMs"),
+        (
+            json!({"agentId": "a", "type": "codex", "timeoutMs": 0}),
+            "timeoutMs",
+        ),
         (
             json!({"agentId": "a", "type": "codex", "timeoutMs": u64::MAX}),
             "timeoutMs",
@@ -140,11 +151,21 @@ async fn register_validates_before_storing_anything() {
             json!({"agentId": "a", "type": "codex", "maxMemoryMB": u64::MAX}),
             "maxMemoryMB",
         ),
-        (json!({"agentId": "a", "type": "codex", "cwd": "/no/such/dir"}), "cwd"),
-        (json!({"agentId": "a", "type": "codex", "extra": 1}), "extra"),
+        (
+            json!({"agentId": "a", "type": "codex", "cwd": "/no/such/dir"}),
+            "cwd",
+        ),
+        (
+            json!({"agentId": "a", "type": "codex", "extra": 1}),
+            "extra",
+        ),
     ];
     for (body, field) in cases {
-        let (s, v) = call(&h.app, request(Method::POST, "/agents/register", Some(body.clone()), &[])).await;
+        let (s, v) = call(
+            &h.app,
+            request(Method::POST, "/agents/register", Some(body.clone()), &[]),
+        )
+        .await;
         assert_error(s, &v, 400, "BAD_REQUEST");
         assert!(
             v["details"]["field"] == field || v["error"].as_str().unwrap().contains(field),
@@ -196,7 +217,14 @@ async fn only_the_operator_decides_what_runs() {
         assert_eq!(v["details"]["field"], "binary", "{binary}: {v}");
     }
     // Loader and interpreter hooks in `env`.
-    for var in ["LD_PRELOAD", "DYLD_INSERT_LIBRARIES", "NODE_OPTIONS", "BASH_ENV", "ENV", "PYTHONPATH"] {
+    for var in [
+        "LD_PRELOAD",
+        "DYLD_INSERT_LIBRARIES",
+        "NODE_OPTIONS",
+        "BASH_ENV",
+        "ENV",
+        "PYTHONPATH",
+    ] {
         let (s, v) = call(
             &h.app,
             request(
@@ -250,19 +278,33 @@ async fn numbers_are_range_checked_in_every_form() {
     assert_error(s, &v, 400, "BAD_REQUEST");
     assert_eq!(v["details"]["field"], "retentionDays");
     for body in [json!({"retentionDays": 0}), json!({"retentionDays": -1})] {
-        let (s, v) = call(&h.app, request(Method::POST, "/api/metrics/cleanup", Some(body), &[])).await;
+        let (s, v) = call(
+            &h.app,
+            request(Method::POST, "/api/metrics/cleanup", Some(body), &[]),
+        )
+        .await;
         assert_error(s, &v, 400, "BAD_REQUEST");
     }
     let (s, v) = call(
         &h.app,
-        request(Method::POST, "/api/metrics/cleanup?days=100000000", Some(json!({})), &[]),
+        request(
+            Method::POST,
+            "/api/metrics/cleanup?days=100000000",
+            Some(json!({})),
+            &[],
+        ),
     )
     .await;
     assert_error(s, &v, 400, "BAD_REQUEST");
     assert_eq!(v["details"]["field"], "days");
     let (s, v) = call(
         &h.app,
-        request(Method::POST, "/api/metrics/cleanup", Some(json!({"retentionDays": 36500})), &[]),
+        request(
+            Method::POST,
+            "/api/metrics/cleanup",
+            Some(json!({"retentionDays": 36500})),
+            &[],
+        ),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -272,7 +314,10 @@ async fn numbers_are_range_checked_in_every_form() {
     for path in ["/agents/a/execute", "/agents/a/execute/stream"] {
         for (body, field) in [
             (json!({"prompt": "p", "timeoutMs": u64::MAX}), "timeoutMs"),
-            (json!({"prompt": "p", "lockTimeoutMs": u64::MAX}), "lockTimeoutMs"),
+            (
+                json!({"prompt": "p", "lockTimeoutMs": u64::MAX}),
+                "lockTimeoutMs",
+            ),
         ] {
             let (s, v) = call(&h.app, request(Method::POST, path, Some(body), &[])).await;
             assert_error(s, &v, 400, "BAD_REQUEST");
@@ -328,7 +373,11 @@ async fn cross_site_requests_are_refused() {
         &[("origin", "http://localhost:3000")][..],
         &[("sec-fetch-site", "cross-site")][..],
     ] {
-        let (s, v) = call(&h.app, request(Method::GET, "/api/health/environment", None, headers)).await;
+        let (s, v) = call(
+            &h.app,
+            request(Method::GET, "/api/health/environment", None, headers),
+        )
+        .await;
         assert_error(s, &v, 403, "FORBIDDEN_ORIGIN");
     }
     assert_eq!(agents(&h).await, json!([]), "nothing was registered");
@@ -336,7 +385,10 @@ async fn cross_site_requests_are_refused() {
     for headers in [
         &[][..],
         &[("origin", "http://localhost:5050")][..],
-        &[("origin", "http://127.0.0.1:5050"), ("sec-fetch-site", "same-origin")][..],
+        &[
+            ("origin", "http://127.0.0.1:5050"),
+            ("sec-fetch-site", "same-origin"),
+        ][..],
         &[("origin", "https://dash.example.com")][..],
     ] {
         let req = Request::builder()
@@ -386,7 +438,12 @@ async fn a_token_guards_every_read_but_health() {
     assert_eq!(s, 200);
     let (s, v) = call(
         &h.app,
-        request(Method::GET, "/agents", None, &[("authorization", "Bearer s3cret")]),
+        request(
+            Method::GET,
+            "/agents",
+            None,
+            &[("authorization", "Bearer s3cret")],
+        ),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -412,7 +469,11 @@ async fn a_panicking_handler_answers_500_json_and_is_counted() {
     let before = panics(&handle.render());
     let (s, v) = call(&app, request(Method::GET, "/boom", None, &[])).await;
     assert_error(s, &v, 500, "INTERNAL");
-    assert!(panics(&handle.render()) >= before + 1.0, "{}", handle.render());
+    assert!(
+        panics(&handle.render()) >= before + 1.0,
+        "{}",
+        handle.render()
+    );
     // The real router carries the same layer: a broker route still answers afterwards.
     let h = harness(Options::default()).await;
     let (s, _) = call(&h.app, request(Method::GET, "/health", None, &[])).await;
