@@ -6,6 +6,7 @@
 mod config;
 #[cfg(test)]
 mod config_reference;
+mod private_files;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -89,12 +90,8 @@ async fn run(args: config::Args) -> Result<()> {
         }
     });
 
-    std::fs::create_dir_all(&settings.service.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            settings.service.data_dir.display()
-        )
-    })?;
+    private_files::private_dir(&settings.service.data_dir)?;
+    private_files::private_database(&settings.database_url)?;
     let store = kokino_store::Store::open(&settings.database_url)
         .await
         .with_context(|| format!("cannot open the store at {}", settings.database_url))?;
@@ -119,16 +116,22 @@ async fn run(args: config::Args) -> Result<()> {
             .with_context(|| format!("cannot register agent {id} from the config file"))?;
     }
 
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
     let state = kokino_http::AppState {
         broker: broker.clone(),
         metrics: Arc::new(move || handle.render()),
         token: settings.token.map(Arc::from),
+        public_metrics: settings.public_metrics,
+        access: Arc::new(kokino_http::AccessPolicy::new(
+            listener.local_addr()?,
+            &settings.allowed_hosts,
+            &settings.allowed_origins,
+        )),
         body_limit: settings.body_limit,
     };
     let app = kokino_http::router(state);
-    let listener = tokio::net::TcpListener::bind(settings.bind)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.bind))?;
     tracing::info!(
         addr = %listener.local_addr()?,
         store = broker.store().kind(),
@@ -144,10 +147,7 @@ async fn run(args: config::Args) -> Result<()> {
         tracing::info!("shutting down: stopping running executions");
         stopping.shutdown().await;
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")?;
+    kokino_http::serve(listener, app, settings.serve, shutdown).await;
     broker.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -10,6 +10,7 @@
 pub mod breaker;
 pub mod clock;
 mod error;
+pub mod exec_policy;
 pub mod fallback;
 mod ids;
 pub mod lock;

@@ -223,6 +223,7 @@ impl Broker {
     /// Registers (or updates) an agent. The working directory must exist: finding out at the
     /// first execute would be later and more confusing.
     pub async fn register_agent(&self, spec: AgentSpec) -> Result<AgentRecord> {
+        self.inner.cfg.check_agent(&spec)?;
         if let Some(cwd) = &spec.cwd {
             if !std::path::Path::new(cwd).is_dir() {
                 return Err(ServiceError::BadRequest {
@@ -534,6 +535,10 @@ impl Broker {
     }
 
     async fn resolve_binary(&self, agent: &AgentRecord) -> Result<PathBuf, String> {
+        self.inner
+            .cfg
+            .check_agent(&agent.spec)
+            .map_err(|e| e.to_string())?;
         let name = agent
             .spec
             .binary

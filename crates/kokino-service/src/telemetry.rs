@@ -26,6 +26,7 @@ pub const PROCESS_PEAK_RSS: &str = "kokino_process_peak_rss_bytes";
 pub const JSONL_PARSE_ERRORS_TOTAL: &str = "kokino_jsonl_parse_errors_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "kokino_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "kokino_http_request_duration_seconds";
+pub const HTTP_PANICS_TOTAL: &str = "kokino_http_panics_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "kokino_events_dropped_total";
 pub const INTEGRITY_ISSUES: &str = "kokino_integrity_issues";
 pub const CIRCUIT_BREAKERS: &str = "kokino_circuit_breakers";
@@ -100,6 +101,12 @@ pub const METRICS: &[MetricDef] = &[
         kind: "histogram",
         labels: &["route", "method"],
         help: "HTTP request latency, in seconds.",
+    },
+    MetricDef {
+        name: HTTP_PANICS_TOTAL,
+        kind: "counter",
+        labels: &[],
+        help: "HTTP handlers that panicked; each was answered with a 500 `INTERNAL` error, and the broker kept running.",
     },
     MetricDef {
         name: EVENTS_DROPPED_TOTAL,
@@ -296,6 +303,7 @@ pub fn zero_counters() {
         metrics::counter!(RATE_LIMITED_TOTAL, "cli" => cli.as_str()).increment(0);
         metrics::counter!(JSONL_PARSE_ERRORS_TOTAL, "cli" => cli.as_str()).increment(0);
     }
+    metrics::counter!(HTTP_PANICS_TOTAL).increment(0);
     for scope in ["agent", "cli"] {
         metrics::counter!(CIRCUIT_REJECTIONS_TOTAL, "scope" => scope).increment(0);
         for to in ["closed", "open", "half_open", "forced_open", "disabled"] {

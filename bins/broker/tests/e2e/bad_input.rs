@@ -206,7 +206,12 @@ async fn assert_clean_after_failure(w: &World, b: &Broker, agent: &str) {
 #[tokio::test]
 async fn failing_clis_get_the_spec_status_and_leave_nothing_behind() {
     let w = World::new();
-    let b = w.start();
+    // The operator allows the two odd binaries this test registers.
+    let allowed = format!(
+        "{},/nonexistent/claude,/bin/true",
+        w.path().join("bin").display()
+    );
+    let b = w.start_with(&["--allow-binary", &allowed], &[]);
     // A binary that does not exist.
     w.register(
         &b,

@@ -5,14 +5,28 @@ use crate::common::*;
 #[tokio::test]
 async fn the_readme_tour_runs_as_written() {
     let w = World::new();
-    let b = w.start();
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
     let blocks = shell_blocks(&readme);
+    let tour_dir = w.path().join("tour");
+    // The broker is started with the flags the tour gives (it allows the tour's binary).
+    let start = blocks
+        .iter()
+        .flat_map(|(_, body)| body.lines())
+        .find(|l| l.contains("--bin kokino-broker -- "))
+        .expect("the README starts the broker for the tour");
+    let flags: Vec<String> = start
+        .split_once(" -- ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .map(|f| f.replace("/tmp/kokino-tour", &tour_dir.display().to_string()))
+        .collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let b = w.start_with(&flags, &[]);
     let tour = blocks
         .iter()
         .find(|(_, body)| body.contains("/agents/register"))
         .expect("the README has a tour block");
-    let tour_dir = w.path().join("tour");
     let (ok, out, err) = run_doc_snippet(
         &b,
         &tour.1,

@@ -10,6 +10,7 @@ mod deploy;
 mod docs;
 mod environment;
 mod execution;
+mod hardening;
 mod lifecycle;
 mod logs;
 mod resilience;

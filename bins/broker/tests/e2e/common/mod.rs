@@ -96,6 +96,11 @@ impl World {
         if !args.contains(&"--data-dir") {
             cmd.arg("--data-dir").arg(self.data_dir());
         }
+        // The operator decides which binaries agents may name: the tests allow the world's bin
+        // directory (the fake agent under the four CLI names), unless a test sets its own list.
+        if !args.contains(&"--allow-binary") {
+            cmd.arg("--allow-binary").arg(self.path().join("bin"));
+        }
         cmd.args(args)
             .env("KOKINO_FAKE_STATE", self.path().join("fake-state"))
             .env("KOKINO_FAKE_LOG", self.witness())
