@@ -1,0 +1,323 @@
+//! What only the SQLite backend has.
+//!
+//! Encoding decisions, shared by every table (see `migrations/sqlite/0001_init.sql`):
+//!
+//! * Timestamps are TEXT in RFC 3339, UTC, with exactly three fractional digits and a `Z`
+//!   suffix (`2025-01-31T12:34:56.789Z`). Every value has the same width, so comparing the text
+//!   compares the instants, which keeps `ORDER BY` and range filters on indexed columns correct
+//!   while the database stays readable with the `sqlite3` shell.
+//! * JSON values are TEXT holding serialised JSON; booleans are INTEGER 0/1.
+//! * Every transaction that writes starts with `BEGIN IMMEDIATE`. SQLite allows one writer at a
+//!   time; a deferred transaction that first reads and then writes can fail with `SQLITE_BUSY`
+//!   without waiting when another writer committed in between (the busy timeout does not apply
+//!   to that upgrade). Taking the write lock up front makes writers queue instead, and it makes
+//!   "read the highest `seq`, insert the next one" race-free. The single writer is also why
+//!   [`super::Tx::lock_agents`] has nothing to do here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row as _, Sqlite};
+
+use super::{now, Arg, Db, Fields, Query, Tx};
+use crate::error::{from_migrate, from_sqlx};
+use crate::{ttl_millis, Result, StoreError};
+
+/// The migrations, embedded in the binary so that a deployed broker needs no files besides its
+/// database.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Pool size. SQLite serialises writers anyway; a handful of connections lets readers (status
+/// endpoints, conversation reads) proceed under WAL while one writer works.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// How long a connection waits for another writer's lock before giving up with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pragmas `Store::sqlite_pragma` may read. Pragma names cannot be bound as parameters, so
+/// only these fixed names are ever put into SQL text.
+const READABLE_PRAGMAS: &[&str] = &[
+    "journal_mode",
+    "synchronous",
+    "foreign_keys",
+    "busy_timeout",
+];
+
+/// The connections to one SQLite file.
+#[derive(Clone, Debug)]
+pub(crate) struct SqliteDb {
+    /// Readers. WAL lets them run beside the writer.
+    pub(super) readers: SqlitePool,
+    /// The one writer connection. SQLite admits one writer at a time anyway; queueing writers
+    /// in this pool (a FIFO of wakers) instead of letting several connections race for the
+    /// file lock avoids SQLite's busy handler, which waits by sleeping and made each contended
+    /// write cost milliseconds.
+    pub(super) writer: SqlitePool,
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) the database named by `url`: `sqlite://path`, `sqlite:path`
+    /// or a bare path. A query string (`?mode=rwc`) is ignored: the options Kokino needs are
+    /// always set here, so that no URL can turn WAL, durability or foreign keys off.
+    pub(crate) async fn open(url: &str) -> Result<Self> {
+        let path = database_path(url)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+
+        // Set on the connect options so that every pooled connection gets them, including ones
+        // the pool opens later; per-connection pragmas set once on one connection would not.
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let unavailable = |e: sqlx::Error| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        MIGRATOR.run(&writer).await.map_err(from_migrate)?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { readers, writer })
+    }
+
+    /// Starts a transaction holding SQLite's write lock (see the module documentation).
+    pub(super) async fn write_tx(&self) -> Result<Tx> {
+        let tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(from_sqlx)?;
+        Ok(Tx::Sqlite(tx))
+    }
+
+    /// Starts a read transaction: under WAL its statements share one snapshot.
+    pub(super) async fn read_tx(&self) -> Result<Tx> {
+        Ok(Tx::Sqlite(self.readers.begin().await.map_err(from_sqlx)?))
+    }
+
+    /// Reads one of a few fixed pragmas from a pooled connection, as text, so tests and
+    /// diagnostics can confirm the settings every connection runs with.
+    pub(crate) async fn pragma(&self, name: &str) -> Result<String> {
+        if !READABLE_PRAGMAS.contains(&name) {
+            return Err(StoreError::Unsupported(format!(
+                "pragma {name} cannot be read through the store"
+            )));
+        }
+        let row = sqlx::query(&format!("PRAGMA {name}"))
+            .fetch_one(&self.readers)
+            .await
+            .map_err(from_sqlx)?;
+        // Some pragmas answer with text (journal_mode), others with integers (synchronous).
+        if let Ok(text) = row.try_get::<String, _>(0) {
+            return Ok(text);
+        }
+        let number: i64 = row.try_get(0).map_err(from_sqlx)?;
+        Ok(number.to_string())
+    }
+}
+
+/// Extracts the file path from `sqlite://path`, `sqlite:path` or a bare path.
+fn database_path(url: &str) -> Result<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        // A pool of in-memory databases would give every connection its own empty database.
+        return Err(StoreError::Unsupported(format!(
+            "the SQLite URL {url:?} names no database file"
+        )));
+    }
+    Ok(Path::new(path).to_path_buf())
+}
+
+// ---- encoding ----
+
+/// A timestamp in the stored form: fixed-width RFC 3339, UTC, milliseconds.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The sqlx query for `sql` with `args` encoded as this backend stores them.
+pub(super) fn prepare<'q>(
+    sql: &'q str,
+    args: &'q [Arg],
+) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>> {
+    args.iter().fold(sqlx::query(sql), |q, arg| match arg {
+        Arg::Text(v) => q.bind(v.as_deref()),
+        Arg::Int(v) => q.bind(*v),
+        Arg::Real(v) => q.bind(*v),
+        // sqlx writes a boolean as INTEGER 0/1.
+        Arg::Bool(v) => q.bind(*v),
+        Arg::Time(v) => q.bind(v.map(ts)),
+        Arg::Json(v) => q.bind(v.to_string()),
+        // A list is read back with json_each (see `Db::in_list`).
+        Arg::List(v) => q.bind(serde_json::Value::from(v.clone()).to_string()),
+    })
+}
+
+// ---- decoding ----
+
+pub(super) fn opt_bool(row: &SqliteRow, column: &str) -> Result<Option<bool>, String> {
+    let value: Option<i64> = row.try_get(column).map_err(|e| e.to_string())?;
+    match value {
+        None => Ok(None),
+        Some(0) => Ok(Some(false)),
+        Some(1) => Ok(Some(true)),
+        Some(other) => Err(format!("{other} is not a boolean")),
+    }
+}
+
+pub(super) fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, String> {
+    let text: Option<String> = row.try_get(column).map_err(|e| e.to_string())?;
+    text.map(|t| {
+        DateTime::parse_from_rfc3339(&t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| e.to_string())
+    })
+    .transpose()
+}
+
+pub(super) fn opt_json(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, String> {
+    let text: Option<String> = row.try_get(column).map_err(|e| e.to_string())?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+// ---- leases ----
+//
+// SQLite is one file on one machine, so every process sharing it reads the same clock: "now" is
+// this process's [`now`], taken *inside* the write transaction, because `BEGIN IMMEDIATE` may
+// have waited for another writer and the time must be the time the decision is made. The single
+// writer makes each transaction here serial, which is what PostgreSQL needs row locks for:
+// reading the previous owner and then upserting cannot interleave with another acquisition.
+
+/// The latest time the fixed-width text form can hold; an expiry beyond it (a ttl near the
+/// century the store allows, far in the future) is clamped so that text order stays time order.
+fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    let latest = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(now);
+    now.checked_add_signed(chrono::Duration::milliseconds(ttl_millis(ttl)))
+        .map_or(latest, |t| t.min(latest))
+}
+
+/// What an acquisition granted: the token, the expiry and the previous owner (if any).
+pub(crate) type Granted = (i64, DateTime<Utc>, Option<String>);
+
+pub(crate) async fn acquire_lease(
+    db: &Db,
+    agent_id: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Option<Granted>> {
+    let mut tx = db.write_tx().await?;
+    let now = now();
+    let previous = Query::new("SELECT owner FROM agent_leases WHERE agent_id = $1")
+        .bind(agent_id)
+        .fetch_optional(&mut tx)
+        .await?;
+    let previous = match previous {
+        Some(row) => Some(Fields::new(&row, "agent_leases").text("owner")?),
+        None => None,
+    };
+    // The same upsert as on PostgreSQL: token 1 for a new row, +1 for every acquisition
+    // after, and an unexpired lease of another owner is left alone (no row returned).
+    let row = Query::new(
+        "INSERT INTO agent_leases (agent_id, owner, token, expires_at, acquired_at) \
+             VALUES ($1, $2, 1, $3, $4) \
+             ON CONFLICT (agent_id) DO UPDATE SET \
+                 owner = excluded.owner, token = agent_leases.token + 1, \
+                 expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
+             WHERE agent_leases.expires_at <= excluded.acquired_at \
+                OR agent_leases.owner = excluded.owner \
+             RETURNING token, expires_at",
+    )
+    .bind(agent_id)
+    .bind(owner)
+    .bind(expiry(now, ttl))
+    .bind(now)
+    .fetch_optional(&mut tx)
+    .await?;
+    tx.commit().await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let f = Fields::new(&row, "agent_leases");
+    Ok(Some((f.int("token")?, f.time("expires_at")?, previous)))
+}
+
+pub(crate) async fn renew_lease(
+    db: &Db,
+    agent_id: &str,
+    owner: &str,
+    token: i64,
+    ttl: Duration,
+) -> Result<bool> {
+    let mut tx = db.write_tx().await?;
+    let now = now();
+    // `expires_at > now`: a released lease has no owner any more, and an expired one may
+    // be taken any moment; neither may be revived.
+    let renewed = Query::new(
+        "UPDATE agent_leases SET expires_at = $1 \
+             WHERE agent_id = $2 AND owner = $3 AND token = $4 AND expires_at > $5",
+    )
+    .bind(expiry(now, ttl))
+    .bind(agent_id)
+    .bind(owner)
+    .bind(token)
+    .bind(now)
+    .execute(&mut tx)
+    .await?;
+    tx.commit().await?;
+    Ok(renewed > 0)
+}
+
+pub(crate) async fn release_lease(
+    db: &Db,
+    agent_id: &str,
+    owner: &str,
+    token: i64,
+) -> Result<bool> {
+    let mut tx = db.write_tx().await?;
+    // The row stays (expired) so the next acquisition continues the token sequence. There is
+    // no notification: brokers sharing a SQLite file are on one machine and simply poll.
+    let released = Query::new(
+        "UPDATE agent_leases SET expires_at = $1, owner = '' \
+             WHERE agent_id = $2 AND owner = $3 AND token = $4 AND expires_at > $1",
+    )
+    .bind(now())
+    .bind(agent_id)
+    .bind(owner)
+    .bind(token)
+    .execute(&mut tx)
+    .await?;
+    tx.commit().await?;
+    Ok(released > 0)
+}
+
+/// The condition "the lease row is unexpired now" for the lease reads and the fencing check.
+/// Under `BEGIN IMMEDIATE` no other writer can change the lease until the transaction ends, so a
+/// check at its start holds until commit. `strftime` renders SQLite's clock (the machine's, the
+/// same every process sharing the file reads) in the stored fixed-width form.
+pub(crate) const LEASE_LIVE: &str = "expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
