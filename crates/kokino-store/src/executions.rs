@@ -45,10 +45,7 @@ impl Store {
         .bind(execution_id)
         .execute(self.db.write())
         .await?;
-        if updated == 0 {
-            return Err(StoreError::ExecutionNotFound(execution_id.to_owned()));
-        }
-        Ok(())
+        found(updated, execution_id)
     }
 
     /// Writes the result turn and the outcome in one transaction and touches the session's
@@ -97,6 +94,15 @@ impl Store {
             .map(decode_execution)
             .collect()
     }
+}
+
+/// What an update of one execution by id answers: [`StoreError::ExecutionNotFound`] when it
+/// changed no row.
+pub(crate) fn found(updated: u64, execution_id: &str) -> Result<()> {
+    if updated == 0 {
+        return Err(StoreError::ExecutionNotFound(execution_id.to_owned()));
+    }
+    Ok(())
 }
 
 /// The writes of [`Store::begin_execution`], in the caller's write transaction; with a fence,

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use kokino_core::{ExecutionRecord, NewExecution, Turn};
 
-use crate::db::{Db, Fields, Query, Tx};
-use crate::executions::{begin_execution_in, finish_execution_in};
-use crate::{clamp_ttl, FinishExecution, Lease, Result, Store, StoreError};
+use crate::db::{Db, Fields, On, Query, Tx};
+use crate::executions::{begin_execution_in, finish_execution_in, found};
+use crate::{clamp_ttl, ttl_millis, FinishExecution, Lease, Result, Store, StoreError};
 
 /// The lease a fenced write must still hold.
 pub(crate) struct Fence<'a> {
@@ -67,14 +67,48 @@ impl Fence<'_> {
     }
 }
 
+/// The SQL that differs per backend for leases: which clock judges them, and how a release is
+/// announced.
 impl Db {
-    /// The condition "the lease row is unexpired now", by the clock that judges leases.
+    /// The condition "the lease row is unexpired now".
     fn lease_live(&self) -> &'static str {
         match self {
             #[cfg(feature = "sqlite")]
             Db::Sqlite(_) => crate::db::sqlite::LEASE_LIVE,
             #[cfg(feature = "postgres")]
             Db::Postgres(_) => crate::db::postgres::LEASE_LIVE,
+        }
+    }
+
+    /// Takes or extends the lease of (`$1` agent, `$2` owner, `$3` ttl in milliseconds) unless
+    /// another owner holds it unexpired, returning the token and expiry when it did.
+    fn acquire_sql(&self) -> String {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Db::Sqlite(_) => crate::db::sqlite::acquire_sql(),
+            #[cfg(feature = "postgres")]
+            Db::Postgres(_) => crate::db::postgres::ACQUIRE_SQL.to_owned(),
+        }
+    }
+
+    /// "Now plus the ttl in milliseconds bound at `$param`".
+    fn lease_expiry(&self, param: u32) -> String {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Db::Sqlite(_) => crate::db::sqlite::lease_expiry(param),
+            #[cfg(feature = "postgres")]
+            Db::Postgres(_) => crate::db::postgres::lease_expiry(param),
+        }
+    }
+
+    /// Ends the lease of (`$1` agent, `$2` owner, `$3` token) if it is live, returning a row
+    /// when it did.
+    fn release_sql(&self) -> String {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Db::Sqlite(_) => crate::db::sqlite::RELEASE_SQL.to_owned(),
+            #[cfg(feature = "postgres")]
+            Db::Postgres(_) => crate::db::postgres::release_sql(),
         }
     }
 }
@@ -93,25 +127,59 @@ impl Store {
         ttl: Duration,
     ) -> Result<Option<Lease>> {
         let ttl = clamp_ttl(ttl);
-        let granted = match &self.db {
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite(_) => {
-                crate::db::sqlite::acquire_lease(&self.db, agent_id, owner, ttl).await?
-            }
-            #[cfg(feature = "postgres")]
-            Db::Postgres(_) => {
-                crate::db::postgres::acquire_lease(&self.db, agent_id, owner, ttl).await?
-            }
+        let (mut tx, previous) = self.begin_acquire(agent_id).await?;
+        let on = match tx.as_mut() {
+            Some(tx) => On::Tx(tx),
+            None => self.db.write(),
         };
-        Ok(granted.map(|(token, expires_at, previous)| Lease {
+        let row = Query::new(self.db.acquire_sql())
+            .bind(agent_id)
+            .bind(owner)
+            .bind(ttl_millis(ttl))
+            .fetch_optional(on)
+            .await?;
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
+        let Some(row) = row else {
+            // The upsert's WHERE refused: another owner holds an unexpired lease.
+            return Ok(None);
+        };
+        let f = Fields::new(&row, "agent_leases");
+        let previous = match previous {
+            Some(previous) => previous,
+            None => f.opt_text("previous_owner")?,
+        };
+        Ok(Some(Lease {
             agent_id: agent_id.to_owned(),
             owner: owner.to_owned(),
-            token,
-            expires_at,
+            token: f.int("token")?,
+            expires_at: f.time("expires_at")?,
             // Re-acquiring one's own lease is not a takeover, and a released lease has no owner
             // (''): taking it is no takeover either.
             taken_over_from: previous.filter(|p| p != owner && !p.is_empty()),
         }))
+    }
+
+    /// What precedes the acquiring upsert. SQLite reads the previous owner (for
+    /// `taken_over_from`) in a write transaction that the upsert then joins, because its
+    /// RETURNING cannot see the replaced row. PostgreSQL's one statement needs no transaction
+    /// and reports the previous owner itself, from the very row version it judged.
+    async fn begin_acquire(&self, agent_id: &str) -> Result<(Option<Tx>, Option<Option<String>>)> {
+        match &self.db {
+            #[cfg(feature = "sqlite")]
+            Db::Sqlite(_) => {
+                let mut tx = self.db.write_tx().await?;
+                let owner = crate::db::sqlite::lease_owner(&mut tx, agent_id).await?;
+                Ok((Some(tx), Some(owner)))
+            }
+            #[cfg(feature = "postgres")]
+            Db::Postgres(_) => {
+                // The statement itself reads the previous owner.
+                let _ = agent_id;
+                Ok((None, None))
+            }
+        }
     }
 
     /// Extends the lease to `ttl` from now if `owner` still holds it with `token` and it has not
@@ -126,16 +194,21 @@ impl Store {
         ttl: Duration,
     ) -> Result<bool> {
         let ttl = clamp_ttl(ttl);
-        match &self.db {
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite(_) => {
-                crate::db::sqlite::renew_lease(&self.db, agent_id, owner, token, ttl).await
-            }
-            #[cfg(feature = "postgres")]
-            Db::Postgres(_) => {
-                crate::db::postgres::renew_lease(&self.db, agent_id, owner, token, ttl).await
-            }
-        }
+        // `expires_at` must still be in the future: a released lease has no owner any more,
+        // and an expired one may be taken any moment; neither may be revived.
+        let renewed = Query::new(format!(
+            "UPDATE agent_leases SET expires_at = {} \
+             WHERE agent_id = $1 AND owner = $2 AND token = $3 AND {}",
+            self.db.lease_expiry(4),
+            self.db.lease_live()
+        ))
+        .bind(agent_id)
+        .bind(owner)
+        .bind(token)
+        .bind(ttl_millis(ttl))
+        .execute(self.db.write())
+        .await?;
+        Ok(renewed > 0)
     }
 
     /// Ends the lease if `owner`/`token` still hold it, by expiring it now (the row and its token
@@ -144,16 +217,14 @@ impl Store {
     /// transaction also sends `NOTIFY kokino_lease_released, '<agent_id>'`
     /// ([`crate::LEASE_RELEASED_CHANNEL`]) so that waiting brokers wake up.
     pub async fn release_lease(&self, agent_id: &str, owner: &str, token: i64) -> Result<bool> {
-        match &self.db {
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite(_) => {
-                crate::db::sqlite::release_lease(&self.db, agent_id, owner, token).await
-            }
-            #[cfg(feature = "postgres")]
-            Db::Postgres(_) => {
-                crate::db::postgres::release_lease(&self.db, agent_id, owner, token).await
-            }
-        }
+        // The row stays (expired) so the next acquisition continues the token sequence.
+        let released = Query::new(self.db.release_sql())
+            .bind(agent_id)
+            .bind(owner)
+            .bind(token)
+            .fetch_all(self.db.write())
+            .await?;
+        Ok(!released.is_empty())
     }
 
     /// The current holder, if the lease is unexpired (`taken_over_from` is always `None`).
@@ -231,10 +302,7 @@ impl Store {
             .bind(execution_id)
             .execute(self.db.write())
             .await?;
-        if updated == 0 {
-            return Err(StoreError::ExecutionNotFound(execution_id.to_owned()));
-        }
-        Ok(())
+        found(updated, execution_id)
     }
 
     /// [`Store::begin_execution`], fenced: inside the same transaction it first checks that

@@ -23,14 +23,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, Postgres};
 
-use super::{ms, Arg, Db, Fields, Query, Tx};
+use super::{ms, Arg, Query, Tx};
 use crate::error::{from_migrate, from_sqlx};
-use crate::{ttl_millis, Result, StoreError, LEASE_RELEASED_CHANNEL};
+use crate::{Result, StoreError, LEASE_RELEASED_CHANNEL};
 
 /// The migrations, embedded in the binary so that a deployed broker needs no files besides its
 /// configuration. sqlx serialises concurrent runs with an advisory lock, so several brokers may
@@ -185,7 +184,7 @@ pub(super) async fn lock_agents(tx: &mut Tx, agent_ids: &[&str]) -> Result<()> {
 ///
 /// Token 1 for a new row, +1 for every acquisition after; rows are never deleted, so tokens
 /// never go back. `$3` is the ttl in milliseconds.
-const ACQUIRE_SQL: &str = "\
+pub(crate) const ACQUIRE_SQL: &str = "\
 WITH old AS MATERIALIZED (
     SELECT owner FROM agent_leases WHERE agent_id = $1 FOR UPDATE
 ), up AS (
@@ -204,84 +203,30 @@ WITH old AS MATERIALIZED (
 )
 SELECT up.token, up.expires_at, (SELECT owner FROM old) AS previous_owner FROM up";
 
-/// What an acquisition granted: the token, the expiry and the previous owner (if any).
-pub(crate) type Granted = (i64, DateTime<Utc>, Option<String>);
+/// The current instant by the server's clock, truncated like every stored time.
+pub(crate) const LEASE_NOW: &str = "date_trunc('milliseconds', now())";
 
-pub(crate) async fn acquire_lease(
-    db: &Db,
-    agent_id: &str,
-    owner: &str,
-    ttl: Duration,
-) -> Result<Option<Granted>> {
-    let row = Query::new(ACQUIRE_SQL)
-        .bind(agent_id)
-        .bind(owner)
-        .bind(ttl_millis(ttl))
-        .fetch_optional(db.write())
-        .await?;
-    // No row: the upsert's WHERE refused, another owner holds an unexpired lease.
-    row.map(|row| {
-        let f = Fields::new(&row, "agent_leases");
-        Ok((
-            f.int("token")?,
-            f.time("expires_at")?,
-            f.opt_text("previous_owner")?,
-        ))
-    })
-    .transpose()
-}
-
-pub(crate) async fn renew_lease(
-    db: &Db,
-    agent_id: &str,
-    owner: &str,
-    token: i64,
-    ttl: Duration,
-) -> Result<bool> {
-    // `expires_at > now()`: a released lease keeps its owner and token, and an expired one
-    // may be taken any moment; neither may be revived.
-    let renewed = Query::new(
-        "UPDATE agent_leases \
-             SET expires_at = date_trunc('milliseconds', now() + $4 * interval '1 millisecond') \
-             WHERE agent_id = $1 AND owner = $2 AND token = $3 AND expires_at > now()",
-    )
-    .bind(agent_id)
-    .bind(owner)
-    .bind(token)
-    .bind(ttl_millis(ttl))
-    .execute(db.write())
-    .await?;
-    Ok(renewed > 0)
-}
-
-pub(crate) async fn release_lease(
-    db: &Db,
-    agent_id: &str,
-    owner: &str,
-    token: i64,
-) -> Result<bool> {
-    // One statement, so the release and its notification commit together: listeners hear of
-    // the release only once it is visible, and never of a release that rolled back. The row
-    // stays (expired) so the next acquisition continues the token sequence.
-    let released = Query::new(
-            "WITH released AS ( \
-                 UPDATE agent_leases SET expires_at = date_trunc('milliseconds', now()), owner = '' \
-                 WHERE agent_id = $1 AND owner = $2 AND token = $3 AND expires_at > now() \
-                 RETURNING agent_id \
-             ) \
-             SELECT pg_notify($4, agent_id)::text FROM released",
-        )
-        .bind(agent_id)
-        .bind(owner)
-        .bind(token)
-        .bind(LEASE_RELEASED_CHANNEL)
-        .fetch_all(db.write())
-        .await?;
-    Ok(!released.is_empty())
-}
-
-/// The condition "the lease row is unexpired now" for the lease reads, by the server's clock.
+/// The condition "the lease row is unexpired now", by the server's clock.
 pub(crate) const LEASE_LIVE: &str = "expires_at > now()";
+
+/// "Now plus the ttl in milliseconds bound at `$param`", by the server's clock.
+pub(crate) fn lease_expiry(param: u32) -> String {
+    format!("date_trunc('milliseconds', now() + ${param} * interval '1 millisecond')")
+}
+
+/// Ends the lease and notifies [`LEASE_RELEASED_CHANNEL`] in one statement, so the release and
+/// its notification commit together: listeners hear of the release only once it is visible, and
+/// never of a release that rolled back.
+pub(crate) fn release_sql() -> String {
+    format!(
+        "WITH released AS ( \
+             UPDATE agent_leases SET expires_at = {LEASE_NOW}, owner = '' \
+             WHERE agent_id = $1 AND owner = $2 AND token = $3 AND {LEASE_LIVE} \
+             RETURNING agent_id \
+         ) \
+         SELECT pg_notify('{LEASE_RELEASED_CHANNEL}', agent_id)::text FROM released"
+    )
+}
 
 /// The fencing check's condition, and its lock: `FOR SHARE` is what makes the check hold at
 /// commit rather than only at the check. Every change of the lease row (a takeover, a renewal, a

@@ -24,9 +24,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row as _, Sqlite};
 
-use super::{now, Arg, Db, Fields, Query, Tx};
+use super::{Arg, Fields, Query, Tx};
 use crate::error::{from_migrate, from_sqlx};
-use crate::{ttl_millis, Result, StoreError};
+use crate::{Result, StoreError};
 
 /// The migrations, embedded in the binary so that a deployed broker needs no files besides its
 /// database.
@@ -206,118 +206,58 @@ pub(super) fn opt_json(row: &SqliteRow, column: &str) -> Result<Option<serde_jso
 
 // ---- leases ----
 //
-// SQLite is one file on one machine, so every process sharing it reads the same clock: "now" is
-// this process's [`now`], taken *inside* the write transaction, because `BEGIN IMMEDIATE` may
-// have waited for another writer and the time must be the time the decision is made. The single
-// writer makes each transaction here serial, which is what PostgreSQL needs row locks for:
-// reading the previous owner and then upserting cannot interleave with another acquisition.
+// SQLite is one file on one machine, so every process sharing it reads the same clock, the one
+// SQLite's `'now'` reads; `strftime` renders it in the stored fixed-width form, and within one
+// statement `'now'` is one instant. The single writer makes each write transaction serial,
+// which is what PostgreSQL needs row locks for: reading the previous owner and then upserting
+// cannot interleave with another acquisition.
 
-/// The latest time the fixed-width text form can hold; an expiry beyond it (a ttl near the
-/// century the store allows, far in the future) is clamped so that text order stays time order.
-fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
-    let latest = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999Z")
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or(now);
-    now.checked_add_signed(chrono::Duration::milliseconds(ttl_millis(ttl)))
-        .map_or(latest, |t| t.min(latest))
-}
+/// The current instant, in the stored form.
+pub(crate) const LEASE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
-/// What an acquisition granted: the token, the expiry and the previous owner (if any).
-pub(crate) type Granted = (i64, DateTime<Utc>, Option<String>);
-
-pub(crate) async fn acquire_lease(
-    db: &Db,
-    agent_id: &str,
-    owner: &str,
-    ttl: Duration,
-) -> Result<Option<Granted>> {
-    let mut tx = db.write_tx().await?;
-    let now = now();
-    let previous = Query::new("SELECT owner FROM agent_leases WHERE agent_id = $1")
-        .bind(agent_id)
-        .fetch_optional(&mut tx)
-        .await?;
-    let previous = match previous {
-        Some(row) => Some(Fields::new(&row, "agent_leases").text("owner")?),
-        None => None,
-    };
-    // The same upsert as on PostgreSQL: token 1 for a new row, +1 for every acquisition
-    // after, and an unexpired lease of another owner is left alone (no row returned).
-    let row = Query::new(
-        "INSERT INTO agent_leases (agent_id, owner, token, expires_at, acquired_at) \
-             VALUES ($1, $2, 1, $3, $4) \
-             ON CONFLICT (agent_id) DO UPDATE SET \
-                 owner = excluded.owner, token = agent_leases.token + 1, \
-                 expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
-             WHERE agent_leases.expires_at <= excluded.acquired_at \
-                OR agent_leases.owner = excluded.owner \
-             RETURNING token, expires_at",
-    )
-    .bind(agent_id)
-    .bind(owner)
-    .bind(expiry(now, ttl))
-    .bind(now)
-    .fetch_optional(&mut tx)
-    .await?;
-    tx.commit().await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let f = Fields::new(&row, "agent_leases");
-    Ok(Some((f.int("token")?, f.time("expires_at")?, previous)))
-}
-
-pub(crate) async fn renew_lease(
-    db: &Db,
-    agent_id: &str,
-    owner: &str,
-    token: i64,
-    ttl: Duration,
-) -> Result<bool> {
-    let mut tx = db.write_tx().await?;
-    let now = now();
-    // `expires_at > now`: a released lease has no owner any more, and an expired one may
-    // be taken any moment; neither may be revived.
-    let renewed = Query::new(
-        "UPDATE agent_leases SET expires_at = $1 \
-             WHERE agent_id = $2 AND owner = $3 AND token = $4 AND expires_at > $5",
-    )
-    .bind(expiry(now, ttl))
-    .bind(agent_id)
-    .bind(owner)
-    .bind(token)
-    .bind(now)
-    .execute(&mut tx)
-    .await?;
-    tx.commit().await?;
-    Ok(renewed > 0)
-}
-
-pub(crate) async fn release_lease(
-    db: &Db,
-    agent_id: &str,
-    owner: &str,
-    token: i64,
-) -> Result<bool> {
-    let mut tx = db.write_tx().await?;
-    // The row stays (expired) so the next acquisition continues the token sequence. There is
-    // no notification: brokers sharing a SQLite file are on one machine and simply poll.
-    let released = Query::new(
-        "UPDATE agent_leases SET expires_at = $1, owner = '' \
-             WHERE agent_id = $2 AND owner = $3 AND token = $4 AND expires_at > $1",
-    )
-    .bind(now())
-    .bind(agent_id)
-    .bind(owner)
-    .bind(token)
-    .execute(&mut tx)
-    .await?;
-    tx.commit().await?;
-    Ok(released > 0)
-}
-
-/// The condition "the lease row is unexpired now" for the lease reads and the fencing check.
-/// Under `BEGIN IMMEDIATE` no other writer can change the lease until the transaction ends, so a
-/// check at its start holds until commit. `strftime` renders SQLite's clock (the machine's, the
-/// same every process sharing the file reads) in the stored fixed-width form.
+/// The condition "the lease row is unexpired now". Under `BEGIN IMMEDIATE` no other writer can
+/// change the lease until the transaction ends, so the fencing check at its start holds until
+/// commit.
 pub(crate) const LEASE_LIVE: &str = "expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// "Now plus the ttl in milliseconds bound at `$param`", in the stored form.
+pub(crate) fn lease_expiry(param: u32) -> String {
+    format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', (${param} / 1000.0) || ' seconds')")
+}
+
+/// Ends the lease. There is no notification: brokers sharing a SQLite file are on one machine
+/// and simply poll.
+pub(crate) const RELEASE_SQL: &str = "UPDATE agent_leases \
+     SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), owner = '' \
+     WHERE agent_id = $1 AND owner = $2 AND token = $3 \
+       AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+     RETURNING agent_id";
+
+/// Takes or extends the lease (`$1` agent, `$2` owner, `$3` ttl in milliseconds): token 1 for a
+/// new row, +1 for every acquisition after, and an unexpired lease of another owner is left
+/// alone (no row returned). SQLite's RETURNING cannot see the row's previous owner, so
+/// [`lease_owner`] reads it first in the same write transaction.
+pub(crate) fn acquire_sql() -> String {
+    format!(
+        "INSERT INTO agent_leases (agent_id, owner, token, expires_at, acquired_at) \
+         VALUES ($1, $2, 1, {expiry}, {LEASE_NOW}) \
+         ON CONFLICT (agent_id) DO UPDATE SET \
+             owner = excluded.owner, token = agent_leases.token + 1, \
+             expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
+         WHERE agent_leases.expires_at <= excluded.acquired_at \
+            OR agent_leases.owner = excluded.owner \
+         RETURNING token, expires_at",
+        expiry = lease_expiry(3)
+    )
+}
+
+/// The lease's current owner ('' once released), read inside the acquiring write transaction,
+/// where no other writer can change it before the upsert.
+pub(crate) async fn lease_owner(tx: &mut Tx, agent_id: &str) -> Result<Option<String>> {
+    Query::new("SELECT owner FROM agent_leases WHERE agent_id = $1")
+        .bind(agent_id)
+        .fetch_optional(tx)
+        .await?
+        .map(|row| Fields::new(&row, "agent_leases").text("owner"))
+        .transpose()
+}
