@@ -135,6 +135,8 @@ impl Tx {
     /// Takes the write locks of the given agents until the transaction ends. Every transaction
     /// that writes an agent's session, conversations or turns calls this before it writes; on
     /// SQLite, whose write transactions hold the one write lock already, it does nothing.
+    // Without PostgreSQL there is nothing to lock, and the ids go unread.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     pub(crate) async fn lock_agents(&mut self, agent_ids: &[&str]) -> Result<()> {
         match self {
             #[cfg(feature = "sqlite")]
@@ -146,6 +148,7 @@ impl Tx {
 
     /// Takes the write lock of the agent a conversation belongs to; an unknown conversation locks
     /// nothing. The read needs no lock of its own: a conversation's agent never changes.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     pub(crate) async fn lock_conversation_agent(&mut self, conversation_id: &str) -> Result<()> {
         match self {
             #[cfg(feature = "sqlite")]

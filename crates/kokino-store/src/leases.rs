@@ -165,6 +165,8 @@ impl Store {
     /// `taken_over_from`) in a write transaction that the upsert then joins, because its
     /// RETURNING cannot see the replaced row. PostgreSQL's one statement needs no transaction
     /// and reports the previous owner itself, from the very row version it judged.
+    // Without SQLite there is nothing to read first, and the id goes unread.
+    #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
     async fn begin_acquire(&self, agent_id: &str) -> Result<(Option<Tx>, Option<Option<String>>)> {
         match &self.db {
             #[cfg(feature = "sqlite")]
@@ -174,11 +176,7 @@ impl Store {
                 Ok((Some(tx), Some(owner)))
             }
             #[cfg(feature = "postgres")]
-            Db::Postgres(_) => {
-                // The statement itself reads the previous owner.
-                let _ = agent_id;
-                Ok((None, None))
-            }
+            Db::Postgres(_) => Ok((None, None)),
         }
     }
 
