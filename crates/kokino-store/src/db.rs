@@ -259,6 +259,24 @@ pub(crate) struct Query {
     args: Vec<Arg>,
 }
 
+/// The sqlx query for `$sql` with `$args` bound in order. The values whose column types differ
+/// between the backends are encoded by the backend's `$time`, `$json` and `$list` functions;
+/// every other value is bound as it is.
+macro_rules! prepare {
+    ($sql:expr, $args:expr, time: $time:expr, json: $json:expr, list: $list:expr) => {
+        $args.iter().fold(sqlx::query($sql), |q, arg| match arg {
+            Arg::Text(v) => q.bind(v.as_deref()),
+            Arg::Int(v) => q.bind(*v),
+            Arg::Real(v) => q.bind(*v),
+            Arg::Bool(v) => q.bind(*v),
+            Arg::Time(v) => q.bind(v.map($time)),
+            Arg::Json(v) => q.bind($json(v)),
+            Arg::List(v) => q.bind($list(v)),
+        })
+    };
+}
+pub(crate) use prepare;
+
 /// Runs `$body` with `$q` bound to the backend's prepared sqlx query and `$ex` to the executor
 /// `$on` names. Each arm is type-checked against its own database, which is what lets the
 /// statement code above it stay backend-neutral.

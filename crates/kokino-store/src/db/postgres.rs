@@ -104,21 +104,13 @@ impl PgDb {
     }
 }
 
-/// The sqlx query for `sql` with `args` encoded as this backend stores them.
+/// The sqlx query for `sql` with `args` encoded as this backend stores them: times truncated to
+/// the millisecond, JSON as JSONB, lists as TEXT[] for `= ANY($n)` (see `Db::in_list`).
 pub(super) fn prepare<'q>(
     sql: &'q str,
     args: &'q [Arg],
 ) -> sqlx::query::Query<'q, Postgres, PgArguments> {
-    args.iter().fold(sqlx::query(sql), |q, arg| match arg {
-        Arg::Text(v) => q.bind(v.as_deref()),
-        Arg::Int(v) => q.bind(*v),
-        Arg::Real(v) => q.bind(*v),
-        Arg::Bool(v) => q.bind(*v),
-        Arg::Time(v) => q.bind(v.map(ms)),
-        Arg::Json(v) => q.bind(Json(v)),
-        // A TEXT[] for `= ANY($n)` (see `Db::in_list`).
-        Arg::List(v) => q.bind(v),
-    })
+    super::prepare!(sql, args, time: ms, json: Json, list: std::convert::identity)
 }
 
 // ---- per-agent write locks ----

@@ -158,22 +158,18 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The sqlx query for `sql` with `args` encoded as this backend stores them.
+/// A list for `json_each` (see `Db::in_list`): SQLite has no arrays.
+fn json_list(items: &[String]) -> String {
+    serde_json::Value::from(items).to_string()
+}
+
+/// The sqlx query for `sql` with `args` encoded as this backend stores them: times as text,
+/// JSON as text, lists as JSON text; sqlx writes booleans as INTEGER 0/1.
 pub(super) fn prepare<'q>(
     sql: &'q str,
     args: &'q [Arg],
 ) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>> {
-    args.iter().fold(sqlx::query(sql), |q, arg| match arg {
-        Arg::Text(v) => q.bind(v.as_deref()),
-        Arg::Int(v) => q.bind(*v),
-        Arg::Real(v) => q.bind(*v),
-        // sqlx writes a boolean as INTEGER 0/1.
-        Arg::Bool(v) => q.bind(*v),
-        Arg::Time(v) => q.bind(v.map(ts)),
-        Arg::Json(v) => q.bind(v.to_string()),
-        // A list is read back with json_each (see `Db::in_list`).
-        Arg::List(v) => q.bind(serde_json::Value::from(v.clone()).to_string()),
-    })
+    super::prepare!(sql, args, time: ts, json: serde_json::Value::to_string, list: json_list)
 }
 
 // ---- decoding ----
