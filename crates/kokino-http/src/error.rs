@@ -131,6 +131,12 @@ impl From<ServiceError> for ApiError {
                 e.retry_after = retry_after;
                 e
             }
+            // Only a store that cannot be reached is 503; a corrupt row, a constraint or a
+            // missing row is a definite failure that retrying will not cure.
+            ServiceError::StoreUnavailable(e) if !e.is_unavailable() => {
+                tracing::error!(error = %message, "store error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "STORE_ERROR", message)
+            }
             ServiceError::StoreUnavailable(_) => {
                 tracing::error!(error = %message, "store error");
                 let mut e = ApiError::new(
@@ -174,5 +180,31 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kokino_store::StoreError;
+
+    /// Only an unreachable store is a retryable 503; a store that answered with a failure is not.
+    #[test]
+    fn only_an_unreachable_store_is_unavailable() {
+        let down = ApiError::from(ServiceError::StoreUnavailable(StoreError::Unavailable(
+            "connection refused".into(),
+        )));
+        assert_eq!(
+            (down.status, down.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE")
+        );
+        let corrupt = ApiError::from(ServiceError::StoreUnavailable(StoreError::Corrupt {
+            table: "agents",
+            message: "column type: unknown CLI type".into(),
+        }));
+        assert_eq!(
+            (corrupt.status, corrupt.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "STORE_ERROR")
+        );
     }
 }

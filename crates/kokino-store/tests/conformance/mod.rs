@@ -307,7 +307,7 @@ pub async fn session_requires_known_agent(store: &Store) {
         .create_session(&agent_id("ghost"), CliType::Codex, None)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Constraint(_)), "{err:?}");
     assert!(store.list_sessions().await.unwrap().is_empty());
     assert!(store
         .list_conversations(&agent_id("ghost"))
@@ -986,7 +986,7 @@ pub async fn circuit_rejects_unknown_scope(store: &Store) {
         .save_circuit("mode", "headless", &json!({}))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Constraint(_)), "{err:?}");
     assert!(store.load_circuits().await.unwrap().is_empty());
 }
 
@@ -1072,7 +1072,7 @@ pub async fn fallback_rejects_unknown_kind(store: &Store) {
         .put_fallback("mode", "tmux", "x", ms_time(0), false)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Constraint(_)), "{err:?}");
     assert!(store.load_fallbacks().await.unwrap().is_empty());
 }
 

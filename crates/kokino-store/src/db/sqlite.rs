@@ -1,0 +1,259 @@
+//! What only the SQLite backend has.
+//!
+//! Encoding decisions, shared by every table (see `migrations/sqlite/0001_init.sql`):
+//!
+//! * Timestamps are TEXT in RFC 3339, UTC, with exactly three fractional digits and a `Z`
+//!   suffix (`2025-01-31T12:34:56.789Z`). Every value has the same width, so comparing the text
+//!   compares the instants, which keeps `ORDER BY` and range filters on indexed columns correct
+//!   while the database stays readable with the `sqlite3` shell.
+//! * JSON values are TEXT holding serialised JSON; booleans are INTEGER 0/1.
+//! * Every transaction that writes starts with `BEGIN IMMEDIATE`. SQLite allows one writer at a
+//!   time; a deferred transaction that first reads and then writes can fail with `SQLITE_BUSY`
+//!   without waiting when another writer committed in between (the busy timeout does not apply
+//!   to that upgrade). Taking the write lock up front makes writers queue instead, and it makes
+//!   "read the highest `seq`, insert the next one" race-free. The single writer is also why
+//!   [`super::Tx::lock_agents`] has nothing to do here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row as _, Sqlite};
+
+use super::{Arg, Fields, Query, Tx};
+use crate::error::{from_migrate, from_sqlx};
+use crate::{Result, StoreError};
+
+/// The migrations, embedded in the binary so that a deployed broker needs no files besides its
+/// database.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Pool size. SQLite serialises writers anyway; a handful of connections lets readers (status
+/// endpoints, conversation reads) proceed under WAL while one writer works.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// How long a connection waits for another writer's lock before giving up with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pragmas `Store::sqlite_pragma` may read. Pragma names cannot be bound as parameters, so
+/// only these fixed names are ever put into SQL text.
+const READABLE_PRAGMAS: &[&str] = &[
+    "journal_mode",
+    "synchronous",
+    "foreign_keys",
+    "busy_timeout",
+];
+
+/// The connections to one SQLite file.
+#[derive(Clone, Debug)]
+pub(crate) struct SqliteDb {
+    /// Readers. WAL lets them run beside the writer.
+    pub(super) readers: SqlitePool,
+    /// The one writer connection. SQLite admits one writer at a time anyway; queueing writers
+    /// in this pool (a FIFO of wakers) instead of letting several connections race for the
+    /// file lock avoids SQLite's busy handler, which waits by sleeping and made each contended
+    /// write cost milliseconds.
+    pub(super) writer: SqlitePool,
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) the database named by `url`: `sqlite://path`, `sqlite:path`
+    /// or a bare path. A query string (`?mode=rwc`) is ignored: the options Kokino needs are
+    /// always set here, so that no URL can turn WAL, durability or foreign keys off.
+    pub(crate) async fn open(url: &str) -> Result<Self> {
+        let path = database_path(url)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+
+        // Set on the connect options so that every pooled connection gets them, including ones
+        // the pool opens later; per-connection pragmas set once on one connection would not.
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let unavailable = |e: sqlx::Error| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        MIGRATOR.run(&writer).await.map_err(from_migrate)?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { readers, writer })
+    }
+
+    /// Starts a transaction holding SQLite's write lock (see the module documentation).
+    pub(super) async fn write_tx(&self) -> Result<Tx> {
+        let tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(from_sqlx)?;
+        Ok(Tx::Sqlite(tx))
+    }
+
+    /// Starts a read transaction: under WAL its statements share one snapshot.
+    pub(super) async fn read_tx(&self) -> Result<Tx> {
+        Ok(Tx::Sqlite(self.readers.begin().await.map_err(from_sqlx)?))
+    }
+
+    /// Reads one of a few fixed pragmas from a pooled connection, as text, so tests and
+    /// diagnostics can confirm the settings every connection runs with.
+    pub(crate) async fn pragma(&self, name: &str) -> Result<String> {
+        if !READABLE_PRAGMAS.contains(&name) {
+            return Err(StoreError::Unsupported(format!(
+                "pragma {name} cannot be read through the store"
+            )));
+        }
+        let row = sqlx::query(&format!("PRAGMA {name}"))
+            .fetch_one(&self.readers)
+            .await
+            .map_err(from_sqlx)?;
+        // Some pragmas answer with text (journal_mode), others with integers (synchronous).
+        if let Ok(text) = row.try_get::<String, _>(0) {
+            return Ok(text);
+        }
+        let number: i64 = row.try_get(0).map_err(from_sqlx)?;
+        Ok(number.to_string())
+    }
+}
+
+/// Extracts the file path from `sqlite://path`, `sqlite:path` or a bare path.
+fn database_path(url: &str) -> Result<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        // A pool of in-memory databases would give every connection its own empty database.
+        return Err(StoreError::Unsupported(format!(
+            "the SQLite URL {url:?} names no database file"
+        )));
+    }
+    Ok(Path::new(path).to_path_buf())
+}
+
+// ---- encoding ----
+
+/// A timestamp in the stored form: fixed-width RFC 3339, UTC, milliseconds.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A list for `json_each` (see `Db::in_list`): SQLite has no arrays.
+fn json_list(items: &[String]) -> String {
+    serde_json::Value::from(items).to_string()
+}
+
+/// The sqlx query for `sql` with `args` encoded as this backend stores them: times as text,
+/// JSON as text, lists as JSON text; sqlx writes booleans as INTEGER 0/1.
+pub(super) fn prepare<'q>(
+    sql: &'q str,
+    args: &'q [Arg],
+) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>> {
+    super::prepare!(sql, args, time: ts, json: serde_json::Value::to_string, list: json_list)
+}
+
+// ---- decoding ----
+
+pub(super) fn opt_bool(row: &SqliteRow, column: &str) -> Result<Option<bool>, String> {
+    let value: Option<i64> = row.try_get(column).map_err(|e| e.to_string())?;
+    match value {
+        None => Ok(None),
+        Some(0) => Ok(Some(false)),
+        Some(1) => Ok(Some(true)),
+        Some(other) => Err(format!("{other} is not a boolean")),
+    }
+}
+
+pub(super) fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, String> {
+    let text: Option<String> = row.try_get(column).map_err(|e| e.to_string())?;
+    text.map(|t| {
+        DateTime::parse_from_rfc3339(&t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| e.to_string())
+    })
+    .transpose()
+}
+
+pub(super) fn opt_json(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, String> {
+    let text: Option<String> = row.try_get(column).map_err(|e| e.to_string())?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+// ---- leases ----
+//
+// SQLite is one file on one machine, so every process sharing it reads the same clock, the one
+// SQLite's `'now'` reads; `strftime` renders it in the stored fixed-width form, and within one
+// statement `'now'` is one instant. The single writer makes each write transaction serial,
+// which is what PostgreSQL needs row locks for: reading the previous owner and then upserting
+// cannot interleave with another acquisition.
+
+/// The current instant, in the stored form.
+pub(crate) const LEASE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// The condition "the lease row is unexpired now". Under `BEGIN IMMEDIATE` no other writer can
+/// change the lease until the transaction ends, so the fencing check at its start holds until
+/// commit.
+pub(crate) const LEASE_LIVE: &str = "expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// "Now plus the ttl in milliseconds bound at `$param`", in the stored form.
+pub(crate) fn lease_expiry(param: u32) -> String {
+    format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', (${param} / 1000.0) || ' seconds')")
+}
+
+/// Ends the lease. There is no notification: brokers sharing a SQLite file are on one machine
+/// and simply poll.
+pub(crate) const RELEASE_SQL: &str = "UPDATE agent_leases \
+     SET expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), owner = '' \
+     WHERE agent_id = $1 AND owner = $2 AND token = $3 \
+       AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+     RETURNING agent_id";
+
+/// Takes or extends the lease (`$1` agent, `$2` owner, `$3` ttl in milliseconds): token 1 for a
+/// new row, +1 for every acquisition after, and an unexpired lease of another owner is left
+/// alone (no row returned). SQLite's RETURNING cannot see the row's previous owner, so
+/// [`lease_owner`] reads it first in the same write transaction.
+pub(crate) fn acquire_sql() -> String {
+    format!(
+        "INSERT INTO agent_leases (agent_id, owner, token, expires_at, acquired_at) \
+         VALUES ($1, $2, 1, {expiry}, {LEASE_NOW}) \
+         ON CONFLICT (agent_id) DO UPDATE SET \
+             owner = excluded.owner, token = agent_leases.token + 1, \
+             expires_at = excluded.expires_at, acquired_at = excluded.acquired_at \
+         WHERE agent_leases.expires_at <= excluded.acquired_at \
+            OR agent_leases.owner = excluded.owner \
+         RETURNING token, expires_at",
+        expiry = lease_expiry(3)
+    )
+}
+
+/// The lease's current owner ('' once released), read inside the acquiring write transaction,
+/// where no other writer can change it before the upsert.
+pub(crate) async fn lease_owner(tx: &mut Tx, agent_id: &str) -> Result<Option<String>> {
+    Query::new("SELECT owner FROM agent_leases WHERE agent_id = $1")
+        .bind(agent_id)
+        .fetch_optional(tx)
+        .await?
+        .map(|row| Fields::new(&row, "agent_leases").text("owner"))
+        .transpose()
+}

@@ -1,0 +1,300 @@
+//! Executions: the user turn and the running row written before a process starts, the result
+//! turn and the outcome written when it ends.
+
+use kokino_core::{
+    CliType, CommMode, ExecutionRecord, ExecutionState, NewExecution, OutcomeClass, Role, Turn,
+    Usage,
+};
+
+use chrono::{DateTime, Utc};
+
+use crate::db::{now, saturating_i64, Arg, Fields, Query, Row, Tx};
+use crate::leases::Fence;
+use crate::sessions::touch_conversation;
+use crate::{FinishExecution, NewTurn, Result, Store, StoreError};
+
+pub(crate) const EXECUTION_COLUMNS: &str = "execution_id, agent_id, conversation_id, cli_type, \
+     mode, state, outcome, pid, pid_start_time, cli_session_id, exit_code, error_message, \
+     duration_ms, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, \
+     cost_usd, num_turns, peak_rss_mb, started_at, finished_at";
+
+impl Store {
+    /// Writes the user turn (next `seq` of the conversation) and the execution row (state
+    /// `running`) in one transaction, before any process starts.
+    pub async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
+        let mut tx = self.db.write_tx().await?;
+        let turn = begin_execution_in(&mut tx, new, None).await?;
+        tx.commit().await?;
+        Ok(turn)
+    }
+
+    /// Records the pid and process start time as soon as the process exists.
+    pub async fn set_execution_process(
+        &self,
+        execution_id: &str,
+        pid: i64,
+        start_time: Option<i64>,
+    ) -> Result<()> {
+        // One statement is atomic on its own: no explicit transaction, one round trip on the
+        // execute path.
+        let updated = Query::new(
+            "UPDATE executions SET pid = $1, pid_start_time = $2 WHERE execution_id = $3",
+        )
+        .bind(pid)
+        .bind(start_time)
+        .bind(execution_id)
+        .execute(self.db.write())
+        .await?;
+        found(updated, execution_id)
+    }
+
+    /// Writes the result turn and the outcome in one transaction and touches the session's
+    /// last activity. Returns the result turn.
+    pub async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
+        let mut tx = self.db.write_tx().await?;
+        let turn = finish_execution_in(&mut tx, fin, None).await?;
+        tx.commit().await?;
+        Ok(turn)
+    }
+
+    /// The execution with this id, if it exists.
+    pub async fn get_execution(&self, execution_id: &str) -> Result<Option<ExecutionRecord>> {
+        Query::new(format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1"
+        ))
+        .bind(execution_id)
+        .fetch_optional(self.db.read())
+        .await?
+        .as_ref()
+        .map(decode_execution)
+        .transpose()
+    }
+
+    /// Executions still `running` (used at start-up to find what a previous life left behind).
+    pub async fn running_executions(&self) -> Result<Vec<ExecutionRecord>> {
+        self.executions_where("state = 'running'", &[]).await
+    }
+
+    /// Executions matching `condition` (SQL over the executions table with parameters `$1`…
+    /// bound from `args`), oldest first.
+    pub(crate) async fn executions_where(
+        &self,
+        condition: &str,
+        args: &[&str],
+    ) -> Result<Vec<ExecutionRecord>> {
+        let query = Query::new(format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE {condition} \
+             ORDER BY started_at, execution_id"
+        ));
+        args.iter()
+            .fold(query, |q, arg| q.bind(*arg))
+            .fetch_all(self.db.read())
+            .await?
+            .iter()
+            .map(decode_execution)
+            .collect()
+    }
+}
+
+/// What an update of one execution by id answers: [`StoreError::ExecutionNotFound`] when it
+/// changed no row.
+pub(crate) fn found(updated: u64, execution_id: &str) -> Result<()> {
+    if updated == 0 {
+        return Err(StoreError::ExecutionNotFound(execution_id.to_owned()));
+    }
+    Ok(())
+}
+
+/// The writes of [`Store::begin_execution`], in the caller's write transaction; with a fence,
+/// only while that lease is current ([`StoreError::StaleLease`] before anything is written
+/// otherwise).
+pub(crate) async fn begin_execution_in(
+    tx: &mut Tx,
+    new: &NewExecution,
+    fence: Option<&Fence<'_>>,
+) -> Result<Turn> {
+    // An unknown conversation has no agent to lock; the turn insert then fails on its foreign
+    // key, on both backends.
+    tx.lock_conversation_agent(&new.conversation_id).await?;
+    // Taken after the locks: acquiring them may have been a wait.
+    let now = now();
+    if let Some(fence) = fence {
+        fence.check(tx).await?;
+    }
+    let turn = insert_turn(
+        tx,
+        &new.conversation_id,
+        &NewTurn {
+            turn_id: new.user_turn_id.clone(),
+            role: Role::User,
+            content: new.prompt.clone(),
+            metadata: new.turn_metadata.clone(),
+        },
+        now,
+    )
+    .await?;
+    Query::new(
+        "INSERT INTO executions \
+             (execution_id, agent_id, conversation_id, cli_type, mode, state, \
+              user_turn_id, started_at) \
+         VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
+    )
+    .bind(&new.execution_id)
+    .bind(&new.agent_id)
+    .bind(&new.conversation_id)
+    .bind(new.cli_type.as_str())
+    .bind(new.mode.as_str())
+    .bind(&new.user_turn_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    touch_conversation(tx, &new.conversation_id, now).await?;
+    Ok(turn)
+}
+
+/// The writes of [`Store::finish_execution`], in the caller's write transaction; with a fence,
+/// only while that lease is current ([`StoreError::StaleLease`] before anything is written
+/// otherwise).
+pub(crate) async fn finish_execution_in(
+    tx: &mut Tx,
+    fin: &FinishExecution,
+    fence: Option<&Fence<'_>>,
+) -> Result<Option<Turn>> {
+    let row =
+        Query::new("SELECT conversation_id, agent_id FROM executions WHERE execution_id = $1")
+            .bind(&fin.execution_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(row) = row else {
+        // The caller drops the transaction on the error, which rolls it back; nothing was
+        // written yet anyway.
+        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
+    };
+    let f = Fields::new(&row, "executions");
+    let conversation_id = f.text("conversation_id")?;
+    tx.lock_conversation_agent(&conversation_id).await?;
+    let now = now();
+    if let Some(fence) = fence {
+        fence.check_covers(&fin.execution_id, &f.text("agent_id")?)?;
+        fence.check(tx).await?;
+    }
+
+    let turn = match &fin.turn {
+        Some(new_turn) => Some(insert_turn(tx, &conversation_id, new_turn, now).await?),
+        None => None,
+    };
+    let usage = fin.usage;
+    let tokens = |pick: fn(&Usage) -> u64| usage.as_ref().map(|u| saturating_i64(pick(u)));
+    let updated = Query::new(
+        "UPDATE executions SET \
+             state = 'finished', outcome = $1, exit_code = $2, error_message = $3, \
+             duration_ms = $4, input_tokens = $5, output_tokens = $6, \
+             cache_read_tokens = $7, cache_creation_tokens = $8, cost_usd = $9, \
+             num_turns = $10, peak_rss_mb = $11, \
+             cli_session_id = COALESCE($12, cli_session_id), \
+             result_turn_id = COALESCE($13, result_turn_id), finished_at = $14 \
+         WHERE execution_id = $15",
+    )
+    .bind(fin.outcome.as_str())
+    .bind(fin.exit_code)
+    .bind(fin.error_message.as_deref())
+    .bind(fin.duration_ms)
+    .bind(tokens(|u| u.input_tokens))
+    .bind(tokens(|u| u.output_tokens))
+    .bind(tokens(|u| u.cache_read_tokens))
+    .bind(tokens(|u| u.cache_creation_tokens))
+    .bind(fin.cost_usd)
+    .bind(fin.num_turns)
+    .bind(fin.peak_rss_mb)
+    .bind(fin.cli_session_id.as_deref())
+    .bind(turn.as_ref().map(|t| t.turn_id.as_str()))
+    .bind(now)
+    .bind(&fin.execution_id)
+    .execute(&mut *tx)
+    .await?;
+    if updated == 0 {
+        // On PostgreSQL the conversation (and with it the execution) can be deleted between the
+        // read above and the lock; the answer is the same as if the deletion had come first.
+        // The caller drops the transaction on the error, which rolls the turn back.
+        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
+    }
+    touch_conversation(tx, &conversation_id, now).await?;
+    Ok(turn)
+}
+
+/// Inserts a turn with the conversation's next `seq`. The caller's write transaction must
+/// serialise appends to the conversation (SQLite's write lock, PostgreSQL's agent lock): the
+/// UNIQUE (conversation_id, seq) constraint alone would only turn a race into an error.
+async fn insert_turn(
+    tx: &mut Tx,
+    conversation_id: &str,
+    turn: &NewTurn,
+    at: DateTime<Utc>,
+) -> Result<Turn> {
+    let row = Query::new(
+        "INSERT INTO turns (turn_id, conversation_id, seq, role, content, metadata, created_at) \
+         SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6 \
+         FROM turns WHERE conversation_id = $2 \
+         RETURNING seq",
+    )
+    .bind(&turn.turn_id)
+    .bind(conversation_id)
+    .bind(turn.role.as_str())
+    .bind(turn.content.as_str())
+    .bind(Arg::json(&turn.metadata))
+    .bind(at)
+    .fetch_one(tx)
+    .await?;
+    Ok(Turn {
+        turn_id: turn.turn_id.clone(),
+        conversation_id: conversation_id.to_owned(),
+        seq: Fields::new(&row, "turns").int("seq")?,
+        role: turn.role,
+        content: turn.content.clone(),
+        metadata: turn.metadata.clone(),
+        created_at: at,
+    })
+}
+
+fn decode_execution(row: &Row) -> Result<ExecutionRecord> {
+    let f = Fields::new(row, "executions");
+    let state = match f.text("state")?.as_str() {
+        "running" => ExecutionState::Running,
+        "finished" => ExecutionState::Finished,
+        other => return Err(f.corrupt("state", format!("unknown state {other:?}"))),
+    };
+    let tokens = [
+        f.unsigned_opt("input_tokens")?,
+        f.unsigned_opt("output_tokens")?,
+        f.unsigned_opt("cache_read_tokens")?,
+        f.unsigned_opt("cache_creation_tokens")?,
+    ];
+    // The four counters are written together, so any of them present means usage was reported.
+    let usage = tokens.iter().any(Option::is_some).then(|| Usage {
+        input_tokens: tokens[0].unwrap_or(0),
+        output_tokens: tokens[1].unwrap_or(0),
+        cache_read_tokens: tokens[2].unwrap_or(0),
+        cache_creation_tokens: tokens[3].unwrap_or(0),
+    });
+    Ok(ExecutionRecord {
+        execution_id: f.text("execution_id")?,
+        agent_id: f.agent_id("agent_id")?,
+        conversation_id: f.text("conversation_id")?,
+        cli_type: f.parse::<CliType>("cli_type")?,
+        mode: f.parse::<CommMode>("mode")?,
+        state,
+        outcome: f.parse_opt::<OutcomeClass>("outcome")?,
+        pid: f.opt_int("pid")?,
+        pid_start_time: f.opt_int("pid_start_time")?,
+        cli_session_id: f.opt_text("cli_session_id")?,
+        exit_code: f.opt_int("exit_code")?,
+        error_message: f.opt_text("error_message")?,
+        duration_ms: f.opt_int("duration_ms")?,
+        usage,
+        cost_usd: f.opt_real("cost_usd")?,
+        num_turns: f.opt_int("num_turns")?,
+        peak_rss_mb: f.opt_real("peak_rss_mb")?,
+        started_at: f.time("started_at")?,
+        finished_at: f.opt_time("finished_at")?,
+    })
+}
