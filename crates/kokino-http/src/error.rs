@@ -63,8 +63,8 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let message = e.to_string();
         match e {
-            ServiceError::BadRequest { field, .. } => ApiError::bad_request(field, message),
-            ServiceError::PayloadTooLarge(_) => {
+            ServiceError::InvalidInput { field, .. } => ApiError::bad_request(field, message),
+            ServiceError::PromptTooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message)
             }
             ServiceError::AgentNotFound(id) => {
@@ -147,7 +147,16 @@ impl From<ServiceError> for ApiError {
                 e.retry_after = Some(Duration::from_secs(5));
                 e
             }
-            ServiceError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", message),
+            // Both are refusals the caller can act on (cancel first, retry): 409, one code.
+            ServiceError::InvalidState(_) | ServiceError::LeaseLost { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", message)
+            }
+            // The store answered but the operation failed (corrupt or missing row, violated
+            // constraint): not an outage, so no 503 and no Retry-After.
+            ServiceError::Store(_) => {
+                tracing::error!(error = %message, "store error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "STORE_ERROR", message)
+            }
             ServiceError::CircuitOpen {
                 scope,
                 state,
@@ -169,7 +178,9 @@ impl From<ServiceError> for ApiError {
                 e.retry_after = Some(retry_after);
                 e
             }
-            ServiceError::Internal(_) => {
+            // `ServiceError::Internal`; and since `ServiceError` is non-exhaustive, any variant
+            // added later is a 500 until it is mapped here.
+            _ => {
                 tracing::error!(error = %message, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
             }

@@ -398,6 +398,23 @@ pub async fn latency_by_agent(
     Ok(out)
 }
 
+/// The broker's SLO status now: correctness from the shadow comparisons of the availability
+/// window, integrity from the latest integrity check.
+pub(crate) async fn status(b: &crate::Broker) -> Result<SloStatus, crate::ServiceError> {
+    let inner = &b.inner;
+    let now = inner.clock.now();
+    let integrity = *inner.last_integrity.lock().expect("integrity cache");
+    let window = Duration::days(inner.cfg.slo.availability_window_days);
+    let shadow = inner.store.shadow_summary(now - window).await?;
+    let correctness = crate::shadow::match_rate(&shadow);
+    Ok(slo_status(&inner.store, &inner.cfg.slo, now, correctness, integrity).await?)
+}
+
+/// The start of a query window of `hours` hours ending now (on the broker's clock).
+pub(crate) fn hours_ago(b: &crate::Broker, hours: u32) -> DateTime<Utc> {
+    b.inner.clock.now() - Duration::hours(i64::from(hours))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,9 @@
-//! The shadow-mode endpoints' answers (http-api.md, Shadow mode), from the stored results.
+//! Shadow mode: the answers of its queries (http-api.md, Shadow mode) computed from the stored
+//! results, the two legs of a shadow execution ([`legs`]), and the queries themselves
+//! ([`reports`]).
+
+pub(crate) mod legs;
+pub(crate) mod reports;
 
 use chrono::{DateTime, Utc};
 use kokino_store::{ShadowResult, ShadowSummary};
