@@ -27,7 +27,8 @@ use crate::{
 
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
-/// The broker's application service: every operation of the HTTP API, independent of HTTP.
+/// The broker's application service: every operation of the broker's API, independent of the
+/// transport that offers it.
 /// Cheap to clone (all clones share one state).
 #[derive(Clone)]
 pub struct Broker {

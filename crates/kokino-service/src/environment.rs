@@ -68,8 +68,11 @@ fn publish(b: &Broker, r: &CliReport) {
             "cli" => cli.as_str(), "check" => check.name.as_str(), "result" => result)
         .increment(1);
     }
-    metrics::gauge!(telemetry::ENV_CHECK_FAILING, "cli" => cli.as_str())
-        .set(if r.passed { 0.0 } else { 1.0 });
+    metrics::gauge!(telemetry::ENV_CHECK_FAILING, "cli" => cli.as_str()).set(if r.passed {
+        0.0
+    } else {
+        1.0
+    });
     for kind in r.event_types() {
         let mut ev = event(kind, None, Some(cli.as_str()));
         ev.success = Some(r.passed);

@@ -167,38 +167,20 @@ impl From<StoreError> for ServiceError {
 }
 
 /// Whether a store error means "the database cannot be reached or cannot serve right now".
+/// The store reports an unreachable database as `Unavailable` and passes the driver's own
+/// failures (lost connections, an exhausted pool, a busy database) through as `Database`; the
+/// driver's types stay inside `kokino-store`, so a `Database` error counts as an outage here.
+/// Everything the store itself detected — a corrupt or missing row, an unsupported operation,
+/// a failed migration, an unusable data directory — is a fault that retrying will not fix.
 fn store_is_unavailable(e: &StoreError) -> bool {
     match e {
-        StoreError::Unavailable(_) => true,
-        StoreError::Database(db) => sqlx_is_unavailable(db),
+        StoreError::Unavailable(_) | StoreError::Database(_) => true,
         StoreError::Migration(_)
         | StoreError::DataDir { .. }
         | StoreError::Corrupt { .. }
         | StoreError::Unsupported(_)
         | StoreError::ExecutionNotFound(_)
         | StoreError::StaleLease { .. } => false,
-    }
-}
-
-/// The driver errors that mean the database is out of reach or overloaded, as opposed to an
-/// answer that says the query itself failed (constraint, missing row, undecodable column).
-fn sqlx_is_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // SQLite: BUSY, LOCKED, IOERR, FULL, CANTOPEN (primary result codes). PostgreSQL:
-            // SQLSTATE classes 08 (connection), 53 (insufficient resources), 57P (shutdown).
-            matches!(code.as_ref(), "5" | "6" | "10" | "13" | "14")
-                || code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57P")
-        }),
-        _ => false,
     }
 }
 
@@ -231,15 +213,13 @@ mod tests {
     fn only_an_outage_is_reported_as_store_unavailable() {
         let unavailable = ServiceError::from(StoreError::Unavailable("refused".into()));
         assert!(matches!(unavailable, ServiceError::StoreUnavailable(_)));
-        let pool = ServiceError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
-        assert!(matches!(pool, ServiceError::StoreUnavailable(_)));
         let corrupt = ServiceError::from(StoreError::Corrupt {
             table: "turns",
             message: "bad role".into(),
         });
         assert!(matches!(corrupt, ServiceError::Store(_)));
-        let missing = ServiceError::from(StoreError::Database(sqlx::Error::RowNotFound));
-        assert!(matches!(missing, ServiceError::Store(_)));
+        let unsupported = ServiceError::from(StoreError::Unsupported("no leases".into()));
+        assert!(matches!(unsupported, ServiceError::Store(_)));
         let gone = ServiceError::from(StoreError::ExecutionNotFound("e1".into()));
         assert!(matches!(gone, ServiceError::Store(_)));
     }

@@ -75,7 +75,10 @@ async fn run_doctor(b: &Broker) {
 async fn run_integrity_check(b: &Broker) {
     match crate::integrity::check(b).await {
         Ok(r) if !r.passed => {
-            tracing::warn!(issues = r.issues.len(), "nightly integrity check found issues")
+            tracing::warn!(
+                issues = r.issues.len(),
+                "nightly integrity check found issues"
+            )
         }
         Ok(_) => tracing::info!("nightly integrity check passed"),
         Err(e) => tracing::warn!(error = %e, "nightly integrity check failed to run"),

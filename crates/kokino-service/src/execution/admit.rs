@@ -89,7 +89,7 @@ fn refuse(
         .map(|t| (t - now).to_std().unwrap_or(Duration::from_secs(1)));
     ServiceError::CircuitOpen {
         message: format!(
-            "the {} circuit breaker for {} is {}{}; requests are refused until it recovers ({})",
+            "the {} circuit breaker for {} is {}{}; requests are refused until it recovers",
             rejection.scope.kind(),
             rejection.scope.key(),
             rejection.state.as_str().replace('_', " "),
@@ -97,7 +97,6 @@ fn refuse(
                 .retry_at
                 .map(|t| format!(" until {}", t.to_rfc3339()))
                 .unwrap_or_default(),
-            "see GET /agents/circuits/status; POST /agents/{id}/circuit/reset resets it"
         ),
         scope: rejection.scope.kind().to_owned(),
         state: rejection.state.as_str().to_owned(),

@@ -136,7 +136,11 @@ fn finish_record(exec: &Execution, o: &Outcome) -> FinishExecution {
 /// The metrics and events of a finished run.
 fn publish(b: &Broker, exec: &Execution, o: &Outcome) {
     let r = &o.result;
-    let (id, cli, mode) = (&exec.agent.spec.agent_id, exec.agent.spec.cli_type, exec.mode);
+    let (id, cli, mode) = (
+        &exec.agent.spec.agent_id,
+        exec.agent.spec.cli_type,
+        exec.mode,
+    );
     let outcome = r.outcome;
     metrics::counter!(telemetry::EXECUTIONS_TOTAL,
         "cli" => cli.as_str(), "mode" => mode.as_str(), "outcome" => outcome.as_str())
@@ -157,7 +161,11 @@ fn publish(b: &Broker, exec: &Execution, o: &Outcome) {
         b.inner.events.emit(ev);
     }
     if let Some(StopReason::MemoryLimit { rss_bytes }) = r.stop {
-        let mut ev = event("PROCESS_LIMIT_EXCEEDED", Some(id.as_str()), Some(cli.as_str()));
+        let mut ev = event(
+            "PROCESS_LIMIT_EXCEEDED",
+            Some(id.as_str()),
+            Some(cli.as_str()),
+        );
         ev.metadata = json!({"rssBytes": rss_bytes, "executionId": exec.execution_id});
         b.inner.events.emit(ev);
     }
@@ -179,12 +187,7 @@ fn publish(b: &Broker, exec: &Execution, o: &Outcome) {
 }
 
 /// The caller's answer: the CLI's answer, or the error that says what happened.
-fn answer(
-    b: &Broker,
-    exec: &Execution,
-    o: Outcome,
-    turn: Option<Turn>,
-) -> Result<ExecuteResponse> {
+fn answer(b: &Broker, exec: &Execution, o: Outcome, turn: Option<Turn>) -> Result<ExecuteResponse> {
     let agent_id = exec.agent.spec.agent_id.to_string();
     let execution_id = exec.execution_id.clone();
     let r = o.result;

@@ -267,7 +267,9 @@ async fn resolve_session(
     }
     let preassigned =
         kokino_cli::preassigns_session_id(cli).then(|| uuid::Uuid::new_v4().to_string());
-    let s = store.create_session(id, cli, preassigned.as_deref()).await?;
+    let s = store
+        .create_session(id, cli, preassigned.as_deref())
+        .await?;
     let mut ev = event("SESSION_CREATED", Some(id.as_str()), Some(cli.as_str()));
     ev.metadata = json!({"conversationId": s.conversation_id});
     b.inner.events.emit(ev);
@@ -337,7 +339,11 @@ async fn run_process(
     cancel: CancellationToken,
 ) -> RunResult {
     let limits = runner.limits().clone();
-    let (id, cli, mode) = (&exec.agent.spec.agent_id, exec.agent.spec.cli_type, exec.mode);
+    let (id, cli, mode) = (
+        &exec.agent.spec.agent_id,
+        exec.agent.spec.cli_type,
+        exec.mode,
+    );
     b.inner.running_table().insert(
         id.clone(),
         Running {

@@ -134,7 +134,13 @@ pub(crate) async fn record(b: &Broker, agent: &AgentRecord, execution_id: &str, 
         (&legs.secondary, &legs.primary)
     };
     let comparison = compare(tmux, headless).await;
-    let row = result_row(agent, execution_id, legs.primary_mode, (tmux, headless), &comparison);
+    let row = result_row(
+        agent,
+        execution_id,
+        legs.primary_mode,
+        (tmux, headless),
+        &comparison,
+    );
     if let Err(e) = b.inner.store.insert_shadow_result(&row).await {
         tracing::warn!(error = %e, "could not store a shadow result");
     }
