@@ -10,7 +10,6 @@
 //! executor does the IO and asks these functions what it saw.
 
 #![warn(missing_docs)]
-
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;

@@ -63,8 +63,8 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let message = e.to_string();
         match e {
-            ServiceError::BadRequest { field, .. } => ApiError::bad_request(field, message),
-            ServiceError::PayloadTooLarge(_) => {
+            ServiceError::InvalidInput { field, .. } => ApiError::bad_request(field, message),
+            ServiceError::PromptTooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message)
             }
             ServiceError::AgentNotFound(id) => {
@@ -131,12 +131,6 @@ impl From<ServiceError> for ApiError {
                 e.retry_after = retry_after;
                 e
             }
-            // Only a store that cannot be reached is 503; a corrupt row, a constraint or a
-            // missing row is a definite failure that retrying will not cure.
-            ServiceError::StoreUnavailable(e) if !e.is_unavailable() => {
-                tracing::error!(error = %message, "store error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "STORE_ERROR", message)
-            }
             ServiceError::StoreUnavailable(_) => {
                 tracing::error!(error = %message, "store error");
                 let mut e = ApiError::new(
@@ -153,13 +147,26 @@ impl From<ServiceError> for ApiError {
                 e.retry_after = Some(Duration::from_secs(5));
                 e
             }
-            ServiceError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", message),
+            // Both are refusals the caller can act on (cancel first, retry): 409, one code.
+            ServiceError::InvalidState(_) | ServiceError::LeaseLost { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", message)
+            }
+            // The store answered but the operation failed (corrupt or missing row, violated
+            // constraint): not an outage, so no 503 and no Retry-After.
+            ServiceError::Store(_) => {
+                tracing::error!(error = %message, "store error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "STORE_ERROR", message)
+            }
             ServiceError::CircuitOpen {
                 scope,
                 state,
                 retry_after,
                 ..
             } => {
+                // Where to look and how to reset are the HTTP API's paths, so they are added here.
+                let message = format!(
+                    "{message} (see GET /agents/circuits/status; POST /agents/{{id}}/circuit/reset resets it)"
+                );
                 let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CIRCUIT_OPEN", message)
                     .with_details(json!({"scope": scope, "state": state}));
                 e.retry_after = retry_after;
@@ -175,7 +182,9 @@ impl From<ServiceError> for ApiError {
                 e.retry_after = Some(retry_after);
                 e
             }
-            ServiceError::Internal(_) => {
+            // `ServiceError::Internal`; and since `ServiceError` is non-exhaustive, any variant
+            // added later is a 500 until it is mapped here.
+            _ => {
                 tracing::error!(error = %message, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
             }
@@ -188,23 +197,81 @@ mod tests {
     use super::*;
     use kokino_store::StoreError;
 
-    /// Only an unreachable store is a retryable 503; a store that answered with a failure is not.
+    fn api(e: impl Into<ServiceError>) -> ApiError {
+        ApiError::from(e.into())
+    }
+
     #[test]
-    fn only_an_unreachable_store_is_unavailable() {
-        let down = ApiError::from(ServiceError::StoreUnavailable(StoreError::Unavailable(
-            "connection refused".into(),
-        )));
+    fn a_store_outage_is_503_store_unavailable_with_retry_after() {
+        let e = api(StoreError::Unavailable("connection refused".into()));
         assert_eq!(
-            (down.status, down.code),
+            (e.status, e.code),
             (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE")
         );
-        let corrupt = ApiError::from(ServiceError::StoreUnavailable(StoreError::Corrupt {
-            table: "agents",
-            message: "column type: unknown CLI type".into(),
-        }));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_store_failure_that_is_not_an_outage_is_a_500_without_retry_after() {
+        let corrupt = api(StoreError::Corrupt {
+            table: "turns",
+            message: "unknown role".into(),
+        });
         assert_eq!(
             (corrupt.status, corrupt.code),
             (StatusCode::INTERNAL_SERVER_ERROR, "STORE_ERROR")
         );
+        assert_eq!(corrupt.retry_after, None);
+        let missing = api(StoreError::ExecutionNotFound("e1".into()));
+        assert_eq!(missing.code, "STORE_ERROR");
+    }
+
+    #[test]
+    fn a_lost_lease_is_a_409_conflict_saying_to_retry() {
+        let e = api(StoreError::StaleLease {
+            agent_id: "a".into(),
+            token: 7,
+        });
+        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "CONFLICT"));
+        assert!(e.message.ends_with("retry the request"), "{}", e.message);
+    }
+
+    #[test]
+    fn domain_errors_keep_their_codes() {
+        let invalid = api(ServiceError::InvalidInput {
+            field: Some("prompt"),
+            message: "prompt must be a non-empty string".into(),
+        });
+        assert_eq!(
+            (invalid.status, invalid.code),
+            (StatusCode::BAD_REQUEST, "BAD_REQUEST")
+        );
+        assert_eq!(invalid.details["field"], "prompt");
+        let large = api(ServiceError::PromptTooLarge {
+            bytes: 10,
+            limit: 5,
+        });
+        assert_eq!(
+            (large.status, large.code),
+            (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+        );
+        assert_eq!(large.message, "prompt is 10 bytes; the limit is 5 bytes");
+        let state = api(ServiceError::InvalidState("busy".into()));
+        assert_eq!(
+            (state.status, state.code),
+            (StatusCode::CONFLICT, "CONFLICT")
+        );
+        let open = api(ServiceError::CircuitOpen {
+            message:
+                "the agent circuit breaker for a is open; requests are refused until it recovers"
+                    .into(),
+            scope: "agent".into(),
+            state: "open".into(),
+            retry_after: None,
+        });
+        assert_eq!(open.code, "CIRCUIT_OPEN");
+        assert!(open.message.ends_with(
+            "(see GET /agents/circuits/status; POST /agents/{id}/circuit/reset resets it)"
+        ));
     }
 }

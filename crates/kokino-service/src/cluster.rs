@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub struct ClusterConfig {
     /// Stable across restarts of this broker (a restarted broker cleans up its own runs).
     pub instance_id: String,
+    /// How long a lease lives without renewal.
     pub lease_ttl: Duration,
     /// The binary that acts as the lease guard (`kokino-broker` itself).
     pub guard_program: PathBuf,

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use kokino_core::CliType;
 
+/// The broker's settings; [`ServiceConfig::with_data_dir`] gives the documented defaults.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServiceConfig {
+    /// Where logs, tmux sockets and (SQLite) the database live.
     pub data_dir: PathBuf,
     /// Binary per CLI type when the agent does not name one (default: the type's usual name).
     pub binaries: BTreeMap<CliType, String>,
@@ -17,14 +20,23 @@ pub struct ServiceConfig {
     pub allowed_binaries: kokino_core::exec_policy::BinaryAllowlist,
     /// Variables removed from the child environment unless the agent sets them explicitly.
     pub conflicting_vars: BTreeMap<CliType, Vec<String>>,
+    /// An execution's timeout when neither the request nor the agent sets one.
     pub execution_timeout: Duration,
+    /// How long a request waits for the agent's lock when it does not say.
     pub lock_wait: Duration,
+    /// A CLI silent for this long is stopped.
     pub inactivity_timeout: Duration,
+    /// How long a CLI may keep running after its final result before it is stopped.
     pub post_result_grace: Duration,
+    /// Between SIGTERM and SIGKILL when a CLI is stopped.
     pub kill_grace: Duration,
+    /// A CLI's process-group memory limit when the agent does not set one, in MiB.
     pub max_memory_mb: u64,
+    /// How often a running CLI's memory and CPU are sampled.
     pub memory_sample_every: Duration,
+    /// Larger prompts are refused.
     pub max_prompt_bytes: usize,
+    /// Longer output lines of a CLI are cut.
     pub max_line_bytes: usize,
     /// Whether `EXECUTION_STARTED` events carry the first 100 characters of the prompt.
     pub event_prompt_preview: bool,
@@ -40,6 +52,7 @@ pub struct ServiceConfig {
     pub log_prune_every: Duration,
     /// Events older than this many days are deleted by the daily job.
     pub event_retention_days: u32,
+    /// The SLO targets.
     pub slo: crate::slo::SloTargets,
     /// The tmux binary for tmux and shadow modes.
     pub tmux_binary: String,
@@ -50,14 +63,16 @@ pub struct ServiceConfig {
     pub doctor_every: Option<Duration>,
     /// Timeout of each doctor check.
     pub doctor_check_timeout: Duration,
-    /// Disk usage thresholds of the doctor's `disk` check, in percent.
+    /// Disk usage (percent) above which the doctor's `disk` check warns.
     pub disk_warn_pct: f64,
+    /// Disk usage (percent) above which the doctor's `disk` check fails.
     pub disk_fail_pct: f64,
     /// Set when several brokers share the store (PostgreSQL): agent leases and lease guards.
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl ServiceConfig {
+    /// The documented defaults, with data under `data_dir`.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         ServiceConfig {
             data_dir: data_dir.into(),
@@ -91,10 +106,12 @@ impl ServiceConfig {
         }
     }
 
+    /// Where the agents' logs are written.
     pub fn logs_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
 
+    /// The binary of a CLI type (configured, else the type's usual name).
     pub fn binary_for(&self, cli: CliType) -> &str {
         self.binaries
             .get(&cli)
@@ -121,6 +138,8 @@ impl ServiceConfig {
         self.allowed_binaries.check(binary, &implicit)
     }
 
+    /// The variables removed from a CLI's child environment (configured, else the CLI's
+    /// defaults).
     pub fn conflicting_for(&self, cli: CliType) -> Vec<String> {
         match self.conflicting_vars.get(&cli) {
             Some(v) => v.clone(),

@@ -2,13 +2,14 @@
 //! the pure state machines live in `kokino_core::{breaker, fallback}`; this module persists their
 //! changes, publishes them as events and metrics, and applies the auto-fallback rule.
 //!
-//! How breakers and fallback fit together (the spec says both "an open breaker answers 503" and
+//! How breakers and fallback fit together (the spec says both "an open breaker refuses" and
 //! "an opened agent breaker forces the agent to tmux"): the breakers guard the **headless** path.
 //! When an agent's breaker opens and tmux can run it, the agent is forced to tmux automatically,
 //! and its requests are rerouted there instead of refused. Once the breaker's wait has passed,
 //! one request is sent headless as the probe; if it succeeds the breaker closes and the automatic
 //! entry is cleared, so the agent returns to headless by itself. Without tmux, the open breaker
-//! answers 503 `CIRCUIT_OPEN`. Manual entries are never cleared automatically.
+//! refuses the request (`ServiceError::CircuitOpen`). Manual entries are never cleared
+//! automatically.
 
 use std::sync::Mutex;
 
@@ -384,6 +385,25 @@ impl Resilience {
                 })
         })
     }
+}
+
+/// The operator's reset of an agent's breaker; returns its previous state.
+pub(crate) async fn reset_agent_circuit(b: &crate::Broker, agent_id: &str) -> Result<String> {
+    let id = crate::agents::existing(b, agent_id).await?;
+    let tmux = b.inner.tmux_available();
+    Ok(b.inner.resilience.reset(&Scope::Agent(id), tmux).await)
+}
+
+/// Forces an agent to run through tmux. Refused when it could not run there: a fallback that
+/// refuses every request is worse than none.
+pub(crate) async fn force_agent(b: &crate::Broker, agent_id: &str, reason: &str) -> Result<()> {
+    let id = crate::agents::existing(b, agent_id).await?;
+    if !b.inner.tmux_available() {
+        return Err(ServiceError::InvalidState(format!(
+            "cannot force agent {id} to tmux: tmux is not available on this host"
+        )));
+    }
+    b.inner.resilience.force_agent(&id, reason).await
 }
 
 /// A seed for breaker jitter that differs between brokers, so a fleet does not retry in step.

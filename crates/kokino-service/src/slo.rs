@@ -12,13 +12,21 @@ use serde::Serialize;
 
 /// The targets; every one is a setting with the operations guide's default.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SloTargets {
+    /// Successes ÷ eligible requests.
     pub availability: f64,
+    /// The availability window, in days.
     pub availability_window_days: i64,
+    /// p95 of successful executions, in milliseconds.
     pub latency_p95_ms: u64,
+    /// The latency (and resources) window, in hours.
     pub latency_window_hours: i64,
+    /// Shadow output match rate.
     pub correctness: f64,
+    /// Share of conversations without integrity issues.
     pub integrity: f64,
+    /// Average peak memory of a CLI, in MiB.
     pub memory_mb: f64,
 }
 
@@ -39,72 +47,111 @@ impl Default for SloTargets {
 /// Events that count as failed requests for availability although no execution ran.
 pub const REJECTION_EVENTS: &[&str] = &["LOCK_TIMEOUT", "CIRCUIT_REJECTED"];
 
+/// Error-budget burn rates over three windows (1 spends the budget exactly over the SLO window).
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[non_exhaustive]
 pub struct BurnRates {
+    /// Over the last hour.
     #[serde(rename = "1h")]
     pub h1: f64,
+    /// Over the last six hours.
     #[serde(rename = "6h")]
     pub h6: f64,
+    /// Over the last three days.
     #[serde(rename = "3d")]
     pub d3: f64,
 }
 
+/// The availability SLO over its window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Availability {
     /// Successes ÷ eligible requests; 1.0 when nothing was eligible.
     pub current: f64,
+    /// The target.
     pub target: f64,
+    /// The window, in days.
     pub window_days: i64,
+    /// Whether the target is missed (never without eligible requests).
     pub breached: bool,
     /// Fraction of the window's error budget left: 1 = untouched, 0 = spent, below 0 = overspent.
     pub error_budget_remaining: f64,
     /// The budget itself, in failed requests: (1 − target) × eligible, never rounded.
     pub error_budget: f64,
+    /// Requests that count (successes and failures).
     pub eligible: u64,
+    /// Failed requests.
     pub failures: u64,
+    /// How fast the budget is being spent.
     pub burn_rates: BurnRates,
 }
 
+/// The latency SLO of successful executions.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Latency {
+    /// Median duration of successful executions, in milliseconds.
     pub p50_ms: u64,
+    /// 95th percentile, in milliseconds.
     pub p95_ms: u64,
+    /// 99th percentile, in milliseconds.
     pub p99_ms: u64,
+    /// The p95 target.
     pub target_p95_ms: u64,
+    /// The window, in hours.
     pub window_hours: i64,
+    /// Whether p95 is at or above the target.
     pub breached: bool,
+    /// Successful executions in the window.
     pub count: u64,
 }
 
+/// An SLO measured as a ratio against a target.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Ratio {
     /// `null` until there is data (no shadow comparisons yet, no integrity check yet).
     pub current: Option<f64>,
+    /// The target.
     pub target: f64,
+    /// Whether the current value is below the target.
     pub breached: bool,
 }
 
+/// The memory SLO.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Resources {
+    /// Average peak memory of the CLIs in the window, in MiB (`null` without runs).
     #[serde(rename = "avgMemoryMB")]
     pub avg_memory_mb: Option<f64>,
+    /// The target, in MiB.
     #[serde(rename = "targetMB")]
     pub target_mb: f64,
+    /// Whether the average is at or above the target.
     pub breached: bool,
 }
 
+/// Every SLO at one instant.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct SloStatus {
+    /// The availability SLO.
     pub availability: Availability,
+    /// The latency SLO.
     pub latency: Latency,
+    /// The correctness SLO (shadow match rate).
     pub correctness: Ratio,
+    /// The integrity SLO (latest integrity check).
     pub integrity: Ratio,
+    /// The memory SLO.
     pub resources: Resources,
+    /// When the status was computed.
     pub checked_at: DateTime<Utc>,
 }
 
@@ -163,6 +210,7 @@ fn burn_rate(t: Tally, target: f64) -> f64 {
     (t.failures as f64 / t.eligible() as f64) / (1.0 - target)
 }
 
+/// Every SLO at `now`, from the store's counts and the given correctness and integrity ratios.
 pub async fn slo_status(
     store: &Store,
     targets: &SloTargets,
@@ -255,35 +303,58 @@ pub async fn slo_status(
     })
 }
 
+/// Failures of one CLI type in a window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct CliFailures {
+    /// The CLI type.
     pub cli_type: String,
+    /// Failed executions.
     pub failures: u64,
+    /// Eligible executions.
     pub total: u64,
+    /// Failures ÷ total.
     pub failure_rate: f64,
+    /// The most frequent failure messages, with their counts.
     pub top_reasons: Vec<String>,
 }
 
+/// Failures of one agent in a window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct AgentFailures {
+    /// The agent.
     pub agent_id: String,
+    /// Its CLI type.
     pub cli_type: String,
+    /// Failed executions.
     pub failures: u64,
+    /// Eligible executions.
     pub total: u64,
+    /// Failures ÷ total.
     pub failure_rate: f64,
+    /// When the latest failure ended.
     pub last_failure_at: Option<DateTime<Utc>>,
 }
 
+/// Durations of one agent's executions in a window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct AgentLatency {
+    /// The agent.
     pub agent_id: String,
+    /// Executions measured.
     pub count: u64,
+    /// Average duration, in milliseconds.
     pub avg_ms: f64,
+    /// Median duration, in milliseconds.
     pub p50_ms: u64,
+    /// 95th percentile, in milliseconds.
     pub p95_ms: u64,
+    /// Longest, in milliseconds.
     pub max_ms: u64,
 }
 
@@ -333,6 +404,7 @@ pub async fn failures_by_cli(
     Ok(out)
 }
 
+/// Failures per agent since `since`, most failures first (same rules as [`failures_by_cli`]).
 pub async fn failures_by_agent(
     store: &Store,
     since: DateTime<Utc>,
@@ -396,6 +468,23 @@ pub async fn latency_by_agent(
         .collect();
     out.sort_by(|a, b| b.p95_ms.cmp(&a.p95_ms).then(a.agent_id.cmp(&b.agent_id)));
     Ok(out)
+}
+
+/// The broker's SLO status now: correctness from the shadow comparisons of the availability
+/// window, integrity from the latest integrity check.
+pub(crate) async fn status(b: &crate::Broker) -> Result<SloStatus, crate::ServiceError> {
+    let inner = &b.inner;
+    let now = inner.clock.now();
+    let integrity = *inner.last_integrity.lock().expect("integrity cache");
+    let window = Duration::days(inner.cfg.slo.availability_window_days);
+    let shadow = inner.store.shadow_summary(now - window).await?;
+    let correctness = crate::shadow::match_rate(&shadow);
+    Ok(slo_status(&inner.store, &inner.cfg.slo, now, correctness, integrity).await?)
+}
+
+/// The start of a query window of `hours` hours ending now (on the broker's clock).
+pub(crate) fn hours_ago(b: &crate::Broker, hours: u32) -> DateTime<Utc> {
+    b.inner.clock.now() - Duration::hours(i64::from(hours))
 }
 
 #[cfg(test)]

@@ -10,37 +10,66 @@ use tokio::sync::mpsc;
 /// One exported metric: name, kind, labels and help text.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricDef {
+    /// The Prometheus name.
     pub name: &'static str,
+    /// `counter`, `gauge` or `histogram`.
     pub kind: &'static str,
+    /// The label names.
     pub labels: &'static [&'static str],
+    /// The help text.
     pub help: &'static str,
 }
 
+/// `kokino_executions_total`; its kind, labels and help are in [`METRICS`].
 pub const EXECUTIONS_TOTAL: &str = "kokino_executions_total";
+/// `kokino_execution_duration_seconds`; its kind, labels and help are in [`METRICS`].
 pub const EXECUTION_DURATION: &str = "kokino_execution_duration_seconds";
+/// `kokino_lock_wait_seconds`; its kind, labels and help are in [`METRICS`].
 pub const LOCK_WAIT: &str = "kokino_lock_wait_seconds";
+/// `kokino_lock_timeouts_total`; its kind, labels and help are in [`METRICS`].
 pub const LOCK_TIMEOUTS_TOTAL: &str = "kokino_lock_timeouts_total";
+/// `kokino_lock_queue_depth`; its kind, labels and help are in [`METRICS`].
 pub const QUEUE_DEPTH: &str = "kokino_lock_queue_depth";
+/// `kokino_running_processes`; its kind, labels and help are in [`METRICS`].
 pub const RUNNING_PROCESSES: &str = "kokino_running_processes";
+/// `kokino_process_peak_rss_bytes`; its kind, labels and help are in [`METRICS`].
 pub const PROCESS_PEAK_RSS: &str = "kokino_process_peak_rss_bytes";
+/// `kokino_jsonl_parse_errors_total`; its kind, labels and help are in [`METRICS`].
 pub const JSONL_PARSE_ERRORS_TOTAL: &str = "kokino_jsonl_parse_errors_total";
+/// `kokino_http_requests_total`; its kind, labels and help are in [`METRICS`].
 pub const HTTP_REQUESTS_TOTAL: &str = "kokino_http_requests_total";
+/// `kokino_http_request_duration_seconds`; its kind, labels and help are in [`METRICS`].
 pub const HTTP_REQUEST_DURATION: &str = "kokino_http_request_duration_seconds";
+/// `kokino_http_panics_total`; its kind, labels and help are in [`METRICS`].
 pub const HTTP_PANICS_TOTAL: &str = "kokino_http_panics_total";
+/// `kokino_events_dropped_total`; its kind, labels and help are in [`METRICS`].
 pub const EVENTS_DROPPED_TOTAL: &str = "kokino_events_dropped_total";
+/// `kokino_integrity_issues`; its kind, labels and help are in [`METRICS`].
 pub const INTEGRITY_ISSUES: &str = "kokino_integrity_issues";
+/// `kokino_circuit_breakers`; its kind, labels and help are in [`METRICS`].
 pub const CIRCUIT_BREAKERS: &str = "kokino_circuit_breakers";
+/// `kokino_circuit_transitions_total`; its kind, labels and help are in [`METRICS`].
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "kokino_circuit_transitions_total";
+/// `kokino_circuit_rejections_total`; its kind, labels and help are in [`METRICS`].
 pub const CIRCUIT_REJECTIONS_TOTAL: &str = "kokino_circuit_rejections_total";
+/// `kokino_fallback_overrides`; its kind, labels and help are in [`METRICS`].
 pub const FALLBACK_OVERRIDES: &str = "kokino_fallback_overrides";
+/// `kokino_rate_limited_rejections_total`; its kind, labels and help are in [`METRICS`].
 pub const RATE_LIMITED_TOTAL: &str = "kokino_rate_limited_rejections_total";
+/// `kokino_env_checks_total`; its kind, labels and help are in [`METRICS`].
 pub const ENV_CHECKS_TOTAL: &str = "kokino_env_checks_total";
+/// `kokino_shadow_results_total`; its kind, labels and help are in [`METRICS`].
 pub const SHADOW_RESULTS_TOTAL: &str = "kokino_shadow_results_total";
+/// `kokino_shadow_similarity_ratio`; its kind, labels and help are in [`METRICS`].
 pub const SHADOW_SIMILARITY: &str = "kokino_shadow_similarity_ratio";
+/// `kokino_shadow_latency_delta_seconds`; its kind, labels and help are in [`METRICS`].
 pub const SHADOW_LATENCY_DELTA: &str = "kokino_shadow_latency_delta_seconds";
+/// `kokino_env_check_failing`; its kind, labels and help are in [`METRICS`].
 pub const ENV_CHECK_FAILING: &str = "kokino_env_check_failing";
+/// `kokino_store_up`; its kind, labels and help are in [`METRICS`].
 pub const STORE_UP: &str = "kokino_store_up";
 
+/// Every metric the broker exports.
 pub const METRICS: &[MetricDef] = &[
     MetricDef {
         name: EXECUTIONS_TOTAL,
@@ -204,6 +233,7 @@ pub fn describe_metrics() {
 pub const EXECUTION_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
+/// Histogram buckets of the lock wait, in seconds: mostly short, with a tail up to 300 s.
 pub const LOCK_WAIT_BUCKETS: &[f64] = &[
     0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
@@ -233,6 +263,7 @@ impl EventSink {
         (EventSink { tx }, task)
     }
 
+    /// Queues an event for the writer; never waits (a full queue drops it and counts it).
     pub fn emit(&self, event: NewEvent) {
         if self.tx.try_send(event).is_err() {
             metrics::counter!(EVENTS_DROPPED_TOTAL).increment(1);

@@ -1,7 +1,6 @@
 //! What a hostile client, a hostile web page or another local user can do to a real broker
 //! process: private files, the execution policy, cross-site requests, slow and idle connections.
 
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;

@@ -1,37 +1,58 @@
-//! The shadow-mode endpoints' answers (http-api.md, Shadow mode), from the stored results.
+//! Shadow mode: the answers of its queries (http-api.md, Shadow mode) computed from the stored
+//! results, the two legs of a shadow execution ([`legs`]), and the queries themselves
+//! ([`reports`]).
+
+pub(crate) mod legs;
+pub(crate) mod reports;
 
 use chrono::{DateTime, Utc};
 use kokino_store::{ShadowResult, ShadowSummary};
 use serde::Serialize;
 
+/// Share of shadow runs in which each leg succeeded.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SuccessRates {
+    /// Share in which the tmux leg succeeded.
     pub tmux: f64,
+    /// Share in which the headless leg succeeded.
     pub headless: f64,
 }
 
+/// Shadow runs by how their legs ended.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SummaryCounts {
+    /// Both legs answered.
     pub both_succeeded: u64,
+    /// Only the tmux leg answered.
     pub only_tmux_succeeded: u64,
+    /// Only the headless leg answered.
     pub only_headless_succeeded: u64,
+    /// Neither leg answered.
     pub both_failed: u64,
+    /// Both answered and the answers matched.
     pub output_matched: u64,
+    /// Both answered and the answers differed.
     pub output_mismatched: u64,
 }
 
+/// The shadow-mode metrics over a number of days.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ShadowMetrics {
+    /// The window, in days.
     pub days: u32,
+    /// Shadow runs in the window.
     pub total_tests: u64,
+    /// Success rate of each leg.
     pub success_rates: SuccessRates,
     /// Matched ÷ runs where both legs answered (`null` when there were none).
     pub output_match_rate: Option<f64>,
     /// Average headless − tmux latency in ms (negative: headless faster), `null` without data.
     pub avg_latency_delta: Option<f64>,
+    /// Whether headless was faster on average.
     pub headless_faster: bool,
+    /// Runs by how their legs ended.
     pub summary: SummaryCounts,
 }
 
@@ -43,11 +64,13 @@ fn rate(n: u64, d: u64) -> f64 {
     }
 }
 
+/// Matched ÷ compared answers (`None` before any comparison).
 pub fn match_rate(s: &ShadowSummary) -> Option<f64> {
     let compared = s.matched + s.mismatched;
     (compared > 0).then(|| s.matched as f64 / compared as f64)
 }
 
+/// The shadow metrics of a summary over `days` days.
 pub fn metrics(days: u32, s: &ShadowSummary) -> ShadowMetrics {
     ShadowMetrics {
         days,
@@ -70,16 +93,25 @@ pub fn metrics(days: u32, s: &ShadowSummary) -> ShadowMetrics {
     }
 }
 
+/// A shadow run whose two answers differed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Mismatch {
+    /// The stored result's id.
     pub id: i64,
+    /// The agent.
     pub agent_id: String,
+    /// The execution.
     pub execution_id: String,
+    /// Similarity of the two answers (0–1).
     pub similarity: Option<f64>,
+    /// The tmux leg's answer.
     pub tmux_response: Option<String>,
+    /// The headless leg's answer.
     pub headless_response: Option<String>,
+    /// A diff of the two answers.
     pub diff: Option<String>,
+    /// When the run was recorded.
     pub created_at: DateTime<Utc>,
 }
 
@@ -98,37 +130,54 @@ impl From<ShadowResult> for Mismatch {
     }
 }
 
+/// One criterion of the switch-to-headless decision.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Criterion {
+    /// Whether the criterion is met.
     pub met: bool,
+    /// Days of data (duration criterion).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub days: Option<f64>,
+    /// The measured value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actual: Option<f64>,
+    /// The value to reach.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<f64>,
+    /// Average headless − tmux latency in ms (latency criterion).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub avg_delta: Option<f64>,
+    /// The measured rate (corruption criterion).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
 }
 
+/// The criteria of the switch-to-headless decision.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Criteria {
+    /// At least 30 days of shadow data.
     pub shadow_duration: Criterion,
+    /// Headless success of at least 99.5 %.
     pub headless_success_rate: Criterion,
+    /// Output match of at least 95 %.
     pub output_match_rate: Criterion,
+    /// Headless faster than tmux on average.
     pub latency_improvement: Criterion,
+    /// Integrity failures per conversation below 0.001.
     pub data_corruption: Criterion,
 }
 
+/// Whether shadow agents are ready to switch to headless, and why (not).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
+    /// Whether every criterion is met.
     pub ready: bool,
+    /// Each criterion.
     pub criteria: Criteria,
+    /// What to do, in words.
     pub recommendation: String,
 }
 
