@@ -29,8 +29,10 @@ pub struct HeadlessCommand {
     pub cwd: Option<PathBuf>,
     /// Written to the CLI's stdin, which is then closed. Prompts never go in argv.
     pub stdin: Vec<u8>,
-    /// When set, the CLI runs under a lease guard (several brokers sharing one database).
-    pub guard: Option<crate::guard::GuardSpec>,
+    /// When set, the CLI runs under a supervisor that kills its whole group when the broker
+    /// dies, however it dies (and, with a heartbeat deadline, when the broker stalls); see
+    /// [`crate::supervisor`]. The broker always sets it; embedders may leave it out.
+    pub supervisor: Option<crate::supervisor::SupervisorSpec>,
 }
 
 /// The watchdogs and ceilings of one run (behavior.md, "Cancellation, timeouts, process
@@ -80,8 +82,13 @@ pub enum StopReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecEvent {
     Started {
+        /// The group leader: the supervisor when there is one, else the CLI. Recovery kills
+        /// its group from this pid and start time.
         pid: i32,
         start_time: Option<i64>,
+        /// The CLI itself, when it runs under a supervisor (found within a few milliseconds of
+        /// the spawn); `None` when `pid` is the CLI.
+        cli_pid: Option<i32>,
     },
     Stream(StreamEvent),
     /// A supervision sample of the whole process group, taken every `memory_sample_every`.
@@ -170,8 +177,40 @@ pub async fn run_headless(
     mut log: Option<Box<dyn LineSink>>,
 ) -> RunResult {
     let started = Instant::now();
-    let (program, args) = match &cmd.guard {
-        Some(g) => g.wrap(&cmd.program, &cmd.args),
+    let spawn_failure = |message: String| RunResult {
+        outcome: OutcomeClass::SpawnError,
+        parsed: ParsedOutcome::default(),
+        exit: ProcessExit::default(),
+        stop: None,
+        stderr_tail: String::new(),
+        duration: started.elapsed(),
+        peak_rss_bytes: 0,
+        pid: None,
+        spawn_error: Some(message),
+    };
+    let not_found = || match &cmd.cwd {
+        Some(cwd) if !cwd.is_dir() => format!("working directory {} does not exist", cwd.display()),
+        _ => format!("binary {} not found", cmd.program.display()),
+    };
+    // Under a supervisor the spawn that can fail is the supervisor's own, so the two failures a
+    // caller can fix (a missing binary, a missing working directory) are looked for first.
+    if cmd.supervisor.is_some()
+        && (cmd.cwd.as_ref().is_some_and(|c| !c.is_dir()) || !cmd.program.is_file())
+    {
+        return spawn_failure(not_found());
+    }
+    let lifeline = match &cmd.supervisor {
+        Some(_) => match crate::supervisor::Lifeline::new() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                return spawn_failure(format!("cannot create the supervisor's lifeline: {e}"))
+            }
+        },
+        None => None,
+    };
+    let claim = cmd.supervisor.as_ref().and_then(|s| s.new_claim_path());
+    let (program, args) = match &cmd.supervisor {
+        Some(s) => s.wrap(&cmd.program, &cmd.args, true, claim.as_deref()),
         None => (cmd.program.clone(), cmd.args.clone()),
     };
     let mut command = Command::new(&program);
@@ -189,38 +228,39 @@ pub async fn run_headless(
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
-    let mut child = match command.spawn() {
+    if let Some(l) = &lifeline {
+        let fd = l.read_fd();
+        // SAFETY: the hook only duplicates a file descriptor (async-signal-safe).
+        unsafe {
+            command.pre_exec(move || crate::supervisor::install_lifeline(fd));
+        }
+    }
+    let spawned = command.spawn();
+    // The supervisor has its copy of the read end; ours must not keep the pipe readable.
+    let _lifeline_write = lifeline.map(|l| l._write);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let message = if e.kind() == std::io::ErrorKind::NotFound {
-                match &cmd.cwd {
-                    Some(cwd) if !cwd.is_dir() => {
-                        format!("working directory {} does not exist", cwd.display())
-                    }
-                    _ => format!("binary {} not found", cmd.program.display()),
-                }
+                not_found()
             } else {
-                format!("cannot start {}: {e}", cmd.program.display())
+                format!("cannot start {}: {e}", program.display())
             };
-            return RunResult {
-                outcome: OutcomeClass::SpawnError,
-                parsed: ParsedOutcome::default(),
-                exit: ProcessExit::default(),
-                stop: None,
-                stderr_tail: String::new(),
-                duration: started.elapsed(),
-                peak_rss_bytes: 0,
-                pid: None,
-                spawn_error: Some(message),
-            };
+            return spawn_failure(message);
         }
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let pgid = pid;
     let mut guard = GroupGuard { pgid, armed: true };
+    let start_time = procfs::start_time(pid);
+    let cli_pid = match &cmd.supervisor {
+        Some(_) => find_child(pid).await,
+        None => None,
+    };
     let _ = events.send(ExecEvent::Started {
         pid,
-        start_time: procfs::start_time(pid),
+        start_time,
+        cli_pid,
     });
 
     // The prompt goes in from its own task: a large prompt must not deadlock against a CLI that
@@ -389,6 +429,10 @@ pub async fn run_headless(
     }
     guard.armed = false;
     drop(guard);
+    // The group is empty: the claim has nothing left to protect.
+    if let Some(c) = &claim {
+        let _ = std::fs::remove_file(c);
+    }
 
     // Whatever stderr the CLI wrote before exiting is already in the pipe.
     while let Ok(Some(line)) =
@@ -412,6 +456,18 @@ pub async fn run_headless(
         code: status.and_then(|s| s.code()),
         signal: status.and_then(|s| s.signal()),
     };
+    // The supervisor could not start the CLI (a race with the checks above: the binary was
+    // removed, or is not executable): a spawn error, like a direct spawn's.
+    if cmd.supervisor.is_some() && exit.code == Some(127) {
+        if let Some(line) = tail
+            .lines()
+            .find(|l| l.starts_with("kokino supervisor: cannot start"))
+        {
+            let mut r = spawn_failure(line.trim_start_matches("kokino supervisor: ").to_owned());
+            r.pid = Some(pid);
+            return r;
+        }
+    }
     let mut parsed = parser.finish(exit, &tail);
     parsed.malformed_lines += oversized_lines;
     let outcome = match stop {
@@ -430,6 +486,22 @@ pub async fn run_headless(
         peak_rss_bytes: peak_rss,
         pid: Some(pid),
         spawn_error: None,
+    }
+}
+
+/// The supervisor's child (the CLI), which it starts right after writing its claim: a few
+/// milliseconds at most. `None` if it has not appeared within 200 ms (or already exited).
+async fn find_child(supervisor: i32) -> Option<i32> {
+    let path = format!("/proc/{supervisor}/task/{supervisor}/children");
+    let until = Instant::now() + Duration::from_millis(200);
+    loop {
+        let found = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
+        if found.is_some() || Instant::now() >= until {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -8,12 +8,12 @@
 
 mod error;
 mod group;
-pub mod guard;
 mod headless;
 mod lines;
 pub mod probe;
 pub mod procfs;
 mod resolve;
+pub mod supervisor;
 pub mod tmux;
 
 pub use error::ExecError;

@@ -104,6 +104,14 @@ impl Broker {
         cfg: ServiceConfig,
         clock: SharedClock,
     ) -> Result<Self> {
+        if cfg.supervisor().is_some() {
+            kokino_exec::supervisor::prepare_run_dir(&cfg.run_dir()).map_err(|e| {
+                ServiceError::Internal(format!(
+                    "cannot create the run directory {}: {e}",
+                    cfg.run_dir().display()
+                ))
+            })?;
+        }
         let (events, _writer) = EventSink::spawn(store.clone());
         let resilience = Resilience::load(store.clone(), events.clone(), clock.clone()).await?;
         let logs = AgentLogs::new(cfg.logs_dir(), cfg.log_max_bytes, cfg.log_retention);
@@ -175,6 +183,22 @@ impl Broker {
             Some(c) => store.running_executions_of(&c.instance_id).await?,
             None => store.running_executions().await?,
         };
+        // First the claims of supervisors whose broker died: they cover the instant between a
+        // spawn and the pid reaching the store, which the rows below cannot.
+        let run_dir = self.inner.cfg.run_dir();
+        let leftovers =
+            tokio::task::spawn_blocking(move || kokino_exec::supervisor::reap_leftovers(&run_dir))
+                .await
+                .unwrap_or_default();
+        for l in leftovers.iter().filter(|l| l.killed) {
+            tracing::warn!(
+                pgid = l.pgid,
+                "killed a CLI group left over by a previous broker"
+            );
+            let mut e = event("PROCESS_ORPHAN_KILLED", None, None);
+            e.metadata = json!({"pid": l.pgid, "source": "claim"});
+            self.inner.events.emit(e);
+        }
         for exec in running {
             if let (Some(pid), Some(start)) = (exec.pid, exec.pid_start_time) {
                 if kokino_exec::procfs::kill_recorded_group(pid as i32, start) {
@@ -636,15 +660,7 @@ impl Broker {
                 env,
                 cwd: agent.spec.cwd.as_ref().map(PathBuf::from),
                 stdin: prompt.into_bytes(),
-                guard: self
-                    .inner
-                    .cfg
-                    .cluster
-                    .as_ref()
-                    .map(|c| kokino_exec::guard::GuardSpec {
-                        program: c.guard_program.clone(),
-                        deadline: c.guard_deadline(),
-                    }),
+                supervisor: self.inner.cfg.supervisor(),
             },
             limits,
         ))
@@ -1133,7 +1149,11 @@ impl Broker {
             let mut malformed = 0u64;
             while let Some(ev) = rx.recv().await {
                 match ev {
-                    ExecEvent::Started { pid, start_time } => {
+                    ExecEvent::Started {
+                        pid,
+                        start_time,
+                        cli_pid,
+                    } => {
                         if let Some(r) = self
                             .inner
                             .running
@@ -1155,7 +1175,9 @@ impl Broker {
                         }
                         let mut ev =
                             event("PROCESS_STARTED", Some(id.as_str()), Some(cli.as_str()));
-                        ev.metadata = json!({"pid": pid, "executionId": execution_id});
+                        // `pid` is the CLI's own (what an operator looks for in `ps`); `pgid` its
+                        // group, led by the supervisor.
+                        ev.metadata = json!({"pid": cli_pid.unwrap_or(pid), "pgid": pid, "executionId": execution_id});
                         self.inner.events.emit(ev);
                         if let Some(p) = &progress {
                             let _ = p.send(Progress::Started {
