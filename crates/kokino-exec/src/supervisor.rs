@@ -329,7 +329,7 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
         }
         let why = if opts.lifeline.is_some_and(lifeline_closed) {
             Some("the broker is gone (its lifeline closed)".to_owned())
-        } else if ticks % 5 == 0 && parent_gone(opts.parent) {
+        } else if ticks.is_multiple_of(5) && parent_gone(opts.parent) {
             Some("the broker is gone (its process ended)".to_owned())
         } else {
             opts.heartbeat.filter(|d| last.elapsed() >= *d).map(|d| {
