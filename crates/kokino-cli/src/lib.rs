@@ -4,6 +4,12 @@
 //! This crate does no IO. The executor feeds it lines it read from a real process and asks it
 //! what they mean; the parser tests feed it the captures of the real CLIs. Keeping both behind
 //! the same functions is what makes the captures a test of production code.
+//!
+//! The interactive side lives in [`tui`]: for each CLI, the arguments that start its TUI, how to
+//! read its screen, and how to read the session record it writes while it runs. The tmux
+//! executor does the IO and asks these functions what it saw.
+
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 
@@ -16,30 +22,43 @@ mod droid;
 mod env;
 mod gemini;
 mod invocation;
+pub mod tui;
 
 pub use env::{
     child_env, default_conflicting_vars, ENTRYPOINT_VALUE, ENTRYPOINT_VAR, NESTING_MARKER_VAR,
     PROTECTED_VARS,
 };
 pub use invocation::{build_args, first_prompt_with_system, system_prompt_in_args};
+pub use tui::{interactive_args, tui_for, Tui};
 
 /// Whether the next run creates the CLI session or resumes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionArg<'a> {
     /// First run of a session. `preassigned_id` is the id the broker chose for CLIs that take one
     /// (`claude --session-id`); the other CLIs ignore it and report their own id.
-    New { preassigned_id: &'a str },
+    New {
+        /// The id the broker chose for the new session (ignored by CLIs that choose their own).
+        preassigned_id: &'a str,
+    },
     /// A later run: resume the CLI's own session id.
-    Resume { session_id: &'a str },
+    Resume {
+        /// The CLI's own id of the session to resume.
+        session_id: &'a str,
+    },
 }
 
 /// What the executor needs to build one headless command line (binary excluded).
 #[derive(Debug, Clone, Copy)]
 pub struct InvocationRequest<'a> {
+    /// Which CLI to invoke.
     pub cli: CliType,
+    /// The model, when the agent names one (else the CLI's default).
     pub model: Option<&'a str>,
+    /// The agent's system prompt; only Claude takes it in argv (see [`build_args`]).
     pub system_prompt: Option<&'a str>,
+    /// The agent's extra arguments, appended where the CLI accepts options.
     pub extra_args: &'a [String],
+    /// Whether this run creates or resumes the CLI session.
     pub session: SessionArg<'a>,
 }
 
@@ -52,31 +71,63 @@ pub fn preassigns_session_id(cli: CliType) -> bool {
 /// Something a line of CLI output meant, in the broker's vocabulary. The executor turns these into
 /// stored state (the session id, as soon as it is seen) and into streaming events.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum StreamEvent {
     /// The CLI's own session id (Claude/Gemini/Droid `session_id`, Codex `thread_id`).
     SessionId(String),
     /// A block of assistant text. `partial` marks streaming deltas.
-    AssistantText { text: String, partial: bool },
+    AssistantText {
+        /// The text.
+        text: String,
+        /// A streaming delta rather than a complete block.
+        partial: bool,
+    },
     /// A tool call: name and a short (≤ 200 chars) summary of its input.
-    ToolUse { name: String, input_summary: String },
+    ToolUse {
+        /// The tool's name (`Bash`, `Read`, …).
+        name: String,
+        /// The start of the tool's input, at most 200 characters.
+        input_summary: String,
+    },
     /// A tool result: a short (≤ 200 chars) summary; never the whole output.
-    ToolResult { is_error: bool, summary: String },
+    ToolResult {
+        /// The tool reported a failure.
+        is_error: bool,
+        /// The start of the result, at most 200 characters.
+        summary: String,
+    },
     /// The CLI is retrying an API call (Claude `system/api_retry`, Codex "Reconnecting…").
-    Retry { attempt: Option<u32>, error: String },
+    Retry {
+        /// Which attempt this is, when the CLI says.
+        attempt: Option<u32>,
+        /// The error that caused the retry.
+        error: String,
+    },
     /// The CLI reported a rejected quota; `resets_at` in epoch seconds when known.
-    RateLimited { resets_at: Option<i64> },
+    RateLimited {
+        /// When the quota resets, in epoch seconds.
+        resets_at: Option<i64>,
+    },
     /// The terminal event of the turn was read: the answer is final even if the process lingers.
     Final,
     /// A line that was not valid JSON (or not an object). Counted, never fatal.
-    Malformed { reason: String },
+    Malformed {
+        /// Why the line could not be read.
+        reason: String,
+    },
     /// A well-formed event of a type this parser does not know. Kept, ignored.
-    Unknown { event_type: String },
+    Unknown {
+        /// The event's `type` field.
+        event_type: String,
+    },
 }
 
 /// How the process ended, as far as the parser needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProcessExit {
+    /// The exit code, when the process exited by itself.
     pub code: Option<i32>,
+    /// The signal that killed it, when one did.
     pub signal: Option<i32>,
 }
 
@@ -86,16 +137,23 @@ pub struct ParsedOutcome {
     /// One of `Success`, `CliError`, `AuthError`, `RateLimited`. Timeouts, cancels and resource
     /// kills are decided by the executor, which knows why it stopped the process.
     pub class: Option<OutcomeClass>,
+    /// The final answer text.
     pub answer: Option<String>,
+    /// The CLI's session id, as the stream reported it.
     pub session_id: Option<String>,
+    /// Token usage, when the CLI reported it.
     pub usage: Option<Usage>,
+    /// The run's cost in US dollars, when the CLI reported it.
     pub cost_usd: Option<f64>,
+    /// How many agentic turns the CLI took, when it said.
     pub num_turns: Option<u32>,
     /// The CLI's own error message when the run failed.
     pub error_message: Option<String>,
     /// Epoch seconds at which a rejected quota resets, when the CLI said.
     pub rate_limit_resets_at: Option<i64>,
+    /// Lines that were not valid JSON objects.
     pub malformed_lines: u64,
+    /// Well-formed events of types the parser does not know.
     pub unknown_events: u64,
 }
 
@@ -109,6 +167,7 @@ pub trait StreamParser: Send {
     fn finish(&mut self, exit: ProcessExit, stderr_tail: &str) -> ParsedOutcome;
 }
 
+/// A fresh parser for one run of `cli` in headless mode.
 pub fn parser_for(cli: CliType) -> Box<dyn StreamParser> {
     match cli {
         CliType::ClaudeCode => Box::new(claude::ClaudeParser::default()),

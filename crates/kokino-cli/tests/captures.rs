@@ -235,7 +235,8 @@ fn cases() -> Vec<Case> {
             .answer_not_streamed(),
         Case::skipped(
             "claude/claude-interactive-transcript.jsonl",
-            "the interactive TUI's session transcript (tmux mode), not headless stdout",
+            "the interactive TUI's session transcript (tmux mode), not headless stdout; \
+             tests/tui.rs reads it with `tui::ClaudeTranscript`",
         ),
         // ---- codex ----
         Case::stream("codex/codex-success.jsonl", Success)

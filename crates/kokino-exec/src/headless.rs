@@ -1,6 +1,7 @@
 //! One headless CLI run, from spawn to reap.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::ControlFlow;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -10,7 +11,7 @@ use kokino_cli::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
 use kokino_core::{LineSink, OutcomeClass, OutputStream};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -22,10 +23,13 @@ use crate::procfs;
 /// A fully resolved command: the executor adds nothing to it but the process group and pipes.
 #[derive(Debug, Clone)]
 pub struct HeadlessCommand {
+    /// The CLI's binary (see [`crate::resolve_binary`]).
     pub program: PathBuf,
+    /// The arguments after the binary (`kokino_cli::build_args`).
     pub args: Vec<String>,
     /// The complete child environment; the broker's own environment is not inherited beyond it.
     pub env: BTreeMap<String, String>,
+    /// The working directory; the caller's when `None`.
     pub cwd: Option<PathBuf>,
     /// Written to the CLI's stdin, which is then closed. Prompts never go in argv.
     pub stdin: Vec<u8>,
@@ -39,12 +43,20 @@ pub struct HeadlessCommand {
 /// supervision").
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// The whole run's ceiling (outcome `timeout`).
     pub timeout: Duration,
+    /// The longest silence on stdout (or in the pane) before the run is stopped.
     pub inactivity: Duration,
+    /// How long a CLI may linger after its final event before it is stopped (the answer stands).
     pub post_result_grace: Duration,
+    /// Between SIGTERM and SIGKILL to the process group.
     pub kill_grace: Duration,
+    /// The resident memory of the whole process group above which the run is stopped
+    /// (outcome `resource_limit`); `None` for no limit.
     pub max_memory_bytes: Option<u64>,
+    /// How often the group's memory and CPU are sampled.
     pub memory_sample_every: Duration,
+    /// The longest stdout line kept; longer lines are skipped, counted as malformed.
     pub max_line_bytes: usize,
 }
 
@@ -66,14 +78,20 @@ impl Default for Limits {
 
 /// Why the executor stopped the process itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
+    /// The caller's cancellation token fired.
     Cancelled,
+    /// [`Limits::timeout`] passed.
     Timeout,
+    /// Nothing was heard from the CLI for [`Limits::inactivity`].
     Inactivity,
     /// The final event was read but the CLI did not exit within the post-result grace. The answer
     /// stands.
     PostResultGrace,
+    /// The process group's resident memory went over [`Limits::max_memory_bytes`].
     MemoryLimit {
+        /// The resident memory that was measured.
         rss_bytes: u64,
     },
 }
@@ -81,32 +99,47 @@ pub enum StopReason {
 /// What happened during a run, as it happens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecEvent {
+    /// The CLI's process is running.
     Started {
-        /// The group leader: the supervisor when there is one, else the CLI. Recovery kills
-        /// its group from this pid and start time.
+        /// The pid that leads the process group: the supervisor when there is one, else the
+        /// CLI. Recovery kills the group from this pid and its start time.
         pid: i32,
+        /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so that a
+        /// later life can tell the same process from a reused pid.
         start_time: Option<i64>,
-        /// The CLI itself, when it runs under a supervisor (found within a few milliseconds of
+        /// The CLI itself when it runs under a supervisor (found within a few milliseconds of
         /// the spawn); `None` when `pid` is the CLI.
         cli_pid: Option<i32>,
     },
+    /// Something the CLI's output meant, as its parser read it.
     Stream(StreamEvent),
     /// A supervision sample of the whole process group, taken every `memory_sample_every`.
     Sample {
+        /// The group's resident memory.
         rss_bytes: u64,
+        /// The group's CPU use since the previous sample, in percent of one core.
         cpu_percent: f64,
     },
 }
 
+/// How one run ended.
 #[derive(Debug, Clone)]
 pub struct RunResult {
+    /// The run's outcome class: the parser's verdict, or the executor's when it stopped the run.
     pub outcome: OutcomeClass,
+    /// What the parser made of the CLI's output (answer, session id, usage, error).
     pub parsed: ParsedOutcome,
+    /// How the process ended.
     pub exit: ProcessExit,
+    /// Why the executor stopped the process, when it did.
     pub stop: Option<StopReason>,
+    /// The end of the CLI's stderr (in tmux mode, the pane's last lines).
     pub stderr_tail: String,
+    /// From the start of the run to the end.
     pub duration: Duration,
+    /// The highest resident memory of the process group that was sampled.
     pub peak_rss_bytes: u64,
+    /// The CLI's pid, when it started.
     pub pid: Option<i32>,
     /// Set when the process could not be started at all.
     pub spawn_error: Option<String>,
@@ -170,24 +203,95 @@ impl Drop for GroupGuard {
 /// kernel refusing SIGKILL).
 pub async fn run_headless(
     cmd: HeadlessCommand,
-    mut parser: Box<dyn StreamParser>,
+    parser: Box<dyn StreamParser>,
     limits: Limits,
     cancel: CancellationToken,
     events: mpsc::UnboundedSender<ExecEvent>,
-    mut log: Option<Box<dyn LineSink>>,
+    log: Option<Box<dyn LineSink>>,
 ) -> RunResult {
     let started = Instant::now();
-    let spawn_failure = |message: String| RunResult {
-        outcome: OutcomeClass::SpawnError,
-        parsed: ParsedOutcome::default(),
-        exit: ProcessExit::default(),
-        stop: None,
-        stderr_tail: String::new(),
-        duration: started.elapsed(),
-        peak_rss_bytes: 0,
-        pid: None,
-        spawn_error: Some(message),
+    let Spawned {
+        mut child,
+        claim,
+        _lifeline,
+    } = match spawn(&cmd) {
+        Ok(c) => c,
+        Err(message) => return spawn_failure(started, message),
     };
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let mut guard = GroupGuard {
+        pgid: pid,
+        armed: true,
+    };
+    let start_time = procfs::start_time(pid);
+    let cli_pid = match &cmd.supervisor {
+        Some(_) => find_child(pid).await,
+        None => None,
+    };
+    let _ = events.send(ExecEvent::Started {
+        pid,
+        start_time,
+        cli_pid,
+    });
+    let mut pipes = Pipes::take(&mut child, cmd.stdin, limits.max_line_bytes);
+    let mut run = HeadlessRun {
+        parser,
+        limits: &limits,
+        events: &events,
+        log,
+        pid,
+        started,
+        last_activity: Instant::now(),
+        peak_rss: 0,
+        last_cpu: None,
+        stderr_tail: VecDeque::new(),
+        stderr_tail_len: 0,
+        stop: None,
+        final_seen: false,
+        child_status: None,
+        drain_deadline: Instant::now(),
+        oversized_lines: 0,
+    };
+    run.supervise(&mut child, &mut pipes, &cancel).await;
+    let status = run.reap(&mut child, &mut pipes).await;
+    guard.armed = false;
+    drop(guard);
+    // The group is empty: the claim has nothing left to protect.
+    if let Some(c) = &claim {
+        let _ = std::fs::remove_file(c);
+    }
+    let supervised = cmd.supervisor.is_some();
+    run.finish(status, &mut pipes.stderr, supervised).await
+}
+
+/// A started CLI (or its supervisor) and what keeps the supervision in place.
+struct Spawned {
+    child: Child,
+    /// The supervisor's claim file, removed once the group is gone.
+    claim: Option<PathBuf>,
+    /// The broker's end of the lifeline: it must stay open for as long as the run lasts.
+    _lifeline: Option<std::os::fd::OwnedFd>,
+}
+
+/// The supervisor's child (the CLI), which it starts right after writing its claim: a few
+/// milliseconds at most. `None` if it has not appeared within 200 ms (or already exited).
+async fn find_child(supervisor: i32) -> Option<i32> {
+    let path = format!("/proc/{supervisor}/task/{supervisor}/children");
+    let until = Instant::now() + Duration::from_millis(200);
+    loop {
+        let found = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
+        if found.is_some() || Instant::now() >= until {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Starts the CLI (under its supervisor, when there is one) in its own process group, or says
+/// why it could not be started.
+fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
     let not_found = || match &cmd.cwd {
         Some(cwd) if !cwd.is_dir() => format!("working directory {} does not exist", cwd.display()),
         _ => format!("binary {} not found", cmd.program.display()),
@@ -197,15 +301,13 @@ pub async fn run_headless(
     if cmd.supervisor.is_some()
         && (cmd.cwd.as_ref().is_some_and(|c| !c.is_dir()) || !cmd.program.is_file())
     {
-        return spawn_failure(not_found());
+        return Err(not_found());
     }
     let lifeline = match &cmd.supervisor {
-        Some(_) => match crate::supervisor::Lifeline::new() {
-            Ok(l) => Some(l),
-            Err(e) => {
-                return spawn_failure(format!("cannot create the supervisor's lifeline: {e}"))
-            }
-        },
+        Some(_) => Some(
+            crate::supervisor::Lifeline::new()
+                .map_err(|e| format!("cannot create the supervisor's lifeline: {e}"))?,
+        ),
         None => None,
     };
     let claim = cmd.supervisor.as_ref().and_then(|s| s.new_claim_path());
@@ -235,273 +337,367 @@ pub async fn run_headless(
             command.pre_exec(move || crate::supervisor::install_lifeline(fd));
         }
     }
-    let spawned = command.spawn();
-    // The supervisor has its copy of the read end; ours must not keep the pipe readable.
-    let _lifeline_write = lifeline.map(|l| l._write);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            let message = if e.kind() == std::io::ErrorKind::NotFound {
-                not_found()
-            } else {
-                format!("cannot start {}: {e}", program.display())
-            };
-            return spawn_failure(message);
+    let child = command.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            not_found()
+        } else {
+            format!("cannot start {}: {e}", cmd.program.display())
         }
-    };
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    let pgid = pid;
-    let mut guard = GroupGuard { pgid, armed: true };
-    let start_time = procfs::start_time(pid);
-    let cli_pid = match &cmd.supervisor {
-        Some(_) => find_child(pid).await,
-        None => None,
-    };
-    let _ = events.send(ExecEvent::Started {
-        pid,
-        start_time,
-        cli_pid,
-    });
+    })?;
+    Ok(Spawned {
+        child,
+        claim,
+        // Only the write end stays with us; the supervisor has its own copy of the read end.
+        _lifeline: lifeline.map(crate::supervisor::Lifeline::into_write_end),
+    })
+}
 
-    // The prompt goes in from its own task: a large prompt must not deadlock against a CLI that
-    // writes before it has read everything.
-    if let Some(mut stdin) = child.stdin.take() {
-        let input = cmd.stdin;
-        tokio::spawn(async move {
-            let _ = stdin.write_all(&input).await;
-            let _ = stdin.shutdown().await;
-        });
-    }
-    let (stderr_tx, mut stderr_rx) = mpsc::channel::<String>(64);
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(async move {
-            let mut lines = BoundedLines::new(stderr, 64 * 1024);
-            while let Ok(Some(line)) = lines.next_line().await {
-                let text = match line {
-                    Line::Text(t) => t,
-                    Line::Oversized(n) => format!("<{n} bytes of stderr dropped>"),
-                };
-                if stderr_tx.send(text).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    let mut stdout = child
-        .stdout
-        .take()
-        .map(|s| BoundedLines::new(s, limits.max_line_bytes));
-
-    let deadline = started + limits.timeout;
-    let mut last_activity = Instant::now();
-    // The first sample comes one period after the start: a run that ends sooner gets one cheap
-    // sample of its leader when the final event arrives instead of a procfs scan at spawn.
-    let mut mem_tick = tokio::time::interval_at(
-        Instant::now() + limits.memory_sample_every,
-        limits.memory_sample_every,
-    );
-    mem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut peak_rss = 0u64;
-    let mut last_cpu: Option<(u64, Instant)> = None;
-    let mut stderr_tail: VecDeque<String> = VecDeque::new();
-    let mut stderr_tail_len = 0usize;
-    let mut stop: Option<StopReason> = None;
-    let mut final_seen = false;
-    let mut child_status: Option<ExitStatus> = None;
-    let mut drain_deadline = Instant::now();
-    let mut parsed_events = Vec::new();
-    let mut oversized_lines = 0u64;
-
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => { stop = Some(StopReason::Cancelled); break; }
-            _ = sleep_until(deadline) => { stop = Some(StopReason::Timeout); break; }
-            _ = sleep_until(last_activity + limits.inactivity) => {
-                stop = Some(StopReason::Inactivity);
-                break;
-            }
-            _ = mem_tick.tick() => {
-                let rss = procfs::group_rss_bytes(pgid);
-                peak_rss = peak_rss.max(rss);
-                let ticks = procfs::group_cpu_ticks(pgid);
-                let now = Instant::now();
-                let cpu_percent = match last_cpu {
-                    Some((t, at)) if now > at => {
-                        let secs = ticks.saturating_sub(t) as f64 / procfs::ticks_per_second();
-                        100.0 * secs / (now - at).as_secs_f64()
-                    }
-                    _ => 0.0,
-                };
-                last_cpu = Some((ticks, now));
-                let _ = events.send(ExecEvent::Sample { rss_bytes: rss, cpu_percent });
-                if limits.max_memory_bytes.is_some_and(|max| rss > max) {
-                    stop = Some(StopReason::MemoryLimit { rss_bytes: rss });
-                    break;
-                }
-            }
-            status = child.wait(), if child_status.is_none() => {
-                child_status = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
-                drain_deadline = Instant::now() + DRAIN_AFTER_EXIT;
-                if stdout.is_none() { break; }
-            }
-            _ = sleep_until(drain_deadline), if child_status.is_some() => break,
-            line = next_stdout(&mut stdout), if stdout.is_some() => {
-                last_activity = Instant::now();
-                if child_status.is_some() {
-                    drain_deadline = last_activity + DRAIN_AFTER_EXIT;
-                }
-                match line {
-                    Some(Line::Text(text)) => {
-                        // Short runs end before the first periodic sample: read the leader's
-                        // memory (one small procfs file) on its first line, while it surely
-                        // lives, so every execution records a peak.
-                        if peak_rss == 0 {
-                            peak_rss = procfs::rss_bytes(pid).unwrap_or(0);
-                        }
-                        if let Some(log) = log.as_mut() {
-                            log.line(OutputStream::Stdout, &text);
-                        }
-                        parser.feed_line(&text, &mut parsed_events);
-                        for ev in parsed_events.drain(..) {
-                            final_seen |= ev == StreamEvent::Final;
-                            let _ = events.send(ExecEvent::Stream(ev));
-                        }
-                        if final_seen {
-                            peak_rss = peak_rss.max(procfs::rss_bytes(pid).unwrap_or(0));
-                            break;
-                        }
-                    }
-                    Some(Line::Oversized(n)) => {
-                        if let Some(log) = log.as_mut() {
-                            log.line(OutputStream::Stdout, &format!("<line of {n} bytes dropped: over the line limit>"));
-                        }
-                        oversized_lines += 1;
-                        tracing::warn!(pid, bytes = n, "dropped an oversized output line");
-                        let _ = events.send(ExecEvent::Stream(StreamEvent::Malformed {
-                            reason: format!("line of {n} bytes exceeds the line limit"),
-                        }));
-                    }
-                    None => {
-                        stdout = None;
-                        if child_status.is_some() { break; }
-                    }
-                }
-            }
-            Some(line) = stderr_rx.recv() => {
-                last_activity = Instant::now();
-                if let Some(log) = log.as_mut() {
-                    log.line(OutputStream::Stderr, &line);
-                }
-                stderr_tail_len += line.len() + 1;
-                stderr_tail.push_back(line);
-                while stderr_tail_len > STDERR_TAIL_BYTES && stderr_tail.len() > 1 {
-                    if let Some(old) = stderr_tail.pop_front() {
-                        stderr_tail_len -= old.len() + 1;
-                    }
-                }
-            }
-        }
-    }
-
-    // The run's verdict is reached; now make sure the CLI and its group are gone.
-    let status = match child_status {
-        Some(s) => Some(s),
-        None if stop.is_some() => terminate_group(pgid, Some(&mut child), limits.kill_grace).await,
-        None => {
-            // Final event read: the answer stands. Keep draining stdout so a chatty CLI cannot
-            // block on a full pipe, and give it the post-result grace to exit on its own.
-            if let Some(mut rest) = stdout.take() {
-                tokio::spawn(async move { while let Ok(Some(_)) = rest.next_line().await {} });
-            }
-            match tokio::time::timeout(limits.post_result_grace, child.wait()).await {
-                Ok(s) => s.ok(),
-                Err(_) => {
-                    stop = Some(StopReason::PostResultGrace);
-                    terminate_group(pgid, Some(&mut child), limits.kill_grace).await
-                }
-            }
-        }
-    };
-    // Grandchildren that outlived the CLI (a background tool, an MCP server) go with it.
-    if group_alive(pgid) {
-        terminate_group(pgid, None, limits.kill_grace).await;
-    }
-    guard.armed = false;
-    drop(guard);
-    // The group is empty: the claim has nothing left to protect.
-    if let Some(c) = &claim {
-        let _ = std::fs::remove_file(c);
-    }
-
-    // Whatever stderr the CLI wrote before exiting is already in the pipe.
-    while let Ok(Some(line)) =
-        tokio::time::timeout(Duration::from_millis(50), stderr_rx.recv()).await
-    {
-        if let Some(log) = log.as_mut() {
-            log.line(OutputStream::Stderr, &line);
-        }
-        stderr_tail.push_back(line);
-    }
-    let mut tail = stderr_tail.into_iter().collect::<Vec<_>>().join("\n");
-    if tail.len() > STDERR_TAIL_BYTES {
-        let mut cut = tail.len() - STDERR_TAIL_BYTES;
-        while !tail.is_char_boundary(cut) {
-            cut += 1;
-        }
-        tail.drain(..cut);
-    }
-
-    let exit = ProcessExit {
-        code: status.and_then(|s| s.code()),
-        signal: status.and_then(|s| s.signal()),
-    };
-    // The supervisor could not start the CLI (a race with the checks above: the binary was
-    // removed, or is not executable): a spawn error, like a direct spawn's.
-    if cmd.supervisor.is_some() && exit.code == Some(127) {
-        if let Some(line) = tail
-            .lines()
-            .find(|l| l.starts_with("kokino supervisor: cannot start"))
-        {
-            let mut r = spawn_failure(line.trim_start_matches("kokino supervisor: ").to_owned());
-            r.pid = Some(pid);
-            return r;
-        }
-    }
-    let mut parsed = parser.finish(exit, &tail);
-    parsed.malformed_lines += oversized_lines;
-    let outcome = match stop {
-        Some(StopReason::Cancelled) => OutcomeClass::Cancelled,
-        Some(StopReason::Timeout) | Some(StopReason::Inactivity) => OutcomeClass::Timeout,
-        Some(StopReason::MemoryLimit { .. }) => OutcomeClass::ResourceLimit,
-        Some(StopReason::PostResultGrace) | None => parsed.class.unwrap_or(OutcomeClass::CliError),
-    };
+fn spawn_failure(started: Instant, message: String) -> RunResult {
     RunResult {
-        outcome,
-        parsed,
-        exit,
-        stop,
-        stderr_tail: tail,
+        outcome: OutcomeClass::SpawnError,
+        parsed: ParsedOutcome::default(),
+        exit: ProcessExit::default(),
+        stop: None,
+        stderr_tail: String::new(),
         duration: started.elapsed(),
-        peak_rss_bytes: peak_rss,
-        pid: Some(pid),
-        spawn_error: None,
+        peak_rss_bytes: 0,
+        pid: None,
+        spawn_error: Some(message),
     }
 }
 
-/// The supervisor's child (the CLI), which it starts right after writing its claim: a few
-/// milliseconds at most. `None` if it has not appeared within 200 ms (or already exited).
-async fn find_child(supervisor: i32) -> Option<i32> {
-    let path = format!("/proc/{supervisor}/task/{supervisor}/children");
-    let until = Instant::now() + Duration::from_millis(200);
-    loop {
-        let found = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
-        if found.is_some() || Instant::now() >= until {
-            return found;
+/// The child's output, as the run reads it.
+struct Pipes {
+    /// `None` once stdout reached its end.
+    stdout: Option<BoundedLines<ChildStdout>>,
+    /// stderr lines, read by their own task so that stderr can never block stdout.
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Pipes {
+    /// Takes the child's pipes: the prompt goes in from its own task (a large prompt must not
+    /// deadlock against a CLI that writes before it has read everything), stderr is read by
+    /// another, stdout by the run itself.
+    fn take(child: &mut Child, input: Vec<u8>, max_line_bytes: usize) -> Pipes {
+        if let Some(mut stdin) = child.stdin.take() {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            });
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (stderr_tx, stderr) = mpsc::channel::<String>(64);
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(async move {
+                let mut lines = BoundedLines::new(err, 64 * 1024);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let text = match line {
+                        Line::Text(t) => t,
+                        Line::Oversized(n) => format!("<{n} bytes of stderr dropped>"),
+                    };
+                    if stderr_tx.send(text).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| BoundedLines::new(s, max_line_bytes));
+        Pipes { stdout, stderr }
+    }
+}
+
+/// Something that woke the supervising run.
+enum Wake {
+    Cancelled,
+    Timeout,
+    Inactive,
+    Sample,
+    Exited(std::io::Result<ExitStatus>),
+    /// The CLI exited and stdout stayed silent for [`DRAIN_AFTER_EXIT`].
+    Drained,
+    Stdout(Option<Line>),
+    Stderr(String),
+}
+
+/// The state of one headless run while the CLI runs.
+struct HeadlessRun<'a> {
+    parser: Box<dyn StreamParser>,
+    limits: &'a Limits,
+    events: &'a mpsc::UnboundedSender<ExecEvent>,
+    log: Option<Box<dyn LineSink>>,
+    /// The CLI's pid, which is also its process group.
+    pid: i32,
+    started: Instant,
+    last_activity: Instant,
+    peak_rss: u64,
+    /// The group's CPU ticks at the previous sample, and when it was taken.
+    last_cpu: Option<(u64, Instant)>,
+    stderr_tail: VecDeque<String>,
+    stderr_tail_len: usize,
+    stop: Option<StopReason>,
+    final_seen: bool,
+    child_status: Option<ExitStatus>,
+    drain_deadline: Instant,
+    oversized_lines: u64,
+}
+
+impl HeadlessRun<'_> {
+    /// Watches the CLI until its final event, its exit (and the drain of its stdout), or a
+    /// reason to stop it.
+    async fn supervise(
+        &mut self,
+        child: &mut Child,
+        pipes: &mut Pipes,
+        cancel: &CancellationToken,
+    ) {
+        // The first sample comes one period after the start: a run that ends sooner gets one
+        // cheap sample of its leader when the final event arrives instead of a procfs scan at
+        // spawn.
+        let every = self.limits.memory_sample_every;
+        let mut mem_tick = tokio::time::interval_at(Instant::now() + every, every);
+        mem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let deadline = self.started + self.limits.timeout;
+        loop {
+            let wake = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Wake::Cancelled,
+                _ = sleep_until(deadline) => Wake::Timeout,
+                _ = sleep_until(self.last_activity + self.limits.inactivity) => Wake::Inactive,
+                _ = mem_tick.tick() => Wake::Sample,
+                status = child.wait(), if self.child_status.is_none() => Wake::Exited(status),
+                _ = sleep_until(self.drain_deadline), if self.child_status.is_some() => Wake::Drained,
+                line = next_stdout(&mut pipes.stdout), if pipes.stdout.is_some() => Wake::Stdout(line),
+                Some(line) = pipes.stderr.recv() => Wake::Stderr(line),
+            };
+            let flow = match wake {
+                Wake::Cancelled => self.stop_for(StopReason::Cancelled),
+                Wake::Timeout => self.stop_for(StopReason::Timeout),
+                Wake::Inactive => self.stop_for(StopReason::Inactivity),
+                Wake::Sample => self.on_sample(),
+                Wake::Exited(status) => self.on_exit(status, pipes.stdout.is_some()),
+                Wake::Drained => ControlFlow::Break(()),
+                Wake::Stdout(line) => self.on_stdout(line, pipes),
+                Wake::Stderr(line) => {
+                    self.last_activity = Instant::now();
+                    self.on_stderr(line);
+                    ControlFlow::Continue(())
+                }
+            };
+            if flow.is_break() {
+                return;
+            }
+        }
+    }
+
+    fn stop_for(&mut self, reason: StopReason) -> ControlFlow<()> {
+        self.stop = Some(reason);
+        ControlFlow::Break(())
+    }
+
+    /// A supervision sample of the whole group; over the memory limit, the run stops.
+    fn on_sample(&mut self) -> ControlFlow<()> {
+        let rss = procfs::group_rss_bytes(self.pid);
+        self.peak_rss = self.peak_rss.max(rss);
+        let ticks = procfs::group_cpu_ticks(self.pid);
+        let now = Instant::now();
+        let cpu_percent = match self.last_cpu {
+            Some((t, at)) if now > at => {
+                let secs = ticks.saturating_sub(t) as f64 / procfs::ticks_per_second();
+                100.0 * secs / (now - at).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        self.last_cpu = Some((ticks, now));
+        let _ = self.events.send(ExecEvent::Sample {
+            rss_bytes: rss,
+            cpu_percent,
+        });
+        match self.limits.max_memory_bytes {
+            Some(max) if rss > max => self.stop_for(StopReason::MemoryLimit { rss_bytes: rss }),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    /// The CLI exited: what it wrote is already in the pipe, so stdout gets a short drain.
+    fn on_exit(
+        &mut self,
+        status: std::io::Result<ExitStatus>,
+        stdout_open: bool,
+    ) -> ControlFlow<()> {
+        self.child_status = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+        self.drain_deadline = Instant::now() + DRAIN_AFTER_EXIT;
+        if stdout_open {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    }
+
+    /// A stdout line goes through the parser; its final event ends the supervision.
+    fn on_stdout(&mut self, line: Option<Line>, pipes: &mut Pipes) -> ControlFlow<()> {
+        self.last_activity = Instant::now();
+        if self.child_status.is_some() {
+            self.drain_deadline = self.last_activity + DRAIN_AFTER_EXIT;
+        }
+        match line {
+            Some(Line::Text(text)) => return self.on_stdout_text(&text),
+            Some(Line::Oversized(n)) => {
+                self.log_line(
+                    OutputStream::Stdout,
+                    &format!("<line of {n} bytes dropped: over the line limit>"),
+                );
+                self.oversized_lines += 1;
+                tracing::warn!(
+                    pid = self.pid,
+                    bytes = n,
+                    "dropped an oversized output line"
+                );
+                let _ = self.events.send(ExecEvent::Stream(StreamEvent::Malformed {
+                    reason: format!("line of {n} bytes exceeds the line limit"),
+                }));
+            }
+            None => {
+                pipes.stdout = None;
+                if self.child_status.is_some() {
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_stdout_text(&mut self, text: &str) -> ControlFlow<()> {
+        // Short runs end before the first periodic sample: read the leader's memory (one small
+        // procfs file) on its first line, while it surely lives, so every execution records a
+        // peak.
+        if self.peak_rss == 0 {
+            self.peak_rss = procfs::rss_bytes(self.pid).unwrap_or(0);
+        }
+        self.log_line(OutputStream::Stdout, text);
+        let mut parsed = Vec::new();
+        self.parser.feed_line(text, &mut parsed);
+        for ev in parsed {
+            self.final_seen |= ev == StreamEvent::Final;
+            let _ = self.events.send(ExecEvent::Stream(ev));
+        }
+        if self.final_seen {
+            self.peak_rss = self.peak_rss.max(procfs::rss_bytes(self.pid).unwrap_or(0));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Keeps the last [`STDERR_TAIL_BYTES`] of stderr (and logs every line).
+    fn on_stderr(&mut self, line: String) {
+        self.log_line(OutputStream::Stderr, &line);
+        self.stderr_tail_len += line.len() + 1;
+        self.stderr_tail.push_back(line);
+        while self.stderr_tail_len > STDERR_TAIL_BYTES && self.stderr_tail.len() > 1 {
+            if let Some(old) = self.stderr_tail.pop_front() {
+                self.stderr_tail_len -= old.len() + 1;
+            }
+        }
+    }
+
+    fn log_line(&mut self, stream: OutputStream, line: &str) {
+        if let Some(log) = self.log.as_mut() {
+            log.line(stream, line);
+        }
+    }
+
+    /// The run's verdict is reached; now make sure the CLI and its group are gone, and return
+    /// the CLI's exit status when there is one.
+    async fn reap(&mut self, child: &mut Child, pipes: &mut Pipes) -> Option<ExitStatus> {
+        let pgid = self.pid;
+        let kill_grace = self.limits.kill_grace;
+        let status = match self.child_status {
+            Some(s) => Some(s),
+            None if self.stop.is_some() => terminate_group(pgid, Some(child), kill_grace).await,
+            None => {
+                // Final event read: the answer stands. Keep draining stdout so a chatty CLI
+                // cannot block on a full pipe, and give it the post-result grace to exit.
+                if let Some(mut rest) = pipes.stdout.take() {
+                    tokio::spawn(async move { while let Ok(Some(_)) = rest.next_line().await {} });
+                }
+                match tokio::time::timeout(self.limits.post_result_grace, child.wait()).await {
+                    Ok(s) => s.ok(),
+                    Err(_) => {
+                        self.stop = Some(StopReason::PostResultGrace);
+                        terminate_group(pgid, Some(child), kill_grace).await
+                    }
+                }
+            }
+        };
+        // Grandchildren that outlived the CLI (a background tool, an MCP server) go with it.
+        if group_alive(pgid) {
+            terminate_group(pgid, None, kill_grace).await;
+        }
+        status
+    }
+
+    /// The parser's verdict and the executor's, once the group is gone.
+    async fn finish(
+        mut self,
+        status: Option<ExitStatus>,
+        stderr: &mut mpsc::Receiver<String>,
+        supervised: bool,
+    ) -> RunResult {
+        // Whatever stderr the CLI wrote before exiting is already in the pipe.
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_millis(50), stderr.recv()).await
+        {
+            self.log_line(OutputStream::Stderr, &line);
+            self.stderr_tail.push_back(line);
+        }
+        let mut tail = std::mem::take(&mut self.stderr_tail)
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join("\n");
+        if tail.len() > STDERR_TAIL_BYTES {
+            let mut cut = tail.len() - STDERR_TAIL_BYTES;
+            while !tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            tail.drain(..cut);
+        }
+        let exit = ProcessExit {
+            code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+        };
+        // The supervisor could not start the CLI (a race with the checks before the spawn: the
+        // binary was removed, or is not executable): a spawn error, like a direct spawn's.
+        if supervised && exit.code == Some(127) {
+            let prefix = "kokino supervisor: cannot start";
+            if let Some(line) = tail.lines().find(|l| l.starts_with(prefix)) {
+                let message = line.trim_start_matches("kokino supervisor: ").to_owned();
+                let mut r = spawn_failure(self.started, message);
+                r.pid = Some(self.pid);
+                return r;
+            }
+        }
+        let mut parsed = self.parser.finish(exit, &tail);
+        parsed.malformed_lines += self.oversized_lines;
+        let outcome = match self.stop {
+            Some(StopReason::Cancelled) => OutcomeClass::Cancelled,
+            Some(StopReason::Timeout) | Some(StopReason::Inactivity) => OutcomeClass::Timeout,
+            Some(StopReason::MemoryLimit { .. }) => OutcomeClass::ResourceLimit,
+            Some(StopReason::PostResultGrace) | None => {
+                parsed.class.unwrap_or(OutcomeClass::CliError)
+            }
+        };
+        RunResult {
+            outcome,
+            parsed,
+            exit,
+            stop: self.stop,
+            stderr_tail: tail,
+            duration: self.started.elapsed(),
+            peak_rss_bytes: self.peak_rss,
+            pid: Some(self.pid),
+            spawn_error: None,
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! whole group: SIGTERM, a grace period, SIGKILL, reap. Whatever happens, no process of the group
 //! outlives [`run_headless`].
 
+#![warn(missing_docs)]
+
 mod error;
 mod group;
 mod headless;
@@ -14,10 +16,12 @@ pub mod probe;
 pub mod procfs;
 mod resolve;
 pub mod supervisor;
+#[cfg(feature = "tmux")]
 pub mod tmux;
 
 pub use error::ExecError;
 pub use headless::{run_headless, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason};
 pub use resolve::resolve_binary;
+#[cfg(feature = "tmux")]
 pub use tmux::{TmuxExecutor, TmuxRequest};
 pub use tokio_util::sync::CancellationToken;

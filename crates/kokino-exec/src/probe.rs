@@ -29,6 +29,7 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// What a probe printed and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProbeOutput {
     /// The exit code, when the process exited on its own (not when a signal ended it).
     pub exit_code: Option<i32>,
@@ -44,6 +45,7 @@ pub struct ProbeOutput {
     pub timed_out: bool,
     /// The process could not be started at all; the other fields are then empty.
     pub spawn_error: Option<String>,
+    /// How long the probe ran.
     pub duration: Duration,
 }
 

@@ -70,6 +70,7 @@ pub fn group_cpu_ticks(pgid: i32) -> u64 {
     group_members(pgid).into_iter().filter_map(cpu_ticks).sum()
 }
 
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of the `/proc` CPU times.
 pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

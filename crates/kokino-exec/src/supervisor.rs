@@ -142,6 +142,11 @@ impl Lifeline {
     pub(crate) fn read_fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }
+
+    /// Closes our copy of the read end once the supervisor has its own, keeping the write end.
+    pub(crate) fn into_write_end(self) -> OwnedFd {
+        self._write
+    }
 }
 
 /// Between fork and exec of the supervisor: puts the lifeline's read end on fd 3 without the

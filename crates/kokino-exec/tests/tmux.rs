@@ -3,44 +3,52 @@
 //! Every test has its own tmux server (a socket in its own tempdir), its own HOME and fake-agent
 //! state, and kills its server at the end, so nothing touches a user's tmux or another test.
 
+#![cfg(feature = "tmux")]
+
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
+
+mod support;
 
 use kokino_cli::StreamEvent;
 use kokino_core::{CliType, OutcomeClass};
 use kokino_exec::tmux::{CompletionSignal, TmuxConfig, TmuxRun};
 use kokino_exec::{procfs, CancellationToken, ExecEvent, Limits, TmuxExecutor, TmuxRequest};
+use support::fake_agent;
 use tokio::sync::mpsc;
 
-const TMUX: &str = "/usr/bin/tmux";
-
-/// The fake agent binary next to this test's binary (`<target>/debug/kokino-fake-agent`),
-/// built once if `cargo test -p kokino-exec` did not build it.
-fn fake_agent() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        // <target>/debug/deps/tmux-<hash> → <target>/debug
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let bin = profile_dir.join("kokino-fake-agent");
-        if !bin.exists() {
-            let target_dir = profile_dir.parent().expect("target root");
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "kokino-fake-agent"])
-                .env("CARGO_TARGET_DIR", target_dir)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo build the fake agent");
-            assert!(status.success(), "building kokino-fake-agent failed");
-        }
-        bin
+/// The tmux binary on `PATH`, looked up once.
+fn tmux() -> Option<&'static Path> {
+    static TMUX: OnceLock<Option<PathBuf>> = OnceLock::new();
+    TMUX.get_or_init(|| {
+        kokino_exec::resolve_binary("tmux", std::env::var_os("PATH").as_deref()).ok()
     })
+    .as_deref()
 }
 
+/// Whether tmux is on `PATH`; when it is not, says loudly which test is skipped and how to
+/// install tmux, so a missing tmux never looks like a pass.
 fn tmux_available() -> bool {
-    Path::new(TMUX).exists()
+    if tmux().is_some() {
+        return true;
+    }
+    // Written to stderr directly rather than with `eprintln!`, which the test harness captures
+    // and shows only for failing tests: a skip must be visible in an ordinary `cargo test` run.
+    let thread = std::thread::current();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {}: tmux is not on PATH. Install it (Debian/Ubuntu: `apt-get install -y tmux`) \
+         to run the tmux executor tests.",
+        thread.name().unwrap_or("a tmux test")
+    );
+    false
+}
+
+fn tmux_bin() -> &'static Path {
+    tmux().expect("tmux_available() was checked first")
 }
 
 /// One test's world: fake CLIs on a private PATH, a HOME, a working directory, a tmux server.
@@ -65,7 +73,8 @@ impl World {
         for name in ["claude", "codex", "gemini", "droid"] {
             std::os::unix::fs::symlink(fake_agent(), dir.path().join("bin").join(name)).unwrap();
         }
-        let exec = TmuxExecutor::new(TMUX.into(), dir.path().join("tmux")).with_config(config);
+        let exec =
+            TmuxExecutor::new(tmux_bin().into(), dir.path().join("tmux")).with_config(config);
         World { dir, exec }
     }
 
@@ -91,13 +100,13 @@ impl World {
         );
         TmuxRequest {
             agent_id: agent.into(),
-            cli,
+            tui: kokino_cli::tui_for(cli),
             program: self.path("bin").join(name),
             args: Vec::new(),
             env,
             cwd: self.path("work"),
             prompt: prompt.into(),
-            claude_session_id: None,
+            session_id: None,
         }
     }
 
@@ -105,7 +114,7 @@ impl World {
     fn claude(&self, agent: &str, session: &str, prompt: &str) -> TmuxRequest {
         let mut r = self.request(CliType::ClaudeCode, agent, prompt);
         r.args = vec!["--session-id".into(), session.into()];
-        r.claude_session_id = Some(session.into());
+        r.session_id = Some(session.into());
         r
     }
 
@@ -159,7 +168,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         // A failed test must not leave its server behind; the tests' own cleanup is async.
-        let _ = std::process::Command::new(TMUX)
+        let _ = std::process::Command::new(tmux_bin())
             .arg("-S")
             .arg(self.exec.socket_path())
             .arg("kill-server")
@@ -282,7 +291,7 @@ async fn claude_completion_comes_from_the_transcript() {
         e,
         ExecEvent::Stream(StreamEvent::ToolUse { name, .. }) if name == "Bash"
     )));
-    let transcript = kokino_exec::tmux::transcript_path(
+    let transcript = kokino_cli::tui::transcript_path(
         &w.path("home"),
         &std::fs::canonicalize(w.path("work")).unwrap(),
         SID,
@@ -594,4 +603,71 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
     })
     .await;
     out.into_iter().map(|v| v.expect("ready")).collect()
+}
+
+/// A profile of an embedder's own: the executor takes any `Tui` as a trait object. This one
+/// recognises a login screen as blocking, so the run fails at once with `auth_error` and the
+/// screen's words, long before the startup timeout, and leaves no process.
+#[derive(Debug)]
+struct LoginScreenTui;
+
+impl kokino_cli::Tui for LoginScreenTui {
+    fn cli(&self) -> CliType {
+        CliType::FactoryDroid
+    }
+    fn interactive_args(
+        &self,
+        _session: kokino_cli::SessionArg<'_>,
+        _model: Option<&str>,
+    ) -> Vec<String> {
+        Vec::new()
+    }
+    fn is_prompt_line(&self, line: &str) -> bool {
+        line.trim() == ">"
+    }
+    fn prompt_output_suffix(&self) -> &'static [u8] {
+        b"> "
+    }
+    fn read_startup_screen(&self, screen: &str) -> kokino_cli::tui::StartupScreen {
+        if screen.contains("Please login") {
+            kokino_cli::tui::StartupScreen::Blocked {
+                class: OutcomeClass::AuthError,
+                reason: "it asks for a login".into(),
+            }
+        } else {
+            kokino_cli::tui::StartupScreen::NotYet
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_screen_fails_fast_with_its_class() {
+    if !tmux_available() {
+        return;
+    }
+    let w = World::new();
+    let mut req = w.request(CliType::FactoryDroid, "login", "hello");
+    req.tui = std::sync::Arc::new(LoginScreenTui);
+    req.program = "/bin/sh".into();
+    req.args = vec![
+        "-c".into(),
+        "echo 'Please login with your Factory account to continue.'; sleep 100".into(),
+    ];
+    let (run, _) = w.run(req).await;
+    assert_eq!(run.result.outcome, OutcomeClass::AuthError);
+    let msg = run.result.error_message().unwrap_or_default();
+    assert!(msg.contains("it asks for a login"), "{msg}");
+    assert!(
+        msg.contains("Please login with your Factory account"),
+        "{msg}"
+    );
+    // The startup timeout is 10 s here; a blocking screen must not wait for it.
+    assert!(
+        run.result.duration < Duration::from_secs(5),
+        "{:?}",
+        run.result.duration
+    );
+    assert!(!group_alive(run.result.pid.unwrap()));
+    assert!(!w.exec.has_session("login").await);
+    w.exec.kill_server().await;
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use kokino_cli::interactive_args;
 use kokino_cli::{
     build_args, child_env, first_prompt_with_system, parser_for, InvocationRequest, SessionArg,
     StreamEvent,
@@ -19,7 +20,6 @@ use kokino_core::{
     AgentId, AgentRecord, AgentSpec, CliType, CommMode, Conversation, NewExecution, OutcomeClass,
     Role, SessionRecord, Turn,
 };
-use kokino_exec::tmux::interactive_args;
 use kokino_exec::{
     run_headless, CancellationToken, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason,
     TmuxExecutor, TmuxRequest,
@@ -635,13 +635,13 @@ impl Broker {
             return Ok(Runner::Tmux(
                 TmuxRequest {
                     agent_id: agent.spec.agent_id.to_string(),
-                    cli,
+                    tui: kokino_cli::tui_for(cli),
                     program,
                     args,
                     env,
                     cwd,
                     prompt,
-                    claude_session_id,
+                    session_id: claude_session_id,
                 },
                 limits,
             ));
