@@ -5,6 +5,8 @@
 //! they are ordinary tests (`xtask/tests/layering.rs`), so `cargo test --workspace` alone already
 //! enforces them.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod chaos;
 mod harness;
@@ -28,10 +30,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Runs what CI runs: rustfmt, clippy, the tests, cargo-deny.
+    /// Runs what CI runs: rustfmt, the workspace checks, clippy, the tests, cargo-deny.
     ///
     /// The steps run in order from the workspace root and the task stops at the first failure:
-    /// `cargo fmt --all -- --check`, `cargo clippy --workspace --all-targets -- -D warnings`,
+    /// `cargo fmt --all -- --check`, `cargo test -p xtask` (the layering, hygiene and document
+    /// checks), `cargo clippy --workspace --all-targets -- -D warnings`,
     /// `cargo test --workspace` (which includes the layering test), and `cargo deny check` when
     /// cargo-deny is installed.
     Ci,
@@ -71,8 +74,12 @@ fn main() -> ExitCode {
 }
 
 fn ci() -> anyhow::Result<()> {
-    let steps: [&[&str]; 3] = [
+    let steps: [&[&str]; 4] = [
         &["fmt", "--all", "--", "--check"],
+        // The workspace checks (layering, hygiene: lints, unsafe, unused dependencies; documents
+        // that name code) take seconds; running them before the long steps fails fast on them.
+        // `cargo test --workspace` runs them again, which costs nothing once built.
+        &["test", "-p", "xtask"],
         &[
             "clippy",
             "--workspace",
@@ -90,7 +97,19 @@ fn ci() -> anyhow::Result<()> {
     // cargo-deny is a separate install. Skipping it with a visible note keeps `cargo xtask ci`
     // usable on a fresh machine, while CI (which installs it) still runs the check.
     if cargo_deny_installed() {
-        cargo_step(&["deny", "check"])?;
+        // Duplicate versions, licenses and sources need nothing from the network.
+        cargo_step(&["deny", "check", "bans", "licenses", "sources"])?;
+        // The advisory check needs the RustSec database from GitHub. When it cannot be fetched
+        // (an offline machine), say so loudly and go on; when it can, a known vulnerability
+        // fails the run like any other step.
+        if cargo_step(&["deny", "fetch", "db"]).is_ok() {
+            cargo_step(&["deny", "--offline", "check", "advisories"])?;
+        } else {
+            println!(
+                "warning: the RustSec advisory database could not be fetched, so \
+                 `cargo deny check advisories` was SKIPPED"
+            );
+        }
     } else {
         println!(
             "note: cargo-deny is not installed, so `cargo deny check` was skipped \

@@ -741,7 +741,8 @@ fn parse_use_tree(
     while let Some(tok) = tokens.get(*pos) {
         *pos += 1;
         match tok.as_str() {
-            "::" => continue,
+            // A path separator only joins segments; the segment after it is read next.
+            "::" => {}
             "{" => {
                 while let Some(next) = tokens.get(*pos) {
                     match next.as_str() {

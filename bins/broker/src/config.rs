@@ -41,6 +41,42 @@ pub struct Args {
     /// Broker log format.
     #[arg(long, env = "KOKINO_LOG_FORMAT", value_parser = ["human", "json"])]
     pub log_format: Option<String>,
+    /// A binary, or a directory of binaries, an agent's `binary` may name (repeatable; the
+    /// variable takes a comma-separated list). Replaces the config file's `allowed_binaries`.
+    #[arg(
+        long = "allow-binary",
+        env = "KOKINO_ALLOW_BINARY",
+        value_delimiter = ','
+    )]
+    pub allow_binary: Vec<String>,
+    /// An extra `Host` name the broker answers to, `name` or `name:port` (repeatable). Replaces
+    /// the config file's `http.allowed_hosts`.
+    #[arg(
+        long = "allowed-host",
+        env = "KOKINO_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_host: Vec<String>,
+    /// An extra browser `Origin` allowed to call the API, e.g. `https://dash.example.com`
+    /// (repeatable). Replaces the config file's `http.allowed_origins`.
+    #[arg(
+        long = "allowed-origin",
+        env = "KOKINO_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origin: Vec<String>,
+    /// Serve `/metrics` without the token (for a Prometheus that has none).
+    #[arg(long, env = "KOKINO_PUBLIC_METRICS")]
+    pub public_metrics: bool,
+    /// Time allowed for a request head to arrive once it has started, in milliseconds.
+    #[arg(long, env = "KOKINO_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time a connection may stay open with no request and no traffic, in milliseconds.
+    #[arg(long, env = "KOKINO_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Connections open at once; further ones wait to be accepted.
+    #[arg(long, env = "KOKINO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// The config file. Every key is optional.
@@ -68,6 +104,11 @@ pub struct FileConfig {
     /// Variables removed from a CLI's environment unless the agent sets them.
     #[serde(default)]
     pub conflicting_env: BTreeMap<String, Vec<String>>,
+    /// Binaries or directories an agent's `binary` may name (absolute paths).
+    #[serde(default)]
+    pub allowed_binaries: Vec<String>,
+    #[serde(default)]
+    pub http: Http,
     /// Agents registered (upserted) at start, written like the register body.
     #[serde(default)]
     pub agents: Vec<toml::Value>,
@@ -109,6 +150,23 @@ pub struct Doctor {
     pub disk_fail_pct: Option<f64>,
 }
 
+/// The HTTP server: who may call it and how long connections may linger.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Http {
+    /// Extra `Host` names (`name` or `name:port`) besides the bind address and loopback names.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Extra browser origins (`https://dash.example.com`) besides the broker's own.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Serve `/metrics` without the token.
+    pub public_metrics: Option<bool>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct Cluster {
@@ -129,6 +187,10 @@ pub struct Settings {
     pub agents: Vec<AgentSpec>,
     pub instance_id: String,
     pub lease_ttl: Duration,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub public_metrics: bool,
+    pub serve: kokino_http::ServeConfig,
 }
 
 pub fn load(args: Args) -> Result<Settings> {
@@ -263,6 +325,35 @@ pub fn load(args: Args) -> Result<Settings> {
             .conflicting_vars
             .insert(cli_type(&cli, "conflicting_env")?, vars);
     }
+    let allowed = if args.allow_binary.is_empty() {
+        file.allowed_binaries
+    } else {
+        args.allow_binary
+    };
+    service.allowed_binaries = kokino_core::exec_policy::BinaryAllowlist::new(&allowed)
+        .map_err(|e| anyhow::anyhow!("allowed_binaries: {e}"))?;
+    let h = file.http;
+    let mut serve = kokino_http::ServeConfig::default();
+    if let Some(v) = args.header_read_timeout_ms.or(h.header_read_timeout_ms) {
+        serve.header_read_timeout = ms(positive("http.header_read_timeout_ms", v)?);
+    }
+    if let Some(v) = args.idle_timeout_ms.or(h.idle_timeout_ms) {
+        serve.idle_timeout = ms(positive("http.idle_timeout_ms", v)?);
+    }
+    if let Some(v) = args.max_connections.or(h.max_connections) {
+        serve.max_connections = positive("http.max_connections", v as u64)? as usize;
+    }
+    let allowed_hosts = if args.allowed_host.is_empty() {
+        h.allowed_hosts
+    } else {
+        args.allowed_host
+    };
+    let allowed_origins = if args.allowed_origin.is_empty() {
+        h.allowed_origins
+    } else {
+        args.allowed_origin
+    };
+    let public_metrics = args.public_metrics || h.public_metrics.unwrap_or(false);
     let mut agents = Vec::new();
     for (i, agent) in file.agents.into_iter().enumerate() {
         let json = serde_json::to_value(agent)?;
@@ -287,6 +378,10 @@ pub fn load(args: Args) -> Result<Settings> {
         None => 15_000,
     });
     Ok(Settings {
+        allowed_hosts,
+        allowed_origins,
+        public_metrics,
+        serve,
         instance_id,
         lease_ttl,
         bind,

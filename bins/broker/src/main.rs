@@ -1,8 +1,14 @@
 //! `kokino-broker`: composes the store, the service and the HTTP API into the service operators
 //! run. Everything interesting lives in the library crates; this file only wires them.
 
-mod config;
+#![forbid(unsafe_code)]
 
+mod config;
+#[cfg(test)]
+mod config_reference;
+mod private_files;
+
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,12 +93,8 @@ async fn run(args: config::Args) -> Result<()> {
         }
     });
 
-    std::fs::create_dir_all(&settings.service.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            settings.service.data_dir.display()
-        )
-    })?;
+    private_files::private_dir(&settings.service.data_dir)?;
+    private_files::private_database(&settings.database_url)?;
     let store = kokino_store::Store::open(&settings.database_url)
         .await
         .with_context(|| format!("cannot open the store at {}", settings.database_url))?;
@@ -119,16 +121,22 @@ async fn run(args: config::Args) -> Result<()> {
             .with_context(|| format!("cannot register agent {id} from the config file"))?;
     }
 
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
     let state = kokino_http::AppState {
         broker: broker.clone(),
         metrics: Arc::new(move || handle.render()),
         token: settings.token.map(Arc::from),
+        public_metrics: settings.public_metrics,
+        access: Arc::new(kokino_http::AccessPolicy::new(
+            listener.local_addr()?,
+            &settings.allowed_hosts,
+            &settings.allowed_origins,
+        )),
         body_limit: settings.body_limit,
     };
     let app = kokino_http::router(state);
-    let listener = tokio::net::TcpListener::bind(settings.bind)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.bind))?;
     tracing::info!(
         addr = %listener.local_addr()?,
         store = broker.store().kind(),
@@ -144,10 +152,7 @@ async fn run(args: config::Args) -> Result<()> {
         tracing::info!("shutting down: stopping running executions");
         stopping.shutdown().await;
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")?;
+    kokino_http::serve(listener, app, settings.serve, shutdown).await;
     broker.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -165,8 +170,12 @@ async fn wait_for_signal() {
 
 fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("KOKINO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a log file, a pipe or journald would otherwise
+    // store the escape sequences as text. NO_COLOR (https://no-color.org) turns it off anywhere.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

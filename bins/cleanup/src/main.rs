@@ -10,6 +10,8 @@
 //!
 //! Exit codes: 0 done, 1 something failed (or the operator declined), 2 could not run.
 
+#![forbid(unsafe_code)]
+
 mod backend;
 mod direct;
 mod logs;

@@ -2,6 +2,8 @@
 //! running broker healthy? Exit 0 when all is good, 1 when something failed, 2 when the doctor
 //! could not run (bad flags or config, broker unreachable). See README.md for a CI step.
 
+#![forbid(unsafe_code)]
+
 mod local;
 mod output;
 mod remote;

@@ -11,6 +11,8 @@
 
 #![warn(missing_docs)]
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use kokino_core::{CliType, OutcomeClass, Usage};

@@ -13,4 +13,14 @@ pub enum CoreError {
     UnknownOutcome(String),
     #[error("timed out after {waited_ms} ms waiting for the lock of agent {agent_id}")]
     LockTimeout { agent_id: String, waited_ms: u64 },
+    #[error(
+        "binary {0:?} is not allowed: only the CLI type's own binary (its configured name, or that \
+         name found on the broker's PATH) and what the operator lists in `allowed_binaries` \
+         (--allow-binary) may run"
+    )]
+    BinaryNotAllowed(String),
+    #[error("env variable {name:?} may not be set by an agent: it {reason}")]
+    EnvNotAllowed { name: String, reason: String },
+    #[error("allowed binary {0:?} must be an absolute path without `..`")]
+    InvalidAllowlistEntry(String),
 }

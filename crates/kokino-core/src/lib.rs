@@ -5,9 +5,12 @@
 //! keeps, and the per-agent FIFO lock. No file, process, socket or database is touched from this
 //! crate, which is what lets the other crates depend on it freely (see `ARCHITECTURE.md`).
 
+#![forbid(unsafe_code)]
+
 pub mod breaker;
 pub mod clock;
 mod error;
+pub mod exec_policy;
 pub mod fallback;
 mod ids;
 pub mod lock;

@@ -14,6 +14,8 @@
 //! the time is up, so a call to [`check_cli`] returns within about twice the check timeout
 //! whatever the host does. No secret value is ever put in a message.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 mod checks;
 mod config;

@@ -1,26 +1,26 @@
-//! Cross-cutting request handling: bearer-token auth and per-route metrics.
+//! Cross-cutting request handling: bearer-token auth, per-route metrics, and panics.
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kokino_service::telemetry;
 
 use crate::{ApiError, AppState};
 
-/// When a token is configured, every non-GET request and every log read needs it. Reads of
-/// status stay open so that dashboards and `curl | jq` work without credentials, but logs can
+/// When a token is configured, every endpoint needs it except `/health` (liveness for load
+/// balancers and supervisors; it reveals nothing) and, when the operator says so, `/metrics`.
+/// Reads need it too: conversations, turns, event previews, agents' system prompts and logs all
 /// hold prompts and answers.
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(token) = state.token.as_deref() else {
         return next.run(req).await;
     };
     let path = req.uri().path();
-    let needs = !matches!(*req.method(), Method::GET | Method::HEAD)
-        || (path.starts_with("/agents/") && path.ends_with("/logs"));
-    if !needs {
+    let open = path == "/health" || (path == "/metrics" && state.public_metrics);
+    if open {
         return next.run(req).await;
     }
     let presented = req
@@ -71,6 +71,36 @@ pub async fn track(req: Request, next: Next) -> Response {
     metrics::histogram!(telemetry::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Turns a panic in a handler (or a middleware inside this layer) into a 500 JSON error and a
+/// count in `kokino_http_panics_total`, instead of a connection dropped without an answer. The
+/// broker keeps serving: a panic unwinds only the request's own task.
+pub fn catch_panics<S>(router: axum::Router<S>) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_response,
+    ))
+}
+
+pub(crate) fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = what, "an HTTP handler panicked");
+    metrics::counter!(telemetry::HTTP_PANICS_TOTAL).increment(1);
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+        "internal error: the request's handler failed unexpectedly (the broker is still running; \
+         its log has the details)",
+    )
+    .with_details(serde_json::json!({"panic": true}))
+    .into_response()
 }
 
 #[cfg(test)]

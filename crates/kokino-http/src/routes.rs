@@ -15,13 +15,13 @@ use serde_json::{json, Value};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::extract::{AgentPath, JsonBody};
-use crate::{middleware, sse, ApiError, AppState};
+use crate::{access, middleware, sse, ApiError, AppState};
 
 type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/agents/register", post(register))
@@ -75,15 +75,24 @@ pub fn router(state: AppState) -> Router {
         .route("/api/integrity/cleanup", post(integrity_cleanup))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside the request metric, so a panicking route is counted with its 500.
+        .route_layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            middleware::panic_response,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::auth,
         ))
         .route_layer(axum::middleware::from_fn(middleware::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::guard,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    // Outside everything else too, so a panic in a middleware or a fallback is answered as well.
+    middleware::catch_panics(router).with_state(state)
 }
 
 async fn not_found() -> ApiError {
@@ -111,6 +120,9 @@ async fn health(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    // The store's reachability is measured per scrape, so `kokino_store_up` is as fresh as the
+    // rest of the exposition (the store-outage alert reads it).
+    s.broker.record_store_up().await;
     (
         [(
             header::CONTENT_TYPE,
@@ -181,6 +193,12 @@ impl RegisterBody {
                     "binary must be a non-empty command name or path",
                 ));
             }
+        }
+        if let Some(t) = self.timeout_ms {
+            in_range(t, "timeoutMs", 1, MAX_WAIT_MS)?;
+        }
+        if let Some(m) = self.max_memory_mb {
+            in_range(m, "maxMemoryMB", 1, MAX_MEMORY_MB)?;
         }
         Ok(AgentSpec {
             agent_id,
@@ -277,6 +295,7 @@ async fn execute(
     AgentPath(id): AgentPath,
     JsonBody(req): JsonBody<ExecuteRequest>,
 ) -> ApiResult<Response> {
+    check_execute(&req)?;
     let resp = s.broker.execute(id.as_str(), req, None).await?;
     Ok(Json(resp).into_response())
 }
@@ -286,6 +305,9 @@ async fn execute_stream(
     AgentPath(id): AgentPath,
     JsonBody(req): JsonBody<ExecuteRequest>,
 ) -> Response {
+    if let Err(e) = check_execute(&req) {
+        return e.into_response();
+    }
     sse::execute_stream(s, id.to_string(), req).into_response()
 }
 
@@ -650,6 +672,38 @@ struct ShadowQuery {
 
 type ShadowParam = Result<Query<ShadowQuery>, axum::extract::rejection::QueryRejection>;
 
+/// Longest event retention a cleanup accepts (100 years).
+const MAX_RETENTION_DAYS: u64 = 36_500;
+/// Longest execution or lock wait a request may ask for (7 days): far beyond any real run, and
+/// far below where adding it to a clock would overflow.
+const MAX_WAIT_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Largest memory limit an agent may ask for (1 TiB), so that its byte count cannot overflow.
+const MAX_MEMORY_MB: u64 = 1024 * 1024;
+
+/// A number from a JSON body (or the config file), checked like [`bounded`] checks a query.
+fn in_range(value: u64, field: &str, min: u64, max: u64) -> ApiResult<u64> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(
+            Some(field),
+            format!("{field} must be a whole number from {min} to {max}, not {value}"),
+        ))
+    }
+}
+
+/// The numbers of an execute body: a run time of 1 ms to 7 days, a lock wait of 0 (fail at once
+/// when busy) to 7 days.
+fn check_execute(req: &ExecuteRequest) -> ApiResult<()> {
+    if let Some(t) = req.timeout_ms {
+        in_range(t, "timeoutMs", 1, MAX_WAIT_MS)?;
+    }
+    if let Some(t) = req.lock_timeout_ms {
+        in_range(t, "lockTimeoutMs", 0, MAX_WAIT_MS)?;
+    }
+    Ok(())
+}
+
 /// A whole-number query parameter from 1 to `max`; absent or empty means `default`. Every
 /// numeric parameter of the API goes through here, so they all fail the same way.
 fn bounded(raw: Option<&str>, field: &str, default: u32, max: u32) -> ApiResult<u32> {
@@ -746,11 +800,17 @@ async fn cleanup_events(
     JsonBody(body): JsonBody<RetentionBody>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
+    // Both forms are range-checked: an unchecked body value once overflowed the date
+    // arithmetic and dropped the connection.
+    let default = match body.retention_days {
+        Some(d) => in_range(u64::from(d), "retentionDays", 1, MAX_RETENTION_DAYS)? as u32,
+        None => 90,
+    };
     let days = bounded(
         q.days.as_deref(),
         "days",
-        body.retention_days.unwrap_or(90),
-        36_500,
+        default,
+        MAX_RETENTION_DAYS as u32,
     )?;
     let deleted = s.broker.cleanup_events(days).await?;
     Ok(Json(json!({ "deleted": deleted, "retentionDays": days })))

@@ -6,6 +6,8 @@
 //! the background; compressed files older than the retention are deleted. `tail` reads from the
 //! end of the file, so asking for the last 100 lines of a 50 MB log reads kilobytes, not 50 MB.
 
+#![forbid(unsafe_code)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;

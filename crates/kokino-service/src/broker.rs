@@ -247,6 +247,7 @@ impl Broker {
     /// Registers (or updates) an agent. The working directory must exist: finding out at the
     /// first execute would be later and more confusing.
     pub async fn register_agent(&self, spec: AgentSpec) -> Result<AgentRecord> {
+        self.inner.cfg.check_agent(&spec)?;
         if let Some(cwd) = &spec.cwd {
             if !std::path::Path::new(cwd).is_dir() {
                 return Err(ServiceError::BadRequest {
@@ -558,6 +559,10 @@ impl Broker {
     }
 
     async fn resolve_binary(&self, agent: &AgentRecord) -> Result<PathBuf, String> {
+        self.inner
+            .cfg
+            .check_agent(&agent.spec)
+            .map_err(|e| e.to_string())?;
         let name = agent
             .spec
             .binary
@@ -2266,6 +2271,19 @@ impl Broker {
             instance_id: self.inner.instance_id.clone(),
             reasons,
         }
+    }
+
+    /// Pings the store and records the answer in `kokino_store_up`, for the scrape that asked.
+    /// The ping is bounded by two seconds: a database that hangs instead of refusing must not
+    /// stall the scrape past Prometheus's timeout, which would hide the outage as a missing
+    /// target instead of reporting it.
+    pub async fn record_store_up(&self) -> bool {
+        let up = matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.inner.store.ping()).await,
+            Ok(Ok(()))
+        );
+        metrics::gauge!(telemetry::STORE_UP).set(if up { 1.0 } else { 0.0 });
+        up
     }
 
     /// Stops accepting executions, cancels the running ones (recorded as `cancelled`) and waits

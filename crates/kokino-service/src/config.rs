@@ -12,6 +12,9 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     /// Binary per CLI type when the agent does not name one (default: the type's usual name).
     pub binaries: BTreeMap<CliType, String>,
+    /// Binaries (files or directories) an agent's `binary` may name besides its CLI type's own;
+    /// the operator's choice, never an HTTP client's (`kokino_core::exec_policy`).
+    pub allowed_binaries: kokino_core::exec_policy::BinaryAllowlist,
     /// Variables removed from the child environment unless the agent sets them explicitly.
     pub conflicting_vars: BTreeMap<CliType, Vec<String>>,
     pub execution_timeout: Duration,
@@ -64,6 +67,7 @@ impl ServiceConfig {
         ServiceConfig {
             data_dir: data_dir.into(),
             binaries: BTreeMap::new(),
+            allowed_binaries: Default::default(),
             conflicting_vars: BTreeMap::new(),
             execution_timeout: Duration::from_millis(300_000),
             lock_wait: Duration::from_millis(300_000),
@@ -119,6 +123,25 @@ impl ServiceConfig {
             .get(&cli)
             .map(String::as_str)
             .unwrap_or(cli.default_binary())
+    }
+
+    /// Whether the broker may run what `spec` asks for: its `binary` must be allowed by the
+    /// configuration and its `env` must not set a loader or interpreter hook. Checked at register
+    /// and again before every run, so an agent stored before a configuration change cannot run a
+    /// binary the configuration no longer allows.
+    pub fn check_agent(&self, spec: &kokino_core::AgentSpec) -> Result<(), kokino_core::CoreError> {
+        kokino_core::exec_policy::check_env(spec.env.keys())?;
+        let Some(binary) = spec.binary.as_deref() else {
+            return Ok(());
+        };
+        let name = self.binary_for(spec.cli_type);
+        let path_var = std::env::var_os("PATH");
+        let resolved = kokino_exec::resolve_binary(name, path_var.as_deref())
+            .ok()
+            .map(|p| p.display().to_string());
+        let mut implicit = vec![name];
+        implicit.extend(resolved.as_deref());
+        self.allowed_binaries.check(binary, &implicit)
     }
 
     pub fn conflicting_for(&self, cli: CliType) -> Vec<String> {

@@ -101,8 +101,18 @@ impl From<CoreError> for ServiceError {
                 field: Some("commMode"),
                 message: e.to_string(),
             },
-            CoreError::UnknownOutcome(_) => ServiceError::BadRequest {
-                field: None,
+            CoreError::UnknownOutcome(_) | CoreError::InvalidAllowlistEntry(_) => {
+                ServiceError::BadRequest {
+                    field: None,
+                    message: e.to_string(),
+                }
+            }
+            CoreError::BinaryNotAllowed(_) => ServiceError::BadRequest {
+                field: Some("binary"),
+                message: e.to_string(),
+            },
+            CoreError::EnvNotAllowed { .. } => ServiceError::BadRequest {
+                field: Some("env"),
                 message: e.to_string(),
             },
         }

@@ -5,6 +5,7 @@
 //! outcome in one transaction, record events and metrics, release, answer. The HTTP crate calls it
 //! and knows nothing of processes or SQL; the executor and the store know nothing of each other.
 
+#![forbid(unsafe_code)]
 // `ServiceError::CliFailed` carries the CLI's stderr tail and exit details by value; an error is
 // built at most once per request, so its size costs nothing worth an extra allocation.
 #![allow(clippy::result_large_err)]

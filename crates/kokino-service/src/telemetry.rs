@@ -26,6 +26,7 @@ pub const PROCESS_PEAK_RSS: &str = "kokino_process_peak_rss_bytes";
 pub const JSONL_PARSE_ERRORS_TOTAL: &str = "kokino_jsonl_parse_errors_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "kokino_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "kokino_http_request_duration_seconds";
+pub const HTTP_PANICS_TOTAL: &str = "kokino_http_panics_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "kokino_events_dropped_total";
 pub const INTEGRITY_ISSUES: &str = "kokino_integrity_issues";
 pub const CIRCUIT_BREAKERS: &str = "kokino_circuit_breakers";
@@ -38,6 +39,7 @@ pub const SHADOW_RESULTS_TOTAL: &str = "kokino_shadow_results_total";
 pub const SHADOW_SIMILARITY: &str = "kokino_shadow_similarity_ratio";
 pub const SHADOW_LATENCY_DELTA: &str = "kokino_shadow_latency_delta_seconds";
 pub const ENV_CHECK_FAILING: &str = "kokino_env_check_failing";
+pub const STORE_UP: &str = "kokino_store_up";
 
 pub const METRICS: &[MetricDef] = &[
     MetricDef {
@@ -101,6 +103,12 @@ pub const METRICS: &[MetricDef] = &[
         help: "HTTP request latency, in seconds.",
     },
     MetricDef {
+        name: HTTP_PANICS_TOTAL,
+        kind: "counter",
+        labels: &[],
+        help: "HTTP handlers that panicked; each was answered with a 500 `INTERNAL` error, and the broker kept running.",
+    },
+    MetricDef {
         name: EVENTS_DROPPED_TOTAL,
         kind: "counter",
         labels: &[],
@@ -111,6 +119,12 @@ pub const METRICS: &[MetricDef] = &[
         kind: "gauge",
         labels: &[],
         help: "Integrity issues found by the latest integrity check (0 when clean).",
+    },
+    MetricDef {
+        name: STORE_UP,
+        kind: "gauge",
+        labels: &[],
+        help: "1 when the store answered a ping at this scrape (within 2 s), 0 when it did not.",
     },
     MetricDef {
         name: CIRCUIT_BREAKERS,
@@ -289,6 +303,7 @@ pub fn zero_counters() {
         metrics::counter!(RATE_LIMITED_TOTAL, "cli" => cli.as_str()).increment(0);
         metrics::counter!(JSONL_PARSE_ERRORS_TOTAL, "cli" => cli.as_str()).increment(0);
     }
+    metrics::counter!(HTTP_PANICS_TOTAL).increment(0);
     for scope in ["agent", "cli"] {
         metrics::counter!(CIRCUIT_REJECTIONS_TOTAL, "scope" => scope).increment(0);
         for to in ["closed", "open", "half_open", "forced_open", "disabled"] {

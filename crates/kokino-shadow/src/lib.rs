@@ -17,6 +17,8 @@
 //! lets the service call it anywhere and the tests feed it anything. Running the legs and storing
 //! the results belong to the service.
 
+#![forbid(unsafe_code)]
+
 mod compare;
 pub mod normalise;
 mod verdict;

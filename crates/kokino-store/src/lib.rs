@@ -6,6 +6,8 @@
 //! database it talks to. A concrete enum rather than a trait object keeps the async methods simple
 //! and lets the compiler check that every backend handles every operation.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

@@ -1,0 +1,123 @@
+//! The environment doctor through the broker: `/api/health/environment`, CLI versions, and the
+//! automatic CLI disable it drives.
+
+use crate::common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_doctor_passes_with_the_fake_clis_and_records_their_versions() {
+    let w = World::new();
+    let b = w.start();
+    w.register(&b, "c1", "claude-code", json!({})).await;
+    let (status, report) = b.get("/api/health/environment?cli=claude-code").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["cliType"], "claude-code");
+    assert_eq!(report["passed"], true);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["binary", "environment", "auth", "disk", "dryrun"]);
+    assert!(report["checkedAt"].is_string());
+    assert!(report["durationMs"].is_u64());
+
+    let (_, versions) = b.get("/api/health/cli-versions").await;
+    let claude = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["cliType"] == "claude-code")
+        .unwrap()
+        .clone();
+    assert!(
+        claude["version"].as_str().unwrap().contains("Claude Code"),
+        "{claude}"
+    );
+    assert_eq!(claude["agents"], json!(["c1"]));
+    assert!(claude["firstSeenAt"].is_string() && claude["lastSeenAt"].is_string());
+
+    let (s, body) = b.get("/api/health/environment?cli=claude").await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("claude-code"));
+}
+
+#[tokio::test]
+async fn a_failing_check_is_a_503_with_the_fix_and_disables_the_cli_for_its_agents() {
+    let w = World::new();
+    // claude is logged out; gemini and droid have no credentials in this HOME.
+    let home = w.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let b = w.start_with(
+        &[],
+        &[
+            ("KOKINO_FAKE_LOGGED_OUT", "1"),
+            ("HOME", home.to_str().unwrap()),
+        ],
+    );
+    // A headless claude agent that uses the default binary (found on PATH): the doctor's
+    // verdict about claude-code concerns it.
+    let (s, _) = b
+        .post(
+            "/agents/register",
+            json!({"agentId": "uses-default", "type": "claude-code", "cwd": w.work()}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (status, report) = b.get("/api/health/environment").await;
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(report["overall"], false);
+    let claude = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cliType"] == "claude-code")
+        .unwrap()
+        .clone();
+    assert_eq!(claude["passed"], false);
+    let auth = claude["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "auth")
+        .unwrap()
+        .clone();
+    assert_eq!(auth["passed"], false);
+    assert!(
+        auth["message"].as_str().unwrap().contains("login"),
+        "the message says what to do: {auth}"
+    );
+
+    let (_, fb) = b.get("/api/fallback/status").await;
+    let disabled = fb["disabledCLIs"].as_array().unwrap();
+    let entry = disabled
+        .iter()
+        .find(|d| d["cliType"] == "claude-code")
+        .expect("claude-code disabled");
+    assert_eq!(entry["auto"], true);
+    assert!(entry["reason"].as_str().unwrap().contains("auth"));
+    // Codex has no agent here: its own failure disables nothing.
+    assert!(disabled.iter().all(|d| d["cliType"] != "factory-droid"));
+    assert!(!events(&b, "type=ENV_CHECK_FAILED", 1).await.is_empty());
+    let (_, metrics) = b.get_text("/metrics").await;
+    assert!(
+        metrics.contains("kokino_env_check_failing{cli=\"claude-code\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_binary_names_the_install_command() {
+    let w = World::new();
+    let b = w.start_with(&[], &[("PATH", "/usr/bin:/bin")]);
+    let (status, report) = b.get("/api/health/environment?cli=factory-droid").await;
+    assert_eq!(status, 503, "{report}");
+    let binary = &report["checks"][0];
+    assert_eq!(binary["name"], "binary");
+    assert_eq!(binary["passed"], false);
+    assert!(
+        binary["message"].as_str().unwrap().contains("curl"),
+        "{binary}"
+    );
+}

@@ -1,0 +1,21 @@
+//! The broker's end-to-end tests, one test binary with a module per area (linking one binary
+//! instead of one per file saves minutes on a small machine). Helpers are in `common/`.
+
+mod common;
+
+mod alert_routing;
+mod bad_input;
+mod cluster;
+mod deploy;
+mod docs;
+mod environment;
+mod execution;
+mod hardening;
+mod lifecycle;
+mod logs;
+mod resilience;
+mod runbooks;
+mod shadow_mode;
+mod slo;
+mod supervision;
+mod tmux_mode;

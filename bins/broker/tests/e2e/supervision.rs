@@ -1,0 +1,172 @@
+//! Process supervision and per-agent logs, seen through the HTTP API.
+
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn processes_status_shows_live_memory_and_the_memory_limit_kills() {
+    let w = World::new();
+    let cfg = w.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nmemory_sample_ms = 100\nkill_grace_ms = 500\n",
+    )
+    .unwrap();
+    let b = w.start_with(&["--config", &cfg.display().to_string()], &[]);
+    w.register(
+        &b,
+        "mem",
+        "claude-code",
+        json!({"maxMemoryMB": 150, "timeoutMs": 20000}),
+    )
+    .await;
+
+    // 64 MB held for 2 s: under the limit, visible in processes/status.
+    let run = {
+        let client = b.client.clone();
+        let url = format!("{}/agents/mem/execute", b.base);
+        tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .json(&json!({"prompt": "fake:mem=64MB fake:sleep=2 ok"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let mut seen = Value::Null;
+    for _ in 0..150 {
+        let (_, list) = b.get("/agents/processes/status").await;
+        if let Some(p) = list.as_array().and_then(|l| l.first()) {
+            if p["memoryMB"].as_f64().unwrap_or(0.0) >= 60.0 {
+                seen = p.clone();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen["agentId"], "mem", "{seen}");
+    assert!(seen["pid"].as_i64().unwrap() > 0);
+    assert_eq!(seen["pgid"], seen["pid"]);
+    assert_eq!(seen["limits"]["maxMemoryMB"], 150);
+    assert_eq!(seen["limits"]["timeoutMs"], 20000);
+    assert!(seen["cpuPercent"].as_f64().is_some());
+    let (status, body) = run.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // 300 MB: over the limit, killed with its group, classified resource_limit.
+    let (status, body) = b
+        .execute("mem", "fake:mem=300MB fake:sleep=10 fake:child")
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["details"]["classification"], "resource_limit");
+    assert!(body["error"].as_str().unwrap().contains("memory limit"));
+    assert!(agent_processes(&w, &b).is_empty());
+    let (_, list) = b.get("/agents/processes/status").await;
+    assert_eq!(list, json!([]));
+    assert_eq!(
+        events(&b, "type=PROCESS_LIMIT_EXCEEDED&agentId=mem", 1)
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn every_cli_line_lands_in_the_agent_log_and_can_be_read_from_the_end() {
+    let w = World::new();
+    let b = w.start();
+    w.register(&b, "logged", "codex", json!({})).await;
+    for i in 0..3 {
+        let (s, _) = b.execute("logged", &format!("run {i}")).await;
+        assert_eq!(s, 200);
+    }
+    let (status, tail) = b.get("/agents/logged/logs?lines=2").await;
+    assert_eq!(status, 200, "{tail}");
+    assert_eq!(tail["lines"], 2);
+    let content = tail["content"].as_str().unwrap();
+    let lines: Vec<&str> = content.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" stdout ") && l.contains("turn.completed")),
+        "the last run's final event is among the last lines: {content}"
+    );
+    let (_, all) = b.get("/agents/logged/logs").await;
+    assert!(all["content"].as_str().unwrap().contains("echo: run 0"));
+    assert!(
+        all["content"].as_str().unwrap().contains(" stderr "),
+        "stderr lines are logged too"
+    );
+
+    let path = w.data_dir().join("logs/logged.log");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (_, st) = b.get("/agents/logs/status").await;
+    let entry = &st["logs"][0];
+    assert_eq!(entry["agentId"], "logged");
+    assert!(entry["sizeBytes"].as_u64().unwrap() > 0);
+    assert_eq!(entry["rotatedFiles"], 0);
+
+    for bad in ["0", "10001", "x", "-1"] {
+        let (s, body) = b.get(&format!("/agents/logged/logs?lines={bad}")).await;
+        assert_eq!(s, 400, "{bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("lines"));
+    }
+    let (s, _) = b.get("/agents/nobody/logs").await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn logs_need_the_token_when_one_is_set() {
+    let w = World::new();
+    let token = w.path().join("token");
+    std::fs::write(&token, "t0k").unwrap();
+    let b = w.start_with(&["--token-file", &token.display().to_string()], &[]);
+    let (s, body) = b.get("/agents/x/logs").await;
+    assert_eq!(s, 401, "{body}");
+    let r = b
+        .client
+        .get(format!("{}/agents/x/logs", b.base))
+        .bearer_auth("t0k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "authorised, and the agent is unknown");
+}
+
+#[tokio::test]
+async fn event_retention_deletes_old_events_on_request() {
+    let w = World::new();
+    let b = w.start();
+    w.register(&b, "r", "codex", json!({})).await;
+    b.execute("r", "one").await;
+    assert!(!events(&b, "agentId=r", 3).await.is_empty());
+    let (s, body) = b.post("/api/metrics/cleanup?days=90", json!({})).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"deleted": 0, "retentionDays": 90}),
+        "recent events stay"
+    );
+    let (s, body) = b
+        .post("/api/metrics/cleanup", json!({"retentionDays": 30}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["retentionDays"], 30);
+    for bad in ["0", "x", "-3"] {
+        let (s, body) = b
+            .post(&format!("/api/metrics/cleanup?days={bad}"), json!({}))
+            .await;
+        assert_eq!(s, 400, "{bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("days"));
+    }
+}
