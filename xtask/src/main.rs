@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod chaos;
+mod harness;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -45,6 +47,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Kills and pauses real brokers at random instants and counts orphans, overlapping runs,
+    /// lost turns and stuck locks (`cargo xtask chaos --help` for its flags).
+    #[command(disable_help_flag = true)]
+    Chaos {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Ci => ci(),
         Task::Bench { args } => bench::run(args),
+        Task::Chaos { args } => chaos::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

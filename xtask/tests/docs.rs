@@ -375,7 +375,7 @@ fn the_token_rules_check_code_and_leave_prose_alone() {
         "AgentId",
         "run_headless",
         "crates/kokino-core/src/breaker/registry.rs",
-        "kokino-exec/src/guard.rs",
+        "kokino-exec/src/supervisor.rs",
         "tests/layering.rs",
         "kokino-broker",
         "Comparator::terminal()",

@@ -19,11 +19,14 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    // The same binary is the lease guard that watches each CLI when several brokers share a
-    // database (see kokino_exec::guard); that role must start before anything else.
+    // The same binary is the supervisor that watches each CLI and kills its group when this
+    // broker dies or stalls (see kokino_exec::supervisor); that role must start before anything
+    // else.
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(kokino_exec::guard::GUARD_FLAG) {
-        kokino_exec::guard::run_guard(&argv[2..]);
+    if let Some(flag) = argv.get(1).map(String::as_str).filter(|f| {
+        *f == kokino_exec::supervisor::SUPERVISE_FLAG || *f == kokino_exec::supervisor::GUARD_FLAG
+    }) {
+        kokino_exec::supervisor::run_supervisor(flag, &argv[2..]);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -96,6 +99,8 @@ async fn run(args: config::Args) -> Result<()> {
         .await
         .with_context(|| format!("cannot open the store at {}", settings.database_url))?;
     let mut service_cfg = settings.service.clone();
+    service_cfg.supervisor_program =
+        Some(std::env::current_exe().context("cannot find the broker's own binary")?);
     if store.kind() == "postgres" {
         // A shared database may have other brokers: leases, fencing and lease guards.
         service_cfg.cluster = Some(kokino_service::cluster::ClusterConfig {

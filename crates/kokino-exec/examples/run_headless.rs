@@ -138,7 +138,7 @@ async fn main() -> ExitCode {
         env,
         cwd: opts.cwd,
         stdin: opts.prompt.into_bytes(),
-        guard: None,
+        supervisor: None,
     };
     let limits = Limits {
         timeout: opts.timeout,

@@ -33,8 +33,10 @@ pub struct HeadlessCommand {
     pub cwd: Option<PathBuf>,
     /// Written to the CLI's stdin, which is then closed. Prompts never go in argv.
     pub stdin: Vec<u8>,
-    /// When set, the CLI runs under a lease guard (several brokers sharing one database).
-    pub guard: Option<crate::guard::GuardSpec>,
+    /// When set, the CLI runs under a supervisor that kills its whole group when the broker
+    /// dies, however it dies (and, with a heartbeat deadline, when the broker stalls); see
+    /// [`crate::supervisor`]. The broker always sets it; embedders may leave it out.
+    pub supervisor: Option<crate::supervisor::SupervisorSpec>,
 }
 
 /// The watchdogs and ceilings of one run (behavior.md, "Cancellation, timeouts, process
@@ -99,11 +101,15 @@ pub enum StopReason {
 pub enum ExecEvent {
     /// The CLI's process is running.
     Started {
-        /// Its pid, which leads its process group.
+        /// The pid that leads the process group: the supervisor when there is one, else the
+        /// CLI. Recovery kills the group from this pid and its start time.
         pid: i32,
         /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so that a
         /// later life can tell the same process from a reused pid.
         start_time: Option<i64>,
+        /// The CLI itself when it runs under a supervisor (found within a few milliseconds of
+        /// the spawn); `None` when `pid` is the CLI.
+        cli_pid: Option<i32>,
     },
     /// Something the CLI's output meant, as its parser read it.
     Stream(StreamEvent),
@@ -204,7 +210,11 @@ pub async fn run_headless(
     log: Option<Box<dyn LineSink>>,
 ) -> RunResult {
     let started = Instant::now();
-    let mut child = match spawn(&cmd) {
+    let Spawned {
+        mut child,
+        claim,
+        _lifeline,
+    } = match spawn(&cmd) {
         Ok(c) => c,
         Err(message) => return spawn_failure(started, message),
     };
@@ -213,9 +223,15 @@ pub async fn run_headless(
         pgid: pid,
         armed: true,
     };
+    let start_time = procfs::start_time(pid);
+    let cli_pid = match &cmd.supervisor {
+        Some(_) => find_child(pid).await,
+        None => None,
+    };
     let _ = events.send(ExecEvent::Started {
         pid,
-        start_time: procfs::start_time(pid),
+        start_time,
+        cli_pid,
     });
     let mut pipes = Pipes::take(&mut child, cmd.stdin, limits.max_line_bytes);
     let mut run = HeadlessRun {
@@ -240,13 +256,63 @@ pub async fn run_headless(
     let status = run.reap(&mut child, &mut pipes).await;
     guard.armed = false;
     drop(guard);
-    run.finish(status, &mut pipes.stderr).await
+    // The group is empty: the claim has nothing left to protect.
+    if let Some(c) = &claim {
+        let _ = std::fs::remove_file(c);
+    }
+    let supervised = cmd.supervisor.is_some();
+    run.finish(status, &mut pipes.stderr, supervised).await
 }
 
-/// Starts the CLI in its own process group, or says why it could not be started.
-fn spawn(cmd: &HeadlessCommand) -> Result<Child, String> {
-    let (program, args) = match &cmd.guard {
-        Some(g) => g.wrap(&cmd.program, &cmd.args),
+/// A started CLI (or its supervisor) and what keeps the supervision in place.
+struct Spawned {
+    child: Child,
+    /// The supervisor's claim file, removed once the group is gone.
+    claim: Option<PathBuf>,
+    /// The broker's end of the lifeline: it must stay open for as long as the run lasts.
+    _lifeline: Option<std::os::fd::OwnedFd>,
+}
+
+/// The supervisor's child (the CLI), which it starts right after writing its claim: a few
+/// milliseconds at most. `None` if it has not appeared within 200 ms (or already exited).
+async fn find_child(supervisor: i32) -> Option<i32> {
+    let path = format!("/proc/{supervisor}/task/{supervisor}/children");
+    let until = Instant::now() + Duration::from_millis(200);
+    loop {
+        let found = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
+        if found.is_some() || Instant::now() >= until {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Starts the CLI (under its supervisor, when there is one) in its own process group, or says
+/// why it could not be started.
+fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
+    let not_found = || match &cmd.cwd {
+        Some(cwd) if !cwd.is_dir() => format!("working directory {} does not exist", cwd.display()),
+        _ => format!("binary {} not found", cmd.program.display()),
+    };
+    // Under a supervisor the spawn that can fail is the supervisor's own, so the two failures a
+    // caller can fix (a missing binary, a missing working directory) are looked for first.
+    if cmd.supervisor.is_some()
+        && (cmd.cwd.as_ref().is_some_and(|c| !c.is_dir()) || !cmd.program.is_file())
+    {
+        return Err(not_found());
+    }
+    let lifeline = match &cmd.supervisor {
+        Some(_) => Some(
+            crate::supervisor::Lifeline::new()
+                .map_err(|e| format!("cannot create the supervisor's lifeline: {e}"))?,
+        ),
+        None => None,
+    };
+    let claim = cmd.supervisor.as_ref().and_then(|s| s.new_claim_path());
+    let (program, args) = match &cmd.supervisor {
+        Some(s) => s.wrap(&cmd.program, &cmd.args, true, claim.as_deref()),
         None => (cmd.program.clone(), cmd.args.clone()),
     };
     let mut command = Command::new(&program);
@@ -264,17 +330,25 @@ fn spawn(cmd: &HeadlessCommand) -> Result<Child, String> {
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
-    command.spawn().map_err(|e| {
+    if let Some(l) = &lifeline {
+        let fd = l.read_fd();
+        // SAFETY: the hook only duplicates a file descriptor (async-signal-safe).
+        unsafe {
+            command.pre_exec(move || crate::supervisor::install_lifeline(fd));
+        }
+    }
+    let child = command.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            match &cmd.cwd {
-                Some(cwd) if !cwd.is_dir() => {
-                    format!("working directory {} does not exist", cwd.display())
-                }
-                _ => format!("binary {} not found", cmd.program.display()),
-            }
+            not_found()
         } else {
             format!("cannot start {}: {e}", cmd.program.display())
         }
+    })?;
+    Ok(Spawned {
+        child,
+        claim,
+        // Only the write end stays with us; the supervisor has its own copy of the read end.
+        _lifeline: lifeline.map(crate::supervisor::Lifeline::into_write_end),
     })
 }
 
@@ -568,6 +642,7 @@ impl HeadlessRun<'_> {
         mut self,
         status: Option<ExitStatus>,
         stderr: &mut mpsc::Receiver<String>,
+        supervised: bool,
     ) -> RunResult {
         // Whatever stderr the CLI wrote before exiting is already in the pipe.
         while let Ok(Some(line)) =
@@ -591,6 +666,17 @@ impl HeadlessRun<'_> {
             code: status.and_then(|s| s.code()),
             signal: status.and_then(|s| s.signal()),
         };
+        // The supervisor could not start the CLI (a race with the checks before the spawn: the
+        // binary was removed, or is not executable): a spawn error, like a direct spawn's.
+        if supervised && exit.code == Some(127) {
+            let prefix = "kokino supervisor: cannot start";
+            if let Some(line) = tail.lines().find(|l| l.starts_with(prefix)) {
+                let message = line.trim_start_matches("kokino supervisor: ").to_owned();
+                let mut r = spawn_failure(self.started, message);
+                r.pid = Some(self.pid);
+                return r;
+            }
+        }
         let mut parsed = self.parser.finish(exit, &tail);
         parsed.malformed_lines += self.oversized_lines;
         let outcome = match self.stop {

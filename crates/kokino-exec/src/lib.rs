@@ -10,12 +10,12 @@
 
 mod error;
 mod group;
-pub mod guard;
 mod headless;
 mod lines;
 pub mod probe;
 pub mod procfs;
 mod resolve;
+pub mod supervisor;
 #[cfg(feature = "tmux")]
 pub mod tmux;
 

@@ -101,11 +101,23 @@ pub fn is_same_process(pid: i32, start: i64) -> bool {
     start_time(pid) == Some(start)
 }
 
-/// Kills the process group a previous life of the broker recorded, but only if its leader is
-/// still the very process that was recorded (same pid *and* same start time). Returns whether
-/// something was killed. A reused pid is never touched.
+/// Kills what is left of a process group a previous life of the broker recorded (its leader's
+/// pid and start time). Returns whether a live process of it was signalled.
+///
+/// * The leader is alive and is the recorded process: the group is ours; kill it.
+/// * The leader's pid is alive but started at another time: the pid was reused by an unrelated
+///   process, which may lead a group of that number; touch nothing.
+/// * The leader is gone (or a zombie): whatever still has this process group is what the CLI
+///   left behind (tools, MCP servers, shells). Linux does not hand out a pid while it still
+///   names a process group, so those members can only be the recorded group's; kill them.
 pub fn kill_recorded_group(pid: i32, start: i64) -> bool {
-    if pid <= 1 || !is_same_process(pid, start) {
+    if pid <= 1 {
+        return false;
+    }
+    if is_live(pid) && !is_same_process(pid, start) {
+        return false;
+    }
+    if !group_members(pid).into_iter().any(is_live) {
         return false;
     }
     nix::sys::signal::killpg(

@@ -124,7 +124,7 @@ pub(crate) fn spawn_renewal(
         loop {
             tick.tick().await;
             if let Some(pid) = guard_pid() {
-                kokino_exec::guard::heartbeat(pid);
+                kokino_exec::supervisor::heartbeat(pid);
             }
             match store
                 .renew_lease(&agent_id, &cfg.instance_id, token, cfg.lease_ttl)

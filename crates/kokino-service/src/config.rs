@@ -69,6 +69,11 @@ pub struct ServiceConfig {
     pub disk_fail_pct: f64,
     /// Set when several brokers share the store (PostgreSQL): agent leases and lease guards.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The binary that acts as every CLI's supervisor (`kokino-broker` itself, see
+    /// `kokino_exec::supervisor`): it kills the CLI's whole group when the broker dies. `None`
+    /// (embedders, in-process tests) runs CLIs without one; in cluster mode the lease guard
+    /// program is used instead.
+    pub supervisor_program: Option<PathBuf>,
 }
 
 impl ServiceConfig {
@@ -103,7 +108,25 @@ impl ServiceConfig {
             disk_warn_pct: 85.0,
             disk_fail_pct: 95.0,
             cluster: None,
+            supervisor_program: None,
         }
+    }
+
+    /// Where supervisors leave their claim files (see `kokino_exec::supervisor`).
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+
+    /// The supervisor every headless CLI and tmux pane runs under, if any.
+    pub fn supervisor(&self) -> Option<kokino_exec::supervisor::SupervisorSpec> {
+        let program = self
+            .supervisor_program
+            .clone()
+            .or_else(|| self.cluster.as_ref().map(|c| c.guard_program.clone()))?;
+        Some(
+            kokino_exec::supervisor::SupervisorSpec::new(program, Some(self.run_dir()))
+                .with_heartbeat(self.cluster.as_ref().map(|c| c.guard_deadline())),
+        )
     }
 
     /// Where the agents' logs are written.

@@ -17,7 +17,9 @@ type Result<T, E = ServiceError> = std::result::Result<T, E>;
 /// process groups are killed (only if pid *and* start time still match) and they are
 /// recorded as `interrupted`; their locks were in memory and are free by construction.
 pub(crate) async fn recover_interrupted(b: &Broker) -> Result<()> {
-    for exec in own_running(b).await? {
+    let running = own_running(b).await?;
+    reap_claims(b).await;
+    for exec in running {
         if let (Some(pid), Some(start)) = (exec.pid, exec.pid_start_time) {
             if kokino_exec::procfs::kill_recorded_group(pid as i32, start) {
                 tracing::warn!(pid, agent = %exec.agent_id, "killed a CLI left over by a previous broker");
@@ -33,6 +35,26 @@ pub(crate) async fn recover_interrupted(b: &Broker) -> Result<()> {
         mark_interrupted(b, &exec).await?;
     }
     Ok(())
+}
+
+/// Kills what is left of the groups whose supervisors left a claim and whose broker is gone.
+/// The claims cover the instant between a spawn and the pid reaching the store, which the rows
+/// of `running` executions cannot (see `kokino_exec::supervisor`).
+async fn reap_claims(b: &Broker) {
+    let run_dir = b.inner.cfg.run_dir();
+    let leftovers =
+        tokio::task::spawn_blocking(move || kokino_exec::supervisor::reap_leftovers(&run_dir))
+            .await
+            .unwrap_or_default();
+    for l in leftovers.iter().filter(|l| l.killed) {
+        tracing::warn!(
+            pgid = l.pgid,
+            "killed a CLI group left over by a previous broker"
+        );
+        let mut e = event("PROCESS_ORPHAN_KILLED", None, None);
+        e.metadata = json!({"pid": l.pgid, "source": "claim"});
+        b.inner.events.emit(e);
+    }
 }
 
 /// The executions recorded as running by this broker. With several brokers on one database,

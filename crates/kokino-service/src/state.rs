@@ -106,6 +106,14 @@ impl Inner {
         cfg: ServiceConfig,
         clock: SharedClock,
     ) -> Result<Self, ServiceError> {
+        if cfg.supervisor().is_some() {
+            kokino_exec::supervisor::prepare_run_dir(&cfg.run_dir()).map_err(|e| {
+                ServiceError::Internal(format!(
+                    "cannot create the run directory {}: {e}",
+                    cfg.run_dir().display()
+                ))
+            })?;
+        }
         let (events, _writer) = EventSink::spawn(store.clone());
         let resilience = Resilience::load(store.clone(), events.clone(), clock.clone()).await?;
         let logs = AgentLogs::new(cfg.logs_dir(), cfg.log_max_bytes, cfg.log_retention);

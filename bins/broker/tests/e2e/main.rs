@@ -6,6 +6,7 @@ mod common;
 mod alert_routing;
 mod bad_input;
 mod cluster;
+mod crash_safety;
 mod deploy;
 mod docs;
 mod environment;

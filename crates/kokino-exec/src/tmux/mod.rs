@@ -304,6 +304,7 @@ impl TmuxExecutor {
         let _ = events.send(ExecEvent::Started {
             pid: pane.pid,
             start_time: procfs::start_time(pane.pid),
+            cli_pid: None,
         });
         if let Some(sid) = &req.session_id {
             let _ = events.send(ExecEvent::Stream(StreamEvent::SessionId(sid.clone())));

@@ -411,7 +411,11 @@ impl Watch<'_> {
         let (b, exec) = (self.b, self.exec);
         let id = &exec.agent.spec.agent_id;
         match ev {
-            ExecEvent::Started { pid, start_time } => self.on_started(pid, start_time).await,
+            ExecEvent::Started {
+                pid,
+                start_time,
+                cli_pid,
+            } => self.on_started(pid, start_time, cli_pid).await,
             ExecEvent::Sample {
                 rss_bytes,
                 cpu_percent,
@@ -447,7 +451,9 @@ impl Watch<'_> {
     }
 
     /// The process is running: record it (table, store, event) and tell a streaming client.
-    async fn on_started(&mut self, pid: i32, start_time: Option<i64>) {
+    /// `pid` leads the process group (the supervisor, when there is one) and is what recovery
+    /// needs; `cli_pid` is the CLI itself, what an operator looks for in `ps`.
+    async fn on_started(&mut self, pid: i32, start_time: Option<i64>, cli_pid: Option<i32>) {
         let (b, exec) = (self.b, self.exec);
         let (id, cli) = (&exec.agent.spec.agent_id, exec.agent.spec.cli_type);
         b.inner
@@ -461,7 +467,11 @@ impl Watch<'_> {
             tracing::warn!(error = %e, "could not record the process of an execution");
         }
         let mut ev = event("PROCESS_STARTED", Some(id.as_str()), Some(cli.as_str()));
-        ev.metadata = json!({"pid": pid, "executionId": exec.execution_id});
+        ev.metadata = json!({
+            "pid": cli_pid.unwrap_or(pid),
+            "pgid": pid,
+            "executionId": exec.execution_id,
+        });
         b.inner.events.emit(ev);
         if let Some(p) = &exec.progress {
             let _ = p.send(Progress::Started {

@@ -111,17 +111,13 @@ pub(crate) async fn build(b: &Broker, leg: Leg<'_>) -> Result<Runner, CannotStar
         extra_args: &agent.spec.extra_args,
         session: leg.session,
     });
-    let guard = cfg.cluster.as_ref().map(|c| kokino_exec::guard::GuardSpec {
-        program: c.guard_program.clone(),
-        deadline: c.guard_deadline(),
-    });
     let cmd = HeadlessCommand {
         program,
         args,
         env,
         cwd: agent.spec.cwd.as_ref().map(PathBuf::from),
         stdin: leg.prompt.into_bytes(),
-        guard,
+        supervisor: cfg.supervisor(),
     };
     Ok(Runner::Headless(cmd, limits))
 }
