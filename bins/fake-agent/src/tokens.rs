@@ -228,7 +228,10 @@ mod tests {
         assert!(s.ratelimit && s.ratelimit_retry);
         let s = Script::parse("fake:ratelimit x");
         assert!(s.ratelimit && !s.ratelimit_retry);
-        assert_eq!(Script::parse("fake:ratelimit=soon").warnings, vec!["fake:ratelimit=soon"]);
+        assert_eq!(
+            Script::parse("fake:ratelimit=soon").warnings,
+            vec!["fake:ratelimit=soon"]
+        );
     }
 
     #[test]
