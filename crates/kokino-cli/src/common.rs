@@ -361,7 +361,7 @@ pub(crate) fn retry_after_from_text(text: &str) -> Option<u64> {
         };
         let rest = &lower[pos + marker.len()..];
         // Skip the JSON punctuation and spaces between the name and its value.
-        let rest = rest.trim_start_matches(|c: char| matches!(c, '"' | '\'' | ':' | ' ' | '='));
+        let rest = rest.trim_start_matches(['"', '\'', ':', ' ', '=']);
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
