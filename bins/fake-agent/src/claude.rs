@@ -470,6 +470,16 @@ impl Agent for Claude {
         )
     }
 
+    fn rate_limit_retry(&mut self, attempt: u32) -> bool {
+        self.ctx
+            .ev(&self.api_retry(attempt, J::Int(1000), 429, "rate_limit"));
+        true
+    }
+
+    fn earlier_turns(&self) -> usize {
+        self.ctx.earlier_turns.get()
+    }
+
     fn tool(&mut self) -> Option<i32> {
         let tool_id = format!("toolu_{}", &uuid::Uuid::new_v4().simple().to_string()[..24]);
         let input =

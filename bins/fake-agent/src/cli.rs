@@ -97,6 +97,8 @@ pub struct Opts {
     pub resume: Option<String>,
     /// claude `--continue`, codex `resume --last`.
     pub resume_last: bool,
+    /// droid `--fork <id>`: a new session that starts with the history of `<id>`.
+    pub fork: Option<String>,
     pub model: Option<String>,
     pub max_turns: Option<u32>,
     pub skip_permissions: bool,
@@ -121,6 +123,7 @@ impl Opts {
             session_id: None,
             resume: None,
             resume_last: false,
+            fork: None,
             model: None,
             max_turns: None,
             skip_permissions: false,
@@ -223,7 +226,7 @@ const DROID_FLAGS: &[Flag] = &[
     f(&["--skip-permissions-unsafe"], false, "skip-permissions"),
     f(&["-f", "--file"], true, "file"),
     f(&["--cwd"], true, "ignore"),
-    f(&["--fork"], true, "ignore"),
+    f(&["--fork"], true, "fork"),
     f(&["--spec-model"], true, "ignore"),
 ];
 
@@ -401,6 +404,7 @@ fn apply(o: &mut Opts, p: Personality, key: &str, v: Option<String>, print: &mut
             _ => o.resume = v,
         },
         "continue" | "last" => o.resume_last = true,
+        "fork" => o.fork = v,
         "model" => o.model = v,
         "config" => {
             // `-c model=...` is how the captures pointed codex at a model; honour it for `model`.

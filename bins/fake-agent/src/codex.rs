@@ -41,7 +41,10 @@ impl Codex {
                 Some(s) => ctx.continue_session(s).id,
                 None => {
                     let id = ctx.opts.resume.clone().unwrap_or_default();
-                    sys::err_line(&format!("Error: no rollout found for thread id {id}"));
+                    // codex-resume-unknown.stderr (the real one adds a backtrace).
+                    sys::err_line(&format!(
+                        "Error: thread/resume: thread/resume failed: no rollout found for thread id {id} (code -32600)"
+                    ));
                     return Err(1);
                 }
             }
@@ -124,6 +127,18 @@ impl Agent for Codex {
         self.error_event(msg);
         self.turn_failed(msg);
         1
+    }
+
+    fn rate_limit_retry(&mut self, attempt: u32) -> bool {
+        // codex-429.jsonl's wording, with the default five stream retries.
+        self.error_event(&format!(
+            "Reconnecting... {attempt}/5 (exceeded retry limit, last status: 429 Too Many Requests)"
+        ));
+        true
+    }
+
+    fn earlier_turns(&self) -> usize {
+        self.ctx.earlier_turns.get()
     }
 
     fn tool(&mut self) -> Option<i32> {

@@ -43,21 +43,36 @@ pub struct Droid {
 }
 
 impl Droid {
-    /// Resolves `-s <id>` or starts a new session.
+    /// Resolves `-s <id>` or `--fork <id>`, or starts a new session.
+    ///
+    /// The real droid answers a session it cannot continue by exiting 1 with nothing on stdout
+    /// or stderr: `-s <unknown>`, `--fork <unknown>`, and even `-s <known>` without a Factory
+    /// login, since `-s` fetches the session from Factory's servers (droid-resume-s-offline,
+    /// droid-fork-unknown). `KOKINO_FAKE_DROID_OFFLINE=1` imitates that last case; `--fork`
+    /// works offline and carries the history into a new session id (droid-fork.jsonl).
     pub fn prepare(ctx: Ctx) -> Result<Droid, i32> {
-        let session_id = if let Some(id) = ctx.opts.resume.clone() {
+        let session_id = if let Some(id) = ctx.opts.fork.clone() {
+            let Some(old) = ctx.store.load("droid", &ctx.cwd, &id) else {
+                return Err(1);
+            };
+            let mut s = ctx.new_session("droid", uuid::Uuid::new_v4().to_string());
+            ctx.earlier_turns.set(old.turns.len());
+            s.turns.splice(0..0, old.turns);
+            match ctx.store.create(&s) {
+                Ok(()) => note_turn(&s),
+                Err(CreateError::Exists) => {}
+                Err(CreateError::Io(e)) => {
+                    sys::err_line(&format!("kokino-fake-agent: cannot record session: {e}"));
+                }
+            }
+            s.id
+        } else if let Some(id) = ctx.opts.resume.clone() {
+            if crate::env_flag("KOKINO_FAKE_DROID_OFFLINE") {
+                return Err(1);
+            }
             match ctx.store.load("droid", &ctx.cwd, &id) {
                 Some(s) => ctx.continue_session(s).id,
-                None => {
-                    // The real droid exits 1 silently here; the fake says why, in droid's own
-                    // error-event shape, so a test failure is easier to read.
-                    let msg = format!("Error: Session not found: {id}");
-                    sys::err_line(&msg);
-                    if ctx.opts.output == Output::Stream {
-                        sys::event(&error_event(&msg, &id));
-                    }
-                    return Err(1);
-                }
+                None => return Err(1),
             }
         } else {
             let id = uuid::Uuid::new_v4().to_string();
@@ -163,8 +178,30 @@ impl Agent for Droid {
     }
 
     fn rate_limited(&mut self) -> i32 {
-        self.error("Error: 429 Too Many Requests: rate limit exceeded. Please try again later.");
+        // droid-429.jsonl: the agent loop's error, then the generic one, after silent retries.
+        let cause = r#"429 {"error":{"message":"Number of requests has exceeded your rate limit","type":"rate_limit_error"},"type":"error"}"#;
+        if self.ctx.stream() {
+            sys::event(&obj! {
+                "type" => "error",
+                "source" => "agent_loop",
+                "message" => cause,
+                "timestamp" => sys::epoch_ms(),
+                "session_id" => self.session_id.clone(),
+            });
+            self.error("Exec failed");
+        } else {
+            self.error(cause);
+        }
         1
+    }
+
+    fn rate_limit_retry(&mut self, _attempt: u32) -> bool {
+        // Droid retries silently and reports only its give-up.
+        false
+    }
+
+    fn earlier_turns(&self) -> usize {
+        self.ctx.earlier_turns.get()
     }
 
     fn tool(&mut self) -> Option<i32> {

@@ -51,11 +51,15 @@ impl Gemini {
             };
             match found {
                 Some(s) => ctx.continue_session(s).id,
+                // gemini-resume-unknown.stderr, and `--resume latest` with no session here.
                 None => {
-                    let id = ctx.opts.resume.clone().unwrap_or_else(|| "latest".into());
-                    sys::err_line(&format!(
-                        "Error resuming session: Invalid session identifier \"{id}\". Use --list-sessions to see available sessions."
-                    ));
+                    match &ctx.opts.resume {
+                        Some(id) => sys::err_line(&format!(
+                            "Error resuming session: Invalid session identifier \"{id}\".\n  Searched for sessions in {}.\n  Use --list-sessions to see available sessions, then use --resume {{number}}, --resume {{uuid}}, or --resume latest.",
+                            ctx.store.dir_of("gemini", &ctx.cwd).display()
+                        )),
+                        None => sys::err_line("No previous sessions found for this project."),
+                    }
                     return Err(EXIT_INPUT);
                 }
             }
@@ -177,6 +181,18 @@ impl Agent for Gemini {
             "[API Error: 429 Too Many Requests] Resource has been exhausted (e.g. check quota).",
         );
         1
+    }
+
+    fn rate_limit_retry(&mut self, attempt: u32) -> bool {
+        // gemini-429-25s.stderr: one block per failed attempt, nothing on stdout.
+        sys::err_line(&format!(
+            "Attempt {attempt} failed with status 429. Retrying with backoff... _ApiError: {{\"error\":{{\"code\":429,\"message\":\"Resource has been exhausted (e.g. check quota).\",\"status\":\"RESOURCE_EXHAUSTED\"}}}}\n    at throwErrorIfNotOK (file:///kokino-fake-agent/gemini/bundle.js:1:1) {{\n  status: 429\n}}"
+        ));
+        true
+    }
+
+    fn earlier_turns(&self) -> usize {
+        self.ctx.earlier_turns.get()
     }
 
     fn tool(&mut self) -> Option<i32> {

@@ -82,6 +82,7 @@ pub fn run(personality: Personality, opts: Opts, env_logged_out: bool) -> i32 {
         cwd,
         env_logged_out,
         transcript,
+        earlier_prompts: 0,
     };
 
     tty::enter_raw_mode();
@@ -155,9 +156,21 @@ struct Tui {
     cwd: String,
     env_logged_out: bool,
     transcript: Option<ClaudeTranscript>,
+    /// Prompts submitted in this process before the current one.
+    earlier_prompts: usize,
 }
 
 impl Tui {
+    /// How many user turns the conversation held before the current one: claude's from its
+    /// session record (which a resumed session brings along), the others' from this process,
+    /// which is where their TUIs keep the conversation.
+    fn earlier_turns(&self) -> usize {
+        match &self.transcript {
+            Some(t) => t.session.turns.len().saturating_sub(1),
+            None => self.earlier_prompts.saturating_sub(1),
+        }
+    }
+
     fn banner(&self) {
         let text = match self.personality {
             Personality::Claude => format!(
@@ -218,6 +231,7 @@ impl Tui {
         // A Ctrl-C pressed at the idle prompt must not abort this turn.
         let _ = sys::take_interrupt();
         let started = Instant::now();
+        self.earlier_prompts += 1;
         let script = Script::parse(prompt);
         for w in &script.warnings {
             out(&format!(
@@ -256,7 +270,7 @@ impl Tui {
         if s.tool {
             self.tool();
         }
-        let answer = s.answer_in(true);
+        let answer = s.answer_in(true, self.earlier_turns());
         let streaming = s
             .stream
             .filter(|n| *n > 0 && !s.ratelimit && s.exit.is_none());

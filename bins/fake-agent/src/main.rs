@@ -27,7 +27,7 @@ const USAGE: &str = "kokino-fake-agent: a stand-in for the claude, codex, gemini
 Run it through a symlink named claude/codex/gemini/droid, or pass --as TYPE
 (claude|claude-code|codex|gemini|droid|factory-droid). The prompt is read from stdin;
 fake:NAME[=VALUE] tokens in it script the behaviour (sleep, exit, auth, ratelimit, hang,
-ignore-term, child, malformed, noresult, big, mem, tool, stream).";
+ignore-term, child, malformed, noresult, big, mem, tool, stream, turns).";
 
 fn main() {
     let mut args: Vec<String> = std::env::args_os()
@@ -175,6 +175,7 @@ fn headless(personality: Personality, opts: cli::Opts, env_logged_out: bool) -> 
         store: state::Store::from_env(),
         started,
         logged_out,
+        earlier_turns: std::cell::Cell::new(0),
     };
 
     let prepared: Result<Box<dyn run::Agent>, i32> = match personality {

@@ -4,6 +4,7 @@
 //! terminal event); only the lines printed at each step differ, and those live in the
 //! personality modules behind the [`Agent`] trait.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use crate::cli::{Opts, Output};
@@ -20,6 +21,9 @@ pub struct Ctx {
     pub store: Store,
     pub started: Instant,
     pub logged_out: bool,
+    /// How many user turns the session held before this run's (`fake:turns`); set when a
+    /// session is resumed or forked.
+    pub earlier_turns: Cell<usize>,
 }
 
 impl Ctx {
@@ -61,6 +65,7 @@ impl Ctx {
 
     /// Appends this run's prompt to a resumed session and saves it.
     pub fn continue_session(&self, mut s: Session) -> Session {
+        self.earlier_turns.set(s.turns.len());
         s.turns.push(self.turn());
         s.updated_ms = sys::epoch_ms();
         if let Err(e) = self.store.save(&s) {
@@ -89,6 +94,12 @@ pub trait Agent {
     fn auth_fail(&mut self) -> i32;
     /// The CLI's HTTP 429 failure.
     fn rate_limited(&mut self) -> i32;
+    /// One failed attempt of the CLI's own retry loop after a 429 (`fake:ratelimit=retry`),
+    /// printed the way the CLI reports it. `false` when the CLI retries silently and only
+    /// reports its give-up (droid).
+    fn rate_limit_retry(&mut self, attempt: u32) -> bool;
+    /// How many user turns the session held before this run's.
+    fn earlier_turns(&self) -> usize;
     /// A shell tool call and its result; `Some(code)` ends the turn (claude `--max-turns 1`).
     fn tool(&mut self) -> Option<i32>;
     /// Partial answer `i` of `n` (`fake:stream`); the chunks concatenate to the full answer.
@@ -102,6 +113,9 @@ pub trait Agent {
     /// SIGINT arrived while working: `Some(code)` ends the run after printing what the CLI prints.
     fn interrupted(&mut self) -> Option<i32>;
 }
+
+/// Between two attempts of `fake:ratelimit=retry`.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 fn pause(agent: &mut dyn Agent, d: Option<Duration>) -> Result<(), i32> {
     sys::wait(d, &mut || agent.interrupted())
@@ -138,7 +152,7 @@ fn turn_inner(agent: &mut dyn Agent, s: &Script, logged_out: bool) -> Result<i32
             return Ok(code);
         }
     }
-    let answer = s.answer();
+    let answer = s.answer_in(false, agent.earlier_turns());
     let streaming = s
         .stream
         .filter(|n| *n > 0 && !s.ratelimit && s.exit.is_none());
@@ -151,6 +165,15 @@ fn turn_inner(agent: &mut dyn Agent, s: &Script, logged_out: bool) -> Result<i32
             }
         }
         None => pause(agent, Some(s.sleep))?,
+    }
+    if s.ratelimit_retry {
+        // The real CLIs retry a 429 for minutes (gemini: ten attempts); the fake never gives up,
+        // so only a caller that stops at the first signal (or a timeout) ends the run.
+        let mut attempt = 1;
+        while agent.rate_limit_retry(attempt) {
+            pause(agent, Some(RETRY_EVERY))?;
+            attempt = attempt.saturating_add(1);
+        }
     }
     if s.ratelimit {
         return Ok(agent.rate_limited());

@@ -73,6 +73,11 @@ impl Store {
         }
     }
 
+    /// Where this personality's sessions for `cwd` live (named in gemini's resume error).
+    pub fn dir_of(&self, personality: &str, cwd: &str) -> PathBuf {
+        self.dir(personality, cwd)
+    }
+
     fn path(&self, personality: &str, cwd: &str, id: &str) -> Option<PathBuf> {
         safe_id(id).then(|| self.dir(personality, cwd).join(format!("{id}.json")))
     }

@@ -14,6 +14,12 @@ pub struct Script {
     pub exit: Option<i32>,
     pub auth: bool,
     pub ratelimit: bool,
+    /// `fake:ratelimit=retry`: the CLI's own retry loop after a 429 (its first retry signal,
+    /// then more attempts forever) instead of its give-up output.
+    pub ratelimit_retry: bool,
+    /// `fake:turns`: the answer ends with `turns=<n>`, the number of earlier user turns the
+    /// session holds, so that a test can see a resumed session kept its history.
+    pub turns: bool,
     pub hang: bool,
     pub ignore_term: bool,
     /// `Some(inherit)` when a grandchild is requested; `inherit` keeps our stdout/stderr open in it.
@@ -78,6 +84,11 @@ impl Script {
             },
             ("auth", None) => self.auth = true,
             ("ratelimit", None) => self.ratelimit = true,
+            ("ratelimit", Some("retry")) => {
+                self.ratelimit = true;
+                self.ratelimit_retry = true;
+            }
+            ("turns", None) => self.turns = true,
             ("hang", None) => self.hang = true,
             ("ignore-term", None) => self.ignore_term = true,
             ("child", None) => self.child = Some(false),
@@ -112,13 +123,25 @@ impl Script {
     }
 
     /// The answer text: `fake:big` replaces the echo, otherwise `echo: <text>`.
+    #[cfg(test)]
     pub fn answer(&self) -> String {
-        self.answer_in(false)
+        self.answer_in(false, 0)
     }
 
-    /// The answer as given in headless (`interactive == false`) or interactive mode; they only
-    /// differ with `fake:mode-suffix`.
-    pub fn answer_in(&self, interactive: bool) -> String {
+    /// The answer as given in headless (`interactive == false`) or interactive mode, in a
+    /// session holding `earlier_turns` user turns before this one; headless and interactive
+    /// answers only differ with `fake:mode-suffix`, and the turn count only shows with
+    /// `fake:turns`.
+    pub fn answer_in(&self, interactive: bool, earlier_turns: usize) -> String {
+        let answer = self.answer_body(interactive);
+        if self.turns {
+            format!("{answer} turns={earlier_turns}")
+        } else {
+            answer
+        }
+    }
+
+    fn answer_body(&self, interactive: bool) -> String {
         let base = match self.big {
             // Plain ASCII keeps byte length equal to character length, so `big=1MB` is exactly
             // 1 MiB of answer however the reader counts.
@@ -193,6 +216,22 @@ mod tests {
         assert_eq!(parse_size("2GiB"), Some(2 * 1024 * 1024 * 1024));
         assert_eq!(parse_size("12XB"), None);
         assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn turns_and_ratelimit_retry_tokens() {
+        let s = Script::parse("fake:turns hello");
+        assert!(s.turns);
+        assert_eq!(s.answer_in(false, 3), "echo: hello turns=3");
+        assert_eq!(Script::parse("hello").answer_in(false, 3), "echo: hello");
+        let s = Script::parse("fake:ratelimit=retry x");
+        assert!(s.ratelimit && s.ratelimit_retry);
+        let s = Script::parse("fake:ratelimit x");
+        assert!(s.ratelimit && !s.ratelimit_retry);
+        assert_eq!(
+            Script::parse("fake:ratelimit=soon").warnings,
+            vec!["fake:ratelimit=soon"]
+        );
     }
 
     #[test]

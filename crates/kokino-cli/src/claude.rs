@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use crate::common::{
     bound_error, get_str, get_u32, get_u64, looks_auth_failed, looks_rate_limited,
-    missing_final_message, stderr_message, summarize_text, summarize_value, usage_from, Common,
+    missing_final_message, stderr_message, summarize_text, summarize_value, usage_from,
+    whole_seconds, Common,
 };
 use crate::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
 
@@ -30,6 +31,10 @@ const KNOWN_IGNORED_TYPES: &[&str] = &[
 /// The assistant `error` kinds (`SDKAssistantMessageError`) that mean the credentials are the
 /// problem rather than the request.
 const AUTH_ERROR_KINDS: &[&str] = &["authentication_failed"];
+
+/// What Claude Code says, in `errors[]` and on stderr, when `--resume` names a session it does
+/// not have (claude-resume-bad.jsonl, claude-resume-unknown-standin.jsonl).
+const SESSION_NOT_FOUND: &str = "No conversation found with session ID";
 
 /// The terminal `result` line of the latest turn, reduced to what classification needs.
 #[derive(Debug, Default)]
@@ -87,11 +92,12 @@ impl StreamParser for ClaudeParser {
         o.rate_limit_resets_at = self.resets_at;
 
         let Some(fin) = &self.final_result else {
-            // A rejected quota explains a run that stopped early better than "no result line":
-            // it parks the agent until the reset instead of counting as a failure.
-            if self.rate_limit_rejected {
+            // A rate limit explains a run that stopped early better than "no result line": it
+            // parks the agent until the reset instead of counting as a failure. This is also
+            // how a run the executor stopped at its first rate-limit signal ends.
+            if let Some(message) = &self.common.rate_limit {
                 o.class = Some(OutcomeClass::RateLimited);
-                o.error_message = Some("rate limit rejected (rate_limit_event)".to_owned());
+                o.error_message = Some(message.clone());
             } else {
                 o.class = Some(OutcomeClass::CliError);
                 o.error_message = Some(missing_final_message(
@@ -122,6 +128,7 @@ impl StreamParser for ClaudeParser {
                 None => "error result without a message".to_owned(),
             });
         o.class = Some(classify(fin, &message, self.rate_limit_rejected));
+        o.session_not_found = message.contains(SESSION_NOT_FOUND);
         o.error_message = Some(bound_error(&message));
         o
     }
@@ -161,11 +168,29 @@ impl ClaudeParser {
                     None => kind.to_owned(),
                 };
                 let error = summarize_text(&error);
+                let attempt = get_u32(ev.get("attempt"));
                 self.last_retry_error = Some(error.clone());
                 out.push(StreamEvent::Retry {
-                    attempt: get_u32(ev.get("attempt")),
-                    error,
+                    attempt,
+                    error: error.clone(),
                 });
+                let status = get_u64(ev.get("error_status"));
+                if status == Some(429) || kind == "rate_limit" {
+                    // A 429 the CLI is about to retry (ten times by default, over minutes). The
+                    // delay it chose follows the provider's `retry-after` when there is one,
+                    // which makes it the best guess of when to try again.
+                    let retry_after = ev
+                        .get("retry_delay_ms")
+                        .and_then(Value::as_f64)
+                        .and_then(|ms| whole_seconds(ms / 1000.0));
+                    let message = match attempt {
+                        Some(n) => {
+                            format!("API rate limit: {error}, the CLI was retrying (attempt {n})")
+                        }
+                        None => format!("API rate limit: {error}, the CLI was retrying"),
+                    };
+                    out.push(self.common.rate_limited(&message, None, retry_after));
+                }
             }
             // `status`, `compact_boundary`, task and hook progress, … carry nothing the broker
             // needs; the type itself is known, so they are not counted as unknown.
@@ -269,7 +294,10 @@ impl ClaudeParser {
         if resets_at.is_some() {
             self.resets_at = resets_at;
         }
-        out.push(StreamEvent::RateLimited { resets_at });
+        let event =
+            self.common
+                .rate_limited("rate limit rejected (rate_limit_event)", resets_at, None);
+        out.push(event);
     }
 }
 
@@ -377,7 +405,8 @@ mod tests {
             1,
         );
         assert!(events.contains(&StreamEvent::RateLimited {
-            resets_at: Some(1_795_641_234)
+            resets_at: Some(1_795_641_234),
+            retry_after_secs: None,
         }));
         assert_eq!(
             events

@@ -10,8 +10,9 @@ use kokino_core::{OutcomeClass, Usage};
 use serde_json::{Map, Value};
 
 use crate::common::{
-    bound_error, classify_text, get_str, missing_final_message, summarize_text, summarize_value,
-    usage_from, Common,
+    bound_error, classify_text, get_str, looks_auth_failed, looks_rate_limited,
+    missing_final_message, retry_after_from_text, summarize_text, summarize_value, usage_from,
+    Common,
 };
 use crate::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
 
@@ -21,6 +22,11 @@ enum Terminal {
     Completed,
     Failed(String),
 }
+
+/// What `codex exec resume <id>` prints on stderr for a thread it does not have
+/// (codex-resume-unknown.stderr: `Error: thread/resume: thread/resume failed: no rollout found
+/// for thread id <id> (code -32600)`), before exiting 1 with nothing on stdout.
+const SESSION_NOT_FOUND: &str = "no rollout found for thread id";
 
 #[derive(Debug, Default)]
 pub(crate) struct CodexParser {
@@ -36,6 +42,8 @@ pub(crate) struct CodexParser {
     /// may skip `item.started` for fast items) still reports the call. Entries are removed on
     /// completion, so the set only holds tools in flight.
     started_tools: HashSet<String>,
+    /// stderr said the thread to resume does not exist.
+    session_not_found: bool,
 }
 
 impl StreamParser for CodexParser {
@@ -77,6 +85,14 @@ impl StreamParser for CodexParser {
                     error: summarize_text(&message),
                 });
                 self.last_error = Some(bound_error(&message));
+                // "Reconnecting... 1/5 (… 429 Too Many Requests)" and "exceeded retry limit,
+                // last status: 429": codex retries a 429 on its own (four times by default)
+                // before the turn fails. A rejected key is not a rate limit, whatever else the
+                // text says.
+                if looks_rate_limited(&message) && !looks_auth_failed(&message) {
+                    let retry_after = retry_after_from_text(&message);
+                    out.push(self.common.rate_limited(&message, None, retry_after));
+                }
             }
             "item.started" => self.on_item(&ev, false, out),
             "item.completed" => self.on_item(&ev, true, out),
@@ -85,9 +101,16 @@ impl StreamParser for CodexParser {
         }
     }
 
+    fn stderr_line(&mut self, line: &str) -> Option<StreamEvent> {
+        self.session_not_found |= line.contains(SESSION_NOT_FOUND);
+        None
+    }
+
     fn finish(&mut self, exit: ProcessExit, stderr_tail: &str) -> ParsedOutcome {
         let mut o = self.common.outcome();
         o.usage = self.usage;
+        o.session_not_found = self.terminal.is_none()
+            && (self.session_not_found || stderr_tail.contains(SESSION_NOT_FOUND));
         match &self.terminal {
             Some(Terminal::Completed) => match &self.answer {
                 Some(answer) => {
@@ -102,6 +125,11 @@ impl StreamParser for CodexParser {
             Some(Terminal::Failed(message)) => {
                 o.class = Some(classify_text(message));
                 o.error_message = Some(bound_error(message));
+            }
+            // Stopped at a 429 it was retrying (or it gave up before `turn.failed`).
+            None if self.common.rate_limit.is_some() => {
+                o.class = Some(OutcomeClass::RateLimited);
+                o.error_message = self.common.rate_limit.clone();
             }
             None => {
                 o.class = Some(OutcomeClass::CliError);

@@ -60,6 +60,9 @@ pub(crate) struct Common {
     pub session_id: Option<String>,
     pub malformed_lines: u64,
     pub unknown_events: u64,
+    /// The message of the first rate-limit signal of the run. A run the executor stopped there
+    /// has no terminal event, and this is what its outcome says.
+    pub rate_limit: Option<String>,
 }
 
 impl Common {
@@ -110,6 +113,23 @@ impl Common {
         if self.session_id.as_deref() != Some(id) {
             self.session_id = Some(id.to_owned());
             out.push(StreamEvent::SessionId(id.to_owned()));
+        }
+    }
+
+    /// Records a rate-limit signal and returns the event that reports it. Every signal is
+    /// reported (a later one may carry a reset time); the first one's message is kept.
+    pub(crate) fn rate_limited(
+        &mut self,
+        message: &str,
+        resets_at: Option<i64>,
+        retry_after_secs: Option<u64>,
+    ) -> StreamEvent {
+        if self.rate_limit.is_none() {
+            self.rate_limit = Some(bound_error(message));
+        }
+        StreamEvent::RateLimited {
+            resets_at,
+            retry_after_secs,
         }
     }
 
@@ -330,6 +350,47 @@ pub(crate) fn looks_rate_limited(text: &str) -> bool {
         .any(|p| lower.contains(p))
 }
 
+/// A retry delay named in an error text, in whole seconds (rounded up, at least 1): a Google
+/// `RetryInfo` `"retryDelay": "27s"`, or the "try again in 1.5s" / "try again in 20 seconds" /
+/// "retry after 30" phrasings of the OpenAI and Anthropic APIs.
+pub(crate) fn retry_after_from_text(text: &str) -> Option<u64> {
+    let lower = text.to_lowercase();
+    for marker in ["retrydelay", "try again in", "retry after", "retry-after"] {
+        let Some(pos) = lower.find(marker) else {
+            continue;
+        };
+        let rest = &lower[pos + marker.len()..];
+        // Skip the JSON punctuation and spaces between the name and its value.
+        let rest = rest.trim_start_matches(['"', '\'', ':', ' ', '=']);
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let Ok(n) = rest[..num_len].parse::<f64>() else {
+            continue;
+        };
+        let unit = rest[num_len..].trim_start();
+        let secs = if unit.starts_with("ms") {
+            n / 1000.0
+        } else if unit.starts_with('m') && !unit.starts_with("ms") && marker != "retrydelay" {
+            // "try again in 2m" / "2 minutes"; a Google delay is always in seconds.
+            n * 60.0
+        } else {
+            n
+        };
+        return whole_seconds(secs);
+    }
+    None
+}
+
+/// Rounds a delay up to whole seconds, at least 1; `None` for nonsense.
+pub(crate) fn whole_seconds(secs: f64) -> Option<u64> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    // Saturating float-to-int conversion; delays are far below the limit.
+    Some((secs.ceil() as u64).max(1))
+}
+
 /// Whether an error text describes missing or rejected credentials.
 pub(crate) fn looks_auth_failed(text: &str) -> bool {
     let lower = text.to_lowercase();
@@ -451,6 +512,25 @@ mod tests {
             OutcomeClass::AuthError
         );
         assert_eq!(classify_text("boom"), OutcomeClass::CliError);
+    }
+
+    #[test]
+    fn retry_delays_are_read_from_error_texts() {
+        assert_eq!(
+            retry_after_from_text(
+                r#"{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"27s"}"#
+            ),
+            Some(27)
+        );
+        assert_eq!(
+            retry_after_from_text("Rate limit reached. Please try again in 1.5s."),
+            Some(2)
+        );
+        assert_eq!(retry_after_from_text("try again in 250ms"), Some(1));
+        assert_eq!(retry_after_from_text("Please try again in 2m."), Some(120));
+        assert_eq!(retry_after_from_text("retry-after: 30"), Some(30));
+        assert_eq!(retry_after_from_text("429 Too Many Requests"), None);
+        assert_eq!(retry_after_from_text("try again in a while"), None);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use kokino_core::{OutcomeClass, Usage};
 use serde_json::{Map, Value};
 
 use crate::common::{
-    bound_error, classify_text, get_str, missing_final_message, stderr_message, summarize_text,
-    summarize_value, usage_from, Common,
+    bound_error, classify_text, get_str, missing_final_message, retry_after_from_text,
+    stderr_message, summarize_text, summarize_value, usage_from, Common,
 };
 use crate::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
 
@@ -32,6 +32,34 @@ fn exit_code_meaning(code: i32) -> Option<&'static str> {
     })
 }
 
+/// What gemini prints on stderr (exit 42) when `--resume` names a session it does not have, and
+/// when `--resume latest` finds none (gemini-resume-unknown.stderr, docs/reference/real-clis.md).
+const SESSION_NOT_FOUND: &[&str] = &["Invalid session identifier", "No previous sessions found"];
+
+/// The start of the stderr line gemini prints for each failed API attempt it is about to retry
+/// (gemini-429-25s.stderr: `Attempt 1 failed with status 429. Retrying with backoff...
+/// _ApiError: {…RESOURCE_EXHAUSTED…}`); stdout stays silent meanwhile.
+const ATTEMPT_PREFIX: &str = "Attempt ";
+const ATTEMPT_FAILED: &str = " failed with status ";
+
+/// The status of an `Attempt N failed with status S` line.
+fn failed_attempt_status(line: &str) -> Option<u16> {
+    let rest = line.trim_start().strip_prefix(ATTEMPT_PREFIX)?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+    if digits == 0 {
+        return None;
+    }
+    let rest = rest[digits..].strip_prefix(ATTEMPT_FAILED)?;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn mentions_session_not_found(text: &str) -> bool {
+    SESSION_NOT_FOUND.iter().any(|m| text.contains(m))
+}
+
 /// The `result` event, reduced to what classification needs.
 #[derive(Debug)]
 struct FinalResult {
@@ -49,6 +77,8 @@ pub(crate) struct GeminiParser {
     usage: Option<Usage>,
     /// The latest `error` event (severity warning or error): not terminal by itself.
     last_error: Option<String>,
+    /// stderr said the session to resume does not exist.
+    session_not_found: bool,
 }
 
 impl StreamParser for GeminiParser {
@@ -93,9 +123,22 @@ impl StreamParser for GeminiParser {
         }
     }
 
+    fn stderr_line(&mut self, line: &str) -> Option<StreamEvent> {
+        self.session_not_found |= mentions_session_not_found(line);
+        if failed_attempt_status(line) != Some(429) {
+            return None;
+        }
+        // Gemini retries a 429 ten times over minutes; this line comes within a second. The
+        // API error after it may name a delay (`RetryInfo.retryDelay`).
+        let retry_after = retry_after_from_text(line);
+        Some(self.common.rate_limited(line.trim(), None, retry_after))
+    }
+
     fn finish(&mut self, exit: ProcessExit, stderr_tail: &str) -> ParsedOutcome {
         let mut o = self.common.outcome();
         o.usage = self.usage;
+        o.session_not_found = self.final_result.is_none()
+            && (self.session_not_found || mentions_session_not_found(stderr_tail));
         if let Some(fin) = &self.final_result {
             if fin.success {
                 if self.saw_assistant_message {
@@ -115,6 +158,14 @@ impl StreamParser for GeminiParser {
                 .unwrap_or_else(|| "error result without a message".to_owned());
             o.class = Some(classify(exit, &message));
             o.error_message = Some(bound_error(&message));
+            return o;
+        }
+
+        // No `result` after a 429 it was retrying: stopped by the executor at the first attempt,
+        // or killed by a timeout in the middle of its retries.
+        if let Some(message) = &self.common.rate_limit {
+            o.class = Some(OutcomeClass::RateLimited);
+            o.error_message = Some(message.clone());
             return o;
         }
 
@@ -269,6 +320,41 @@ mod tests {
         );
         let o = p.finish(exit(1), "");
         assert_eq!(o.class, Some(OutcomeClass::RateLimited));
+    }
+
+    #[test]
+    fn failed_attempt_lines_are_read() {
+        assert_eq!(
+            failed_attempt_status("Attempt 1 failed with status 429. Retrying with backoff... x"),
+            Some(429)
+        );
+        assert_eq!(
+            failed_attempt_status("Attempt 10 failed with status 503. Retrying"),
+            Some(503)
+        );
+        assert_eq!(
+            failed_attempt_status("Attempt x failed with status 429"),
+            None
+        );
+        assert_eq!(failed_attempt_status("  status: 429"), None);
+        let mut p = GeminiParser::default();
+        assert_eq!(
+            p.stderr_line("Attempt 2 failed with status 503. Retrying"),
+            None
+        );
+        assert_eq!(
+            p.stderr_line(r#"Attempt 1 failed with status 429. Retrying with backoff... _ApiError: {"error":{"code":429,"details":[{"retryDelay":"27s"}]}}"#),
+            Some(StreamEvent::RateLimited {
+                resets_at: None,
+                retry_after_secs: Some(27)
+            })
+        );
+        let o = p.finish(exit(143), "");
+        assert_eq!(o.class, Some(OutcomeClass::RateLimited));
+        assert!(o
+            .error_message
+            .unwrap()
+            .starts_with("Attempt 1 failed with status 429"));
     }
 
     #[test]

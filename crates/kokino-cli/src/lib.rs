@@ -104,10 +104,17 @@ pub enum StreamEvent {
         /// The error that caused the retry.
         error: String,
     },
-    /// The CLI reported a rejected quota; `resets_at` in epoch seconds when known.
+    /// The CLI reported a rate limit (a rejected quota, an HTTP 429 it is retrying, or one it
+    /// gave up on). By default the executor stops the run at the first one, so that the agent
+    /// is not held through the CLI's own retry loop.
     RateLimited {
-        /// When the quota resets, in epoch seconds.
+        /// When the quota resets, in epoch seconds, when the CLI said.
         resets_at: Option<i64>,
+        /// How long to wait before trying again, in seconds from the moment the line was read,
+        /// when the signal carries it (a provider's `retryDelay`, "try again in 20s", the delay
+        /// the CLI chose for its next attempt). The parser has no clock; the executor turns it
+        /// into a reset time.
+        retry_after_secs: Option<u64>,
     },
     /// The terminal event of the turn was read: the answer is final even if the process lingers.
     Final,
@@ -156,6 +163,29 @@ pub struct ParsedOutcome {
     pub malformed_lines: u64,
     /// Well-formed events of types the parser does not know.
     pub unknown_events: u64,
+    /// The CLI could not find the session it was asked to resume (claude `No conversation found
+    /// with session ID`, codex `no rollout found for thread id`, gemini `Invalid session
+    /// identifier` / `No previous sessions found`, droid: a resume that exited 1 without a word).
+    /// The broker can then start a new session seeded with the stored conversation.
+    pub session_not_found: bool,
+}
+
+/// What a parser may need to know about the run it reads, beyond the lines themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunContext {
+    /// The run continues an existing CLI session (claude `--resume`, codex `exec resume`, gemini
+    /// `--resume`, droid `-s` or `--fork`). Droid reports an unknown or unreachable session only
+    /// by exiting 1 with no output at all, which means something only for such a run.
+    pub resuming: bool,
+}
+
+impl RunContext {
+    /// The context of a run started with this session argument.
+    pub fn for_session(session: SessionArg<'_>) -> RunContext {
+        RunContext {
+            resuming: matches!(session, SessionArg::Resume { .. }),
+        }
+    }
 }
 
 /// Incremental parser of one CLI's stdout. Memory use is bounded by the answer, never by tool
@@ -163,18 +193,31 @@ pub struct ParsedOutcome {
 pub trait StreamParser: Send {
     /// Parses one line (without its newline) and appends what it meant to `out`.
     fn feed_line(&mut self, line: &str, out: &mut Vec<StreamEvent>);
+    /// Reads one line of the CLI's stderr (without its newline), as it arrives. Some signals
+    /// are only there (gemini's `Attempt 1 failed with status 429`, codex's `no rollout found`),
+    /// and the early ones matter before the run ends. Returns what the line meant, if anything.
+    fn stderr_line(&mut self, line: &str) -> Option<StreamEvent> {
+        let _ = line;
+        None
+    }
     /// Called once after the process ended (or was stopped after the final event), with the
     /// tail of its stderr, to decide the outcome.
     fn finish(&mut self, exit: ProcessExit, stderr_tail: &str) -> ParsedOutcome;
 }
 
-/// A fresh parser for one run of `cli` in headless mode.
+/// A fresh parser for one run of `cli` in headless mode that starts a new session. Use
+/// [`parser_for_run`] for a resumed one.
 pub fn parser_for(cli: CliType) -> Box<dyn StreamParser> {
+    parser_for_run(cli, RunContext::default())
+}
+
+/// A fresh parser for one run of `cli` in headless mode, knowing how the run was started.
+pub fn parser_for_run(cli: CliType, ctx: RunContext) -> Box<dyn StreamParser> {
     match cli {
         CliType::ClaudeCode => Box::new(claude::ClaudeParser::default()),
         CliType::Codex => Box::new(codex::CodexParser::default()),
         CliType::Gemini => Box::new(gemini::GeminiParser::default()),
-        CliType::FactoryDroid => Box::new(droid::DroidParser::default()),
+        CliType::FactoryDroid => Box::new(droid::DroidParser::new(ctx)),
     }
 }
 

@@ -9,11 +9,11 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use kokino_cli::{ParsedOutcome, ProcessExit, StreamEvent};
+use kokino_cli::{ParsedOutcome, ProcessExit, RunContext, StreamEvent};
 use kokino_core::{OutcomeClass, Usage};
 use support::{
     assert_counters_match, assert_summaries_bounded, capture_files, captures_dir, cli_of, lines_of,
-    read_capture, run_parser,
+    read_capture, run_parser, run_parser_with_stderr,
 };
 
 /// How a capture file is used.
@@ -24,6 +24,9 @@ enum Kind {
     StderrOnly,
     /// Not a stream this crate parses; the reason is part of the test's record.
     Skipped(&'static str),
+    /// The stderr of another capture's run (`x.stderr` next to `x.jsonl` or `x.stdout`): it is
+    /// read by that capture's case, which must name it.
+    StderrOf(&'static str),
 }
 
 struct Case {
@@ -43,6 +46,14 @@ struct Case {
     check: Option<fn(&[StreamEvent])>,
     /// Whether a successful run also streamed its answer as assistant text.
     answer_streamed: bool,
+    /// The capture of the same run's stderr, fed line by line and as the tail.
+    stderr: Option<&'static str>,
+    /// The run resumed a session (the parser is told so).
+    resuming: bool,
+    /// The outcome must say the session to resume was not found.
+    session_not_found: bool,
+    /// How many `RateLimited` events the run must report (stdout and stderr together).
+    rate_limited_events: usize,
 }
 
 const fn usage(input: u64, output: u64, cache_read: u64, cache_creation: u64) -> Usage {
@@ -69,7 +80,32 @@ impl Case {
             finals: 1,
             check: None,
             answer_streamed: true,
+            stderr: None,
+            resuming: false,
+            session_not_found: false,
+            rate_limited_events: 0,
         }
+    }
+    const fn stderr_of(file: &'static str, stream: &'static str) -> Case {
+        let mut c = Case::skipped(file, "");
+        c.kind = Kind::StderrOf(stream);
+        c
+    }
+    const fn with_stderr(mut self, file: &'static str) -> Case {
+        self.stderr = Some(file);
+        self
+    }
+    const fn resuming(mut self) -> Case {
+        self.resuming = true;
+        self
+    }
+    const fn session_not_found(mut self) -> Case {
+        self.session_not_found = true;
+        self
+    }
+    const fn rate_limited(mut self, n: usize) -> Case {
+        self.rate_limited_events = n;
+        self
     }
     const fn skipped(file: &'static str, reason: &'static str) -> Case {
         let mut c = Case::stream(file, OutcomeClass::CliError);
@@ -161,11 +197,19 @@ fn cases() -> Vec<Case> {
             .session("0f7f73b3-91db-4f72-8a29-f08d95d1757c")
             .message("missing final event (exit code 143)")
             .finals(0),
+        // Each `api_retry` of a 429 is a rate-limit signal; the first one's delay (1 s, the
+        // stand-in's `retry-after`) is the retry-after.
         Case::stream("claude/claude-RATE429.jsonl", RateLimited)
             .session("8a94d095-5377-4f05-b123-b55c5de079ba")
             .message("API Error: Request rejected (429)")
             .usage(usage(0, 0, 0, 0))
+            .rate_limited(2)
             .check(|ev| {
+                assert_eq!(
+                    rate_limits(ev).first(),
+                    Some(&(None, Some(1))),
+                    "first signal: {ev:?}"
+                );
                 assert_eq!(
                     retries(ev),
                     vec![
@@ -203,7 +247,29 @@ fn cases() -> Vec<Case> {
         Case::stream("claude/claude-resume-bad.jsonl", CliError)
             .session("00000000-0000-4000-8000-000000000000")
             .message("No conversation found with session ID: 00000000-0000-4000-8000-000000000000")
-            .turns(0),
+            .turns(0)
+            .resuming()
+            .session_not_found(),
+        // ---- claude, 2026-12-04 ----
+        // A 401 is retried like a 429 (ten times, 182 s) but is not a rate limit.
+        Case::stream("claude/claude-401-retried.jsonl", AuthError)
+            .session("197e3f36-da7d-435b-bdbc-a744b65c07c1")
+            .message("Invalid API key · Fix external API key")
+            .turns(1)
+            .check(|ev| {
+                let r = retries(ev);
+                assert_eq!(r.len(), 10);
+                assert_eq!(
+                    r.first(),
+                    Some(&(Some(1), "authentication_failed (HTTP 401)".to_owned()))
+                );
+            }),
+        Case::stream("claude/claude-resume-unknown-standin.jsonl", CliError)
+            .session("3f1c1d1e-0000-4000-8000-000000000000")
+            .message("No conversation found with session ID: 3f1c1d1e-0000-4000-8000-000000000000")
+            .turns(0)
+            .resuming()
+            .session_not_found(),
         Case::stream("claude/claude-partial.jsonl", Success)
             .answer("FAKE_ANSWER: 4")
             .session("b9acb0cc-55cc-4e2e-af63-32c4f4d694d6")
@@ -264,6 +330,8 @@ fn cases() -> Vec<Case> {
         Case::stream("codex/codex-429.jsonl", RateLimited)
             .session("01a2142d-0c19-7643-a764-4417c982e026")
             .message("exceeded retry limit, last status: 429 Too Many Requests")
+            // "Reconnecting... 1/1 (… 429 …)" and the give-up `error` before `turn.failed`.
+            .rate_limited(2)
             .check(|ev| {
                 let r = retries(ev);
                 assert_eq!(r.len(), 2);
@@ -273,6 +341,29 @@ fn cases() -> Vec<Case> {
             .session("01a2142c-b1dc-7052-a5d8-9ffbe7a86f13")
             .message("missing final event (exit code 1)")
             .finals(0),
+        // ---- codex, 2026-12-04 ----
+        Case::stream("codex/codex-resume.jsonl", Success)
+            .answer("FAKE_ANSWER: 1 earlier user turns")
+            .session("01a242ea-cdfb-7b71-aa67-a90d7970278b")
+            .usage(usage(20, 24, 0, 0))
+            .resuming(),
+        Case::stream("codex/codex-401.jsonl", AuthError)
+            .session("01a242ea-e32b-7cd3-bb29-1492641b41ba")
+            .message("unexpected status 401 Unauthorized: Incorrect API key provided (stand-in)"),
+        Case::stream("codex/codex-429-noretry.jsonl", RateLimited)
+            .session("01a242ea-e057-7e90-a43f-5080db6f36ee")
+            .message("exceeded retry limit, last status: 429 Too Many Requests")
+            .rate_limited(1),
+        Case::stream("codex/codex-resume-unknown.stdout", CliError)
+            .with_stderr("codex/codex-resume-unknown.stderr")
+            .message("no rollout found for thread id 3f1c1d1e-0000-4000-8000-000000000000")
+            .finals(0)
+            .resuming()
+            .session_not_found(),
+        Case::stderr_of(
+            "codex/codex-resume-unknown.stderr",
+            "codex/codex-resume-unknown.stdout",
+        ),
         // ---- gemini ----
         Case::stream("gemini/gemini-success.jsonl", Success)
             .answer("FAKE_GEMINI_ANSWER: 4")
@@ -303,10 +394,36 @@ fn cases() -> Vec<Case> {
             .answer("FAKE_GEMINI_ANSWER: 4")
             .session("f9b7be93-29e0-4804-89b7-662bbed79e2d")
             .usage(usage(10, 5, 0, 0)),
+        // Captured without its stderr: nothing says why it was stuck.
         Case::stream("gemini/gemini-429-stuck-partial.jsonl", CliError)
             .session("529098ff-932c-44c6-9518-c04e4a34c713")
             .message("missing final event (exit code 124)")
             .finals(0),
+        // ---- gemini, 2026-12-04 ----
+        Case::stream("gemini/gemini-401.jsonl", AuthError)
+            .with_stderr("gemini/gemini-401.stderr")
+            .session("2def4a56-0278-4842-9a8f-95751bccb6f5")
+            .message("API key not valid. Please pass a valid API key. (stand-in)"),
+        Case::stderr_of("gemini/gemini-401.stderr", "gemini/gemini-401.jsonl"),
+        // The same run as gemini-429-stuck-partial, with its stderr: three failed attempts in
+        // 25 s, each a rate-limit signal; the first one's text is the message.
+        Case::stream("gemini/gemini-429-25s.jsonl", RateLimited)
+            .with_stderr("gemini/gemini-429-25s.stderr")
+            .session("8551735e-0d3a-48f2-8ef8-9e259ee10931")
+            .message("Attempt 1 failed with status 429. Retrying with backoff...")
+            .finals(0)
+            .rate_limited(3),
+        Case::stderr_of("gemini/gemini-429-25s.stderr", "gemini/gemini-429-25s.jsonl"),
+        Case::stream("gemini/gemini-resume-unknown.stdout", CliError)
+            .with_stderr("gemini/gemini-resume-unknown.stderr")
+            .message("invalid input (exit code 42): Error resuming session: Invalid session identifier \"3f1c1d1e-0000-4000-8000-000000000000\"")
+            .finals(0)
+            .resuming()
+            .session_not_found(),
+        Case::stderr_of(
+            "gemini/gemini-resume-unknown.stderr",
+            "gemini/gemini-resume-unknown.stdout",
+        ),
         {
             let mut c = Case::stream("gemini/gemini-no-auth.stderr.json", AuthError)
                 .message("Please set an Auth method")
@@ -342,6 +459,38 @@ fn cases() -> Vec<Case> {
             .session("0fcd33f2-9887-4ff2-8dc7-06aa9f717d0b")
             .message("Error: Authentication failed.")
             .finals(0),
+        // ---- droid, 2026-12-04 ----
+        // The agent loop's error, not the generic `cli` "Exec failed" after it, is the verdict.
+        Case::stream("droid/droid-401.jsonl", AuthError)
+            .session("a55617e5-5b5d-47f5-9a6d-6971bdf03d98")
+            .message("401 {\"error\":{\"message\":\"invalid x-api-key (stand-in)\",\"type\":\"authentication_error\"}")
+            .finals(0),
+        Case::stream("droid/droid-429.jsonl", RateLimited)
+            .session("f9281a2d-956d-49d1-bb11-a0c294dc3215")
+            .message("429 {\"error\":{\"message\":\"Number of requests has exceeded your rate limit (stand-in)\"")
+            .finals(0)
+            .rate_limited(1),
+        Case::stream("droid/droid-fork.jsonl", Success)
+            .answer("FAKE_ANSWER: 1 earlier user turns")
+            .session("29ed2cd9-0192-4a13-bf41-fb5fa560ddbd")
+            .usage(usage(10, 12, 0, 0))
+            .turns(2)
+            .resuming(),
+        Case::stream("droid/droid-fork-unknown.stdout", CliError)
+            .message("missing final event (exit code 1)")
+            .finals(0)
+            .resuming()
+            .session_not_found(),
+        Case::stream("droid/droid-resume-s-offline.stdout", CliError)
+            .with_stderr("droid/droid-resume-s-offline.stderr")
+            .message("missing final event (exit code 1)")
+            .finals(0)
+            .resuming()
+            .session_not_found(),
+        Case::stderr_of(
+            "droid/droid-resume-s-offline.stderr",
+            "droid/droid-resume-s-offline.stdout",
+        ),
     ]
 }
 
@@ -353,6 +502,19 @@ fn retries(ev: &[StreamEvent]) -> Vec<(Option<u32>, String)> {
     ev.iter()
         .filter_map(|e| match e {
             StreamEvent::Retry { attempt, error } => Some((*attempt, error.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `(resets_at, retry_after_secs)` of every `RateLimited` event.
+fn rate_limits(ev: &[StreamEvent]) -> Vec<(Option<i64>, Option<u64>)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            StreamEvent::RateLimited {
+                resets_at,
+                retry_after_secs,
+            } => Some((*resets_at, *retry_after_secs)),
             _ => None,
         })
         .collect()
@@ -405,6 +567,16 @@ fn readme_exit_codes() -> BTreeMap<String, Option<i32>> {
             continue;
         }
         let exit = exit.trim_matches('*').trim();
+        // `gemini/x.jsonl / .stderr`: one run, two files (its stdout and its stderr).
+        let mut names = file.split(" / ").map(str::trim);
+        let first = names.next().unwrap_or_default().to_owned();
+        let stem = first
+            .rsplit_once('.')
+            .map_or(first.as_str(), |(stem, _)| stem)
+            .to_owned();
+        let files: Vec<String> = std::iter::once(first.clone())
+            .chain(names.map(|ext| format!("{stem}{ext}")))
+            .collect();
         let code = if exit == "n/a" {
             None
         } else {
@@ -413,7 +585,9 @@ fn readme_exit_codes() -> BTreeMap<String, Option<i32>> {
                     .unwrap_or_else(|_| panic!("README exit code {exit:?} for {file}")),
             )
         };
-        codes.insert((*file).to_owned(), code);
+        for f in files {
+            codes.insert(f, code);
+        }
     }
     assert!(!codes.is_empty(), "no index rows found in captures README");
     codes
@@ -470,17 +644,48 @@ fn every_capture_parses_to_its_expected_outcome() {
     for case in cases() {
         let cli = cli_of(case.file);
         let text = read_capture(case.file);
+        let ctx = RunContext {
+            resuming: case.resuming,
+        };
         let (events, outcome): (Vec<StreamEvent>, ParsedOutcome) = match case.kind {
             Kind::Skipped(reason) => {
                 assert!(!reason.is_empty(), "{}: a skip needs a reason", case.file);
                 continue;
             }
-            Kind::Stream => run_parser(cli, lines_of(&text), exit_for(case.file, &codes), ""),
+            Kind::StderrOf(stream) => {
+                assert!(
+                    cases()
+                        .iter()
+                        .any(|c| c.file == stream && c.stderr == Some(case.file)),
+                    "{}: the case of {stream} must read it as its stderr",
+                    case.file
+                );
+                continue;
+            }
+            Kind::Stream => {
+                let stderr = case.stderr.map(read_capture).unwrap_or_default();
+                run_parser_with_stderr(
+                    cli,
+                    ctx,
+                    lines_of(&text),
+                    &stderr,
+                    exit_for(case.file, &codes),
+                )
+            }
             Kind::StderrOnly => run_parser(cli, [], exit_for(case.file, &codes), &text),
         };
         let what = case.file;
         assert_eq!(outcome.class, case.class, "{what}: class ({outcome:?})");
         assert_eq!(outcome.answer.as_deref(), case.answer, "{what}: answer");
+        assert_eq!(
+            outcome.session_not_found, case.session_not_found,
+            "{what}: session not found"
+        );
+        assert_eq!(
+            rate_limits(&events).len(),
+            case.rate_limited_events,
+            "{what}: RateLimited events {events:?}"
+        );
         assert_eq!(
             outcome.session_id.as_deref(),
             case.session,
@@ -555,7 +760,7 @@ fn every_capture_parses_to_its_expected_outcome() {
         }
         checked += 1;
     }
-    assert!(checked >= 28, "only {checked} captures were checked");
+    assert!(checked >= 41, "only {checked} captures were checked");
 }
 
 /// The session id must be known before the turn ends (the executor stores it at once), so it has

@@ -58,6 +58,11 @@ pub struct Limits {
     pub memory_sample_every: Duration,
     /// The longest stdout line kept; longer lines are skipped, counted as malformed.
     pub max_line_bytes: usize,
+    /// Stop the run at the CLI's first rate-limit signal (a stream event or a stderr line) and
+    /// answer `rate_limited`, instead of holding the agent through the CLI's own retry loop
+    /// (gemini retries a 429 for minutes). `false` lets the CLI retry on its own (an agent's
+    /// `rateLimit: "cli"`). Headless runs only: the tmux executor reads no stderr.
+    pub stop_on_rate_limit: bool,
 }
 
 impl Default for Limits {
@@ -72,6 +77,7 @@ impl Default for Limits {
             // A 10 MB answer arrives as one JSON line of a little more than 10 MB; anything longer
             // than this ceiling is tool output we would only throw away after parsing.
             max_line_bytes: 32 * 1024 * 1024,
+            stop_on_rate_limit: true,
         }
     }
 }
@@ -94,6 +100,9 @@ pub enum StopReason {
         /// The resident memory that was measured.
         rss_bytes: u64,
     },
+    /// The CLI reported a rate limit and [`Limits::stop_on_rate_limit`] is set: the outcome is
+    /// `rate_limited`, not a failure.
+    RateLimited,
 }
 
 /// What happened during a run, as it happens.
@@ -162,6 +171,19 @@ impl RunResult {
                     "process group exceeded its memory limit ({} MB resident)",
                     rss_bytes / (1024 * 1024)
                 ))
+            }
+            // The parser's words for the signal when it has them (`Attempt 1 failed with status
+            // 429 …`); a parser that saw the signal always does.
+            Some(StopReason::RateLimited) => {
+                return Some(
+                    self.parsed
+                        .error_message
+                        .clone()
+                        .filter(|_| self.parsed.class == Some(OutcomeClass::RateLimited))
+                        .unwrap_or_else(|| {
+                            "the CLI reported a rate limit; stopped before its own retries".into()
+                        }),
+                )
             }
             _ => {}
         }
@@ -251,6 +273,7 @@ pub async fn run_headless(
         child_status: None,
         drain_deadline: Instant::now(),
         oversized_lines: 0,
+        retry_resets_at: None,
     };
     run.supervise(&mut child, &mut pipes, &cancel).await;
     let status = run.reap(&mut child, &mut pipes).await;
@@ -441,6 +464,9 @@ struct HeadlessRun<'a> {
     child_status: Option<ExitStatus>,
     drain_deadline: Instant,
     oversized_lines: u64,
+    /// When to try again, in epoch seconds, from the first rate-limit signal that named a
+    /// delay: the parser has no clock, so the executor dates the delay when the line arrives.
+    retry_resets_at: Option<i64>,
 }
 
 impl HeadlessRun<'_> {
@@ -481,8 +507,7 @@ impl HeadlessRun<'_> {
                 Wake::Stdout(line) => self.on_stdout(line, pipes),
                 Wake::Stderr(line) => {
                     self.last_activity = Instant::now();
-                    self.on_stderr(line);
-                    ControlFlow::Continue(())
+                    self.on_stderr(line)
                 }
             };
             if flow.is_break() {
@@ -578,19 +603,63 @@ impl HeadlessRun<'_> {
         self.log_line(OutputStream::Stdout, text);
         let mut parsed = Vec::new();
         self.parser.feed_line(text, &mut parsed);
+        let mut rate_limited = false;
         for ev in parsed {
             self.final_seen |= ev == StreamEvent::Final;
-            let _ = self.events.send(ExecEvent::Stream(ev));
+            rate_limited |= self.forward(ev);
         }
         if self.final_seen {
             self.peak_rss = self.peak_rss.max(procfs::rss_bytes(self.pid).unwrap_or(0));
             return ControlFlow::Break(());
         }
+        self.rate_limit_stop(rate_limited)
+    }
+
+    /// Sends a parser event on; returns whether it was a rate-limit signal.
+    fn forward(&mut self, ev: StreamEvent) -> bool {
+        let rate_limited = match &ev {
+            StreamEvent::RateLimited {
+                retry_after_secs, ..
+            } => {
+                if self.retry_resets_at.is_none() {
+                    self.retry_resets_at = retry_after_secs.map(|secs| {
+                        epoch_now().saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
+                    });
+                }
+                true
+            }
+            _ => false,
+        };
+        let _ = self.events.send(ExecEvent::Stream(ev));
+        rate_limited
+    }
+
+    /// Stops the run at a rate-limit signal unless the CLI is to retry on its own. A final
+    /// event read with it wins (the caller checks that first): the CLI already gave its verdict.
+    fn rate_limit_stop(&mut self, rate_limited: bool) -> ControlFlow<()> {
+        if rate_limited && self.limits.stop_on_rate_limit {
+            tracing::info!(
+                pid = self.pid,
+                "the CLI reported a rate limit; stopping it before its own retries"
+            );
+            return self.stop_for(StopReason::RateLimited);
+        }
         ControlFlow::Continue(())
     }
 
+    /// A stderr line: the parser reads it (some signals are only there), and the last
+    /// [`STDERR_TAIL_BYTES`] are kept.
+    fn on_stderr(&mut self, line: String) -> ControlFlow<()> {
+        let rate_limited = match self.parser.stderr_line(&line) {
+            Some(ev) => self.forward(ev),
+            None => false,
+        };
+        self.keep_stderr(line);
+        self.rate_limit_stop(rate_limited)
+    }
+
     /// Keeps the last [`STDERR_TAIL_BYTES`] of stderr (and logs every line).
-    fn on_stderr(&mut self, line: String) {
+    fn keep_stderr(&mut self, line: String) {
         self.log_line(OutputStream::Stderr, &line);
         self.stderr_tail_len += line.len() + 1;
         self.stderr_tail.push_back(line);
@@ -648,6 +717,11 @@ impl HeadlessRun<'_> {
         while let Ok(Some(line)) =
             tokio::time::timeout(Duration::from_millis(50), stderr.recv()).await
         {
+            // The parser reads these too (codex says `no rollout found` as it exits); the run
+            // is over, so a rate-limit signal here changes nothing but the events.
+            if let Some(ev) = self.parser.stderr_line(&line) {
+                self.forward(ev);
+            }
             self.log_line(OutputStream::Stderr, &line);
             self.stderr_tail.push_back(line);
         }
@@ -679,10 +753,14 @@ impl HeadlessRun<'_> {
         }
         let mut parsed = self.parser.finish(exit, &tail);
         parsed.malformed_lines += self.oversized_lines;
+        if parsed.rate_limit_resets_at.is_none() {
+            parsed.rate_limit_resets_at = self.retry_resets_at;
+        }
         let outcome = match self.stop {
             Some(StopReason::Cancelled) => OutcomeClass::Cancelled,
             Some(StopReason::Timeout) | Some(StopReason::Inactivity) => OutcomeClass::Timeout,
             Some(StopReason::MemoryLimit { .. }) => OutcomeClass::ResourceLimit,
+            Some(StopReason::RateLimited) => OutcomeClass::RateLimited,
             Some(StopReason::PostResultGrace) | None => {
                 parsed.class.unwrap_or(OutcomeClass::CliError)
             }
@@ -699,6 +777,13 @@ impl HeadlessRun<'_> {
             spawn_error: None,
         }
     }
+}
+
+/// Now, in seconds since the Unix epoch.
+fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 async fn next_stdout<R: tokio::io::AsyncRead + Unpin>(

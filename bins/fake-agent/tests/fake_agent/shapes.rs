@@ -171,6 +171,7 @@ fn lines_match_real_captures() {
             "fake:auth go",
             1,
         ),
+        case("droid/droid-429.jsonl", "droid", "fake:ratelimit go", 1),
     ];
     let mut c = case("claude/claude-maxturns.jsonl", "claude", "fake:tool go", 1);
     c.args.extend(["--max-turns", "1"]);

@@ -144,8 +144,12 @@ fn ratelimit_token() {
                 assert!(run.stderr.contains("429"));
             }
             "droid" => {
+                // droid-429.jsonl: the agent loop's 429, then the generic give-up.
                 assert_eq!(last["type"], "error");
-                assert!(last["message"].as_str().unwrap().contains("429"));
+                assert_eq!(last["message"], "Exec failed");
+                let cause = &ev[ev.len() - 2];
+                assert_eq!(cause["source"], "agent_loop");
+                assert!(cause["message"].as_str().unwrap().contains("429"));
             }
             _ => unreachable!(),
         }

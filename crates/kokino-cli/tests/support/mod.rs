@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use kokino_cli::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
+use kokino_cli::{ParsedOutcome, ProcessExit, RunContext, StreamEvent, StreamParser};
 use kokino_core::CliType;
 
 /// The captures folder: `KOKINO_CAPTURES_DIR` when set, else `shared/captures` next to the repo.
@@ -87,6 +87,29 @@ pub fn run_parser<'a>(
         parser.feed_line(line, &mut events);
     }
     let outcome = parser.finish(exit, stderr_tail);
+    (events, outcome)
+}
+
+/// Feeds a run's stdout lines, then its stderr line by line (as the executor does, through
+/// [`StreamParser::stderr_line`]), to a fresh parser for a run in `ctx`, and finishes it with the
+/// stderr as the tail. A capture does not record how the two streams interleaved; stderr's
+/// events come after stdout's here.
+pub fn run_parser_with_stderr<'a>(
+    cli: CliType,
+    ctx: RunContext,
+    lines: impl IntoIterator<Item = &'a str>,
+    stderr: &str,
+    exit: ProcessExit,
+) -> (Vec<StreamEvent>, ParsedOutcome) {
+    let mut parser = kokino_cli::parser_for_run(cli, ctx);
+    let mut events = Vec::new();
+    for line in lines {
+        parser.feed_line(line, &mut events);
+    }
+    for line in lines_of(stderr) {
+        events.extend(parser.stderr_line(line));
+    }
+    let outcome = parser.finish(exit, stderr);
     (events, outcome)
 }
 

@@ -30,15 +30,14 @@ fn cargo_build(args: &[&str]) {
 }
 
 /// The fake agent binary next to this test's binary (`<target>/debug/kokino-fake-agent`),
-/// built once if `cargo test -p kokino-exec` did not build it.
+/// built once per test process: `cargo test -p kokino-exec` does not build it, and a binary
+/// left by an earlier build may predate the tokens a test uses (the build is a no-op when it
+/// is fresh).
 pub fn fake_agent() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let bin = profile_dir().join("kokino-fake-agent");
-        if !bin.exists() {
-            cargo_build(&["-p", "kokino-fake-agent"]);
-        }
-        bin
+        cargo_build(&["-p", "kokino-fake-agent"]);
+        profile_dir().join("kokino-fake-agent")
     })
 }
 
