@@ -43,6 +43,6 @@ pub use error::CoreError;
 pub use ids::{AgentId, CliType, CommMode};
 pub use outcome::{OutcomeClass, Usage};
 pub use records::{
-    AgentRecord, AgentSpec, Conversation, ExecutionRecord, ExecutionState, NewExecution, Role,
-    SessionRecord, Turn,
+    AgentRecord, AgentSpec, Conversation, ExecutionRecord, ExecutionState, NewExecution,
+    RateLimitPolicy, Role, SessionRecord, Turn,
 };

@@ -34,6 +34,44 @@ pub struct AgentSpec {
     pub extra_args: Vec<String>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Who handles a rate limit (`rateLimit`): absent or `stop`, the broker stops the run at the
+    /// first rate-limit signal and answers `RATE_LIMITED`; `cli`, the CLI retries on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitPolicy>,
+}
+
+/// Who handles a rate limit the CLI runs into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitPolicy {
+    /// The broker stops the run at the first signal (the default): the agent is parked and the
+    /// client gets `RATE_LIMITED` with `Retry-After` in seconds, not after the CLI's own retries.
+    Stop,
+    /// The CLI retries on its own; the run ends when the CLI gives up or succeeds.
+    Cli,
+}
+
+impl RateLimitPolicy {
+    /// The stored and serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitPolicy::Stop => "stop",
+            RateLimitPolicy::Cli => "cli",
+        }
+    }
+}
+
+impl std::str::FromStr for RateLimitPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stop" => Ok(RateLimitPolicy::Stop),
+            "cli" => Ok(RateLimitPolicy::Cli),
+            other => Err(format!(
+                "rateLimit must be \"stop\" or \"cli\", not {other:?}"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -50,7 +50,7 @@ impl World {
             env,
             cwd: Some(home.to_path_buf()),
             stdin: prompt.as_bytes().to_vec(),
-            guard: None,
+            supervisor: None,
         }
     }
 }

@@ -156,6 +156,7 @@ struct RegisterBody {
     binary: Option<String>,
     extra_args: Option<Vec<String>>,
     metadata: Option<serde_json::Map<String, Value>>,
+    rate_limit: Option<kokino_core::RateLimitPolicy>,
 }
 
 fn legacy_string(
@@ -216,6 +217,7 @@ impl RegisterBody {
             binary: self.binary,
             extra_args: self.extra_args.unwrap_or_default(),
             metadata,
+            rate_limit: self.rate_limit,
         })
     }
 }

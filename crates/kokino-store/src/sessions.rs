@@ -16,7 +16,8 @@ const TURN_COLUMNS: &str = "turn_id, conversation_id, seq, role, content, metada
 // `binary` is a keyword in PostgreSQL and must be quoted (SQLite accepts the quotes too); the
 // row still names the column `binary`.
 const AGENT_COLUMNS: &str = "agent_id, type, comm_mode, cwd, model, role, system_prompt, \
-     timeout_ms, max_memory_mb, env, \"binary\", extra_args, metadata, created_at, updated_at";
+     timeout_ms, max_memory_mb, env, \"binary\", extra_args, metadata, created_at, updated_at, \
+     rate_limit";
 
 impl Store {
     // ---- agents ----
@@ -28,14 +29,15 @@ impl Store {
         // agent keeps the time it was first registered. One statement is atomic on its own.
         let row = Query::new(format!(
             "INSERT INTO agents ({AGENT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (agent_id) DO UPDATE SET \
                 type = EXCLUDED.type, comm_mode = EXCLUDED.comm_mode, cwd = EXCLUDED.cwd, \
                 model = EXCLUDED.model, role = EXCLUDED.role, \
                 system_prompt = EXCLUDED.system_prompt, timeout_ms = EXCLUDED.timeout_ms, \
                 max_memory_mb = EXCLUDED.max_memory_mb, env = EXCLUDED.env, \
                 \"binary\" = EXCLUDED.\"binary\", extra_args = EXCLUDED.extra_args, \
-                metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at \
+                metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at, \
+                rate_limit = EXCLUDED.rate_limit \
              RETURNING {AGENT_COLUMNS}"
         ))
         .bind(&spec.agent_id)
@@ -53,6 +55,7 @@ impl Store {
         .bind(Arg::json(&spec.metadata))
         .bind(now)
         .bind(now)
+        .bind(spec.rate_limit.map(|r| r.as_str()))
         .fetch_one(self.db.write())
         .await?;
         decode_agent(&row)
@@ -495,6 +498,7 @@ fn decode_agent(row: &Row) -> Result<AgentRecord> {
             binary: f.opt_text("binary")?,
             extra_args: f.json("extra_args")?,
             metadata: f.json("metadata")?,
+            rate_limit: f.parse_opt("rate_limit")?,
         },
         created_at: f.time("created_at")?,
         updated_at: f.time("updated_at")?,

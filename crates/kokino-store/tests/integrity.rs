@@ -22,6 +22,7 @@ fn spec(id: &str) -> AgentSpec {
         binary: None,
         extra_args: vec![],
         metadata: Default::default(),
+        rate_limit: None,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod continuity;
 mod interactive;
 mod process;
 mod sessions;

@@ -99,6 +99,7 @@ pub(crate) async fn build(b: &Broker, leg: Leg<'_>) -> Result<Runner, CannotStar
         max_memory_bytes: Some(agent.spec.max_memory_mb.unwrap_or(cfg.max_memory_mb) * 1024 * 1024),
         memory_sample_every: cfg.memory_sample_every,
         max_line_bytes: cfg.max_line_bytes,
+        stop_on_rate_limit: agent.spec.rate_limit != Some(kokino_core::RateLimitPolicy::Cli),
     };
     if leg.mode == CommMode::Tmux {
         let req = tmux_request(leg, program, env);

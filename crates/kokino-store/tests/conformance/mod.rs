@@ -38,6 +38,7 @@ pub fn spec(id: &str) -> AgentSpec {
         binary: None,
         extra_args: Vec::new(),
         metadata: serde_json::Map::new(),
+        rate_limit: None,
     }
 }
 

@@ -1,13 +1,11 @@
 //! Session continuity and the real CLIs' answers to a session they cannot continue, and the
 //! rate-limit retry loop (`fake:ratelimit=retry`) that lets a caller stop at the first signal.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const AGENTS: [&str; 4] = ["claude", "codex", "gemini", "droid"];
 
