@@ -526,7 +526,19 @@ async fn codex(cfg: &DoctorConfig, bin: &Path, child: &EnvMap, args: &[String]) 
     let said = if out.timed_out {
         format!("timed out after {} ms", timeout.as_millis())
     } else {
-        let s = shorten(&out.combined().replace('\n', " "), 200);
+        // Codex prefixes its answer with start-up warnings (helper binaries it could not
+        // create under /tmp); they would push the answer out of the shortened line.
+        let combined = out.combined();
+        let answer: Vec<&str> = combined
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("WARNING:"))
+            .collect();
+        let text = if answer.is_empty() {
+            combined.replace('\n', " ")
+        } else {
+            answer.join(" ")
+        };
+        let s = shorten(&text, 200);
         if s.is_empty() {
             "no output".to_owned()
         } else {
