@@ -51,7 +51,10 @@ pub fn config(args: &Args, file: &BrokerFile) -> Result<DoctorConfig> {
         cfg.conflicting_vars
             .insert(cli_key(cli, "conflicting_env")?, vars.clone());
     }
-    cfg.check_timeout = Duration::from_millis(args.timeout_ms);
+    // A timeout the operator names applies to everything, also below the per-CLI defaults.
+    if let Some(ms) = args.timeout_ms {
+        cfg.set_all_timeouts(Duration::from_millis(ms));
+    }
     if let Some(v) = args.disk_warn_pct {
         cfg.disk_warn_pct = v;
     }

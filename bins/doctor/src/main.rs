@@ -47,9 +47,11 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Timeout of each check, the dry run's `--version` included.
-    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout_ms: u64,
+    /// Timeout of each check, the runs of the CLI (`--version`, status commands) included.
+    /// Without it, file checks get 5 000 ms and the CLI runs their per-CLI defaults (claude
+    /// 15 s, codex 10 s, gemini 30 s, droid 10 s), measured on the real CLIs under load.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: Option<u64>,
     /// Used-space percentage at which the disk check warns (default 85).
     #[arg(long)]
     pub disk_warn_pct: Option<f64>,

@@ -46,8 +46,15 @@ pub fn cli_report(out: &mut String, indent: usize, r: &CliReport) {
     } else {
         Status::Warn
     };
+    // Only a hard fact (a missing binary) may make the broker disable the CLI type; saying
+    // which kind of failure this is tells the operator whether the broker will act on it.
+    let kind = if r.disables_cli() {
+        "; a hard fact: the broker may disable this CLI type"
+    } else {
+        ""
+    };
     let verdict = match status {
-        Status::Fail => format!("FAILED: {}", join_names(r)),
+        Status::Fail => format!("FAILED: {}{kind}", join_names(r)),
         Status::Warn => format!("passed with {} warning(s)", r.warnings.len()),
         _ => "passed".to_owned(),
     };

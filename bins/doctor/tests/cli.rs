@@ -114,6 +114,7 @@ fn exit_1_with_a_missing_binary_and_the_install_hint_in_the_output() {
     assert!(out.contains("✗ binary"), "{}", text(&o));
     assert!(out.contains("npm install -g @openai/codex"));
     assert!(out.contains("FAILED"));
+    assert!(out.contains("a hard fact"), "{}", text(&o));
 }
 
 #[test]
@@ -122,6 +123,7 @@ fn exit_1_when_logged_out_and_warnings_only_fail_with_strict() {
     let o = w.doctor(&["--cli", "claude"], &[("KOKINO_FAKE_LOGGED_OUT", "1")]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("/login"));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("a hard fact"));
 
     let key = [("ANTHROPIC_API_KEY", "sk-ant-never-printed")];
     let o = w.doctor(&["--cli", "claude-code"], &key);
@@ -155,8 +157,11 @@ fn exit_2_when_the_doctor_cannot_run() {
 #[test]
 fn json_output_has_the_environment_report_shape() {
     let w = World::new(&["claude", "codex", "gemini", "droid"]);
-    let o = w.doctor(&["--format", "json"], &[("FACTORY_API_KEY", "fk")]);
-    // Gemini has no credentials in this world, so the whole run fails.
+    let o = w.doctor(
+        &["--format", "json"],
+        &[("FACTORY_API_KEY", "fk"), ("KOKINO_FAKE_LOGGED_OUT", "1")],
+    );
+    // Claude and codex are logged out with no key in sight, so the whole run fails.
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let v: Value = serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
     assert_eq!(v["overall"], false);
@@ -178,10 +183,19 @@ fn json_output_has_the_environment_report_shape() {
         assert!(r["passed"].is_boolean() && r["durationMs"].is_u64());
         assert!(r["warnings"].is_array() && r["checkedAt"].is_string());
     }
-    assert_eq!(results[0]["passed"], true);
+    assert_eq!(results[0]["passed"], false);
     assert_eq!(results[0]["version"], "2.1.197 (Claude Code)");
-    assert_eq!(results[2]["passed"], false);
-    assert_eq!(results[2]["checks"][2]["passed"], false);
+    // A failed check says how sure it is; a logged-out CLI is a soft verdict.
+    assert_eq!(results[0]["checks"][2]["passed"], false);
+    assert_eq!(results[0]["checks"][2]["certainty"], "soft");
+    assert!(results[0]["checks"][0].get("certainty").is_none());
+    // Gemini has no credentials in this world and no status command: a warning, not a failure.
+    assert_eq!(results[2]["passed"], true);
+    assert_eq!(results[2]["checks"][2]["passed"], true);
+    assert!(results[2]["checks"][2]["warning"]
+        .as_str()
+        .unwrap()
+        .contains("GEMINI_API_KEY"));
     assert_eq!(results[3]["passed"], true);
 }
 

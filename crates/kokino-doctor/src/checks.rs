@@ -8,7 +8,7 @@ use kokino_core::CliType;
 use kokino_exec::probe::run_probe;
 
 use crate::report::{Check, CheckName};
-use crate::{blocking, hints, DoctorConfig};
+use crate::{blocking, hints, AgentContext, DoctorConfig};
 
 /// Long values (a PATH of a hundred entries) are shortened in messages so that one check stays
 /// one readable line.
@@ -40,10 +40,15 @@ pub(crate) fn first_line(stdout: &str, stderr: &str) -> Option<String> {
         .or_else(|| lines(stderr).into_iter().next())
 }
 
-/// `binary`: the executor's own lookup ([`kokino_exec::resolve_binary`]) on the broker's PATH,
-/// or the configured path.
-pub(crate) fn binary(cfg: &DoctorConfig, cli: CliType) -> (Check, Option<PathBuf>) {
-    let name = cfg.binary(cli);
+/// `binary`: the executor's own lookup ([`kokino_exec::resolve_binary`]) of `name` (the
+/// agent's binary, else the configured one) on the broker's PATH, or the configured path. Its
+/// failure is the one hard fact of the doctor: without an executable file nothing can run.
+pub(crate) fn binary(cfg: &DoctorConfig, cli: CliType, name: &str) -> (Check, Option<PathBuf>) {
+    let where_configured = if name == cfg.binary(cli) {
+        format!("configured in [binaries] for {cli}")
+    } else {
+        "the agent's `binary`".to_owned()
+    };
     let path_var = cfg.lookup_path();
     match kokino_exec::resolve_binary(name, path_var.as_deref()) {
         Ok(path) => {
@@ -58,12 +63,11 @@ pub(crate) fn binary(cfg: &DoctorConfig, cli: CliType) -> (Check, Option<PathBuf
             (Check::pass(CheckName::Binary, message), Some(path))
         }
         Err(_) if name.contains('/') => (
-            Check::fail(
+            Check::fail_hard(
                 CheckName::Binary,
                 format!(
-                    "{name} (configured in [binaries] for {cli}) does not exist or is not an \
-                     executable file. Fix the path in the broker config, or install the CLI \
-                     with `{}`",
+                    "{name} ({where_configured}) does not exist or is not an executable file. \
+                     Fix the path, or install the CLI with `{}`",
                     hints::install(cli)
                 ),
             ),
@@ -80,7 +84,7 @@ pub(crate) fn binary(cfg: &DoctorConfig, cli: CliType) -> (Check, Option<PathBuf
                 format!("PATH={}", shorten(&path_text, 300))
             };
             (
-                Check::fail(
+                Check::fail_hard(
                     CheckName::Binary,
                     format!(
                         "{name} not found on the broker's PATH ({where_}). Install it with `{}`, \
@@ -126,12 +130,14 @@ fn interpreter(binary: &Path) -> Option<String> {
 }
 
 /// `environment`: the exact child environment the executor builds
-/// ([`kokino_cli::child_env`]) with no agent settings, inspected for what a CLI needs.
+/// ([`kokino_cli::child_env`]) for `agent`, inspected for what a CLI needs.
 pub(crate) async fn environment(
     cfg: &DoctorConfig,
     cli: CliType,
+    name: &str,
     resolved: Option<&Path>,
     child: &EnvMap,
+    agent: &AgentContext,
 ) -> Check {
     let mut problems: Vec<String> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
@@ -185,7 +191,7 @@ pub(crate) async fn environment(
                 std::env::split_paths(path).count()
             ));
             if let Some(bin) = resolved {
-                let configured_path = cfg.binary(cli).contains('/');
+                let configured_path = name.contains('/');
                 if let Some(dir) = bin.parent() {
                     if !configured_path && !on_path(path, dir) {
                         warnings.push(format!(
@@ -220,7 +226,12 @@ pub(crate) async fn environment(
         if !cfg.base_env.contains_key(&var) {
             continue;
         }
-        if PROTECTED_VARS.contains(&var.as_str()) {
+        if agent.env.contains_key(&var) {
+            // The executor lays the agent's env over the stripped broker environment, so an
+            // agent that carries the variable itself gets its own value: that is the intended
+            // way to give one agent API-key billing.
+            notes.push(format!("{var} comes from the agent's env"));
+        } else if PROTECTED_VARS.contains(&var.as_str()) {
             warnings.push(format!(
                 "{var} is listed as conflicting for {cli} but is always kept, because the CLI \
                  cannot run without it; remove it from [conflicting_env]"
@@ -273,15 +284,16 @@ pub(crate) async fn environment(
     }
 }
 
-/// `dryrun`: `<binary> --version` in the child environment, within the check timeout. The
-/// version line is returned for the report.
+/// `dryrun`: `<binary> --version` in the child environment, within the CLI's probe timeout
+/// ([`DoctorConfig::probe_timeout`]). The version line is returned for the report. Every
+/// failure here is soft: a CLI that is slow or odd on `--version` may still run prompts.
 pub(crate) async fn dryrun(
     cfg: &DoctorConfig,
     cli: CliType,
+    name: &str,
     resolved: Option<&Path>,
     child: &EnvMap,
 ) -> (Check, Option<String>) {
-    let name = cfg.binary(cli);
     let Some(bin) = resolved else {
         return (
             Check::fail(
@@ -291,8 +303,9 @@ pub(crate) async fn dryrun(
             None,
         );
     };
-    let ms = cfg.check_timeout.as_millis();
-    let out = run_probe(bin, &["--version"], child, None, cfg.check_timeout).await;
+    let timeout = cfg.probe_timeout(cli);
+    let ms = timeout.as_millis();
+    let out = run_probe(bin, &["--version"], child, None, timeout).await;
     if let Some(e) = &out.spawn_error {
         return (
             Check::fail(
@@ -308,8 +321,9 @@ pub(crate) async fn dryrun(
                 CheckName::Dryrun,
                 format!(
                     "`{name} --version` timed out after {ms} ms and was killed; the CLI hangs \
-                     before doing any work. Run `{} --version` by hand as the broker's user to \
-                     see where it stops",
+                     before doing any work, or the host is very loaded (gemini took up to 19 s \
+                     on a busy 2-core host). Run `{} --version` by hand as the broker's user to \
+                     see where it stops, or raise doctor.check_timeout_ms",
                     bin.display()
                 ),
             ),

@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kokino_core::CliType;
-use kokino_doctor::{check_all, check_cli, CheckName, CliReport, DoctorConfig};
+use kokino_doctor::{
+    check_agent, check_all, check_cli, AgentContext, Certainty, CheckName, CliReport, DoctorConfig,
+};
 
 /// The fake agent, built once on demand when only this package's tests were built.
 fn fake_agent() -> PathBuf {
@@ -173,18 +175,26 @@ async fn all_four_pass_when_gemini_and_droid_have_their_login_files() {
     assert!(v["checkedAt"].as_str().unwrap().contains('T'));
 }
 
+/// Gemini and Droid have no status command, and their credentials may live where the doctor
+/// cannot look (a key Gemini stored itself, system settings): with none in sight the verdict is
+/// a warning with the login hint, never a failure.
 #[tokio::test]
-async fn gemini_and_droid_without_credentials_fail_auth_with_the_login_hint() {
+async fn gemini_and_droid_without_credentials_warn_with_the_login_hint() {
     let w = World::new();
     let cfg = w.config();
     let r = check_cli(&cfg, CliType::Gemini).await;
     let auth = check(&r, CheckName::Auth);
-    assert!(!r.passed && !auth.passed, "{}", explain(&r));
-    assert!(auth.message.contains("GEMINI_API_KEY"), "{}", auth.message);
+    assert!(r.passed && auth.passed, "{}", explain(&r));
+    let warning = auth.warning.as_deref().expect("a warning");
+    assert!(warning.contains("GEMINI_API_KEY"), "{warning}");
+    assert!(warning.contains("Login with Google"), "{warning}");
+    assert_eq!(r.event_types(), ["ENV_CHECK_PASSED", "ENV_DEGRADED"]);
     let r = check_cli(&cfg, CliType::FactoryDroid).await;
     let auth = check(&r, CheckName::Auth);
-    assert!(!auth.passed);
-    assert!(auth.message.contains("/login") && auth.message.contains("FACTORY_API_KEY"));
+    assert!(auth.passed);
+    let warning = auth.warning.as_deref().expect("a warning");
+    assert!(warning.contains("/login") && warning.contains("FACTORY_API_KEY"));
+    assert!(!r.disables_cli());
 
     // A key in the broker's environment is enough, and its value is never shown.
     let mut cfg = w.config();
@@ -192,6 +202,7 @@ async fn gemini_and_droid_without_credentials_fail_auth_with_the_login_hint() {
         .insert("FACTORY_API_KEY".into(), "fk-secret-value".into());
     let r = check_cli(&cfg, CliType::FactoryDroid).await;
     assert!(r.passed, "{}", explain(&r));
+    assert!(r.warnings.is_empty(), "{}", explain(&r));
     assert!(!explain(&r).contains("fk-secret-value"));
 }
 
@@ -221,6 +232,16 @@ async fn a_missing_binary_fails_with_the_install_hint() {
         assert!(!dry.passed && dry.message.contains("not run"));
         assert_eq!(r.event_types(), ["ENV_CHECK_FAILED"]);
         assert!(r.failed_checks().contains(&CheckName::Binary));
+        // The one hard fact: it may disable the CLI type; the checks that could not run
+        // because of it are soft and would not on their own.
+        assert_eq!(binary.certainty, Some(Certainty::Hard));
+        assert!(binary.disables_cli() && r.disables_cli());
+        assert_eq!(r.disabling_check().unwrap().name, CheckName::Binary);
+        assert!(!dry.disables_cli());
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["checks"][0]["certainty"],
+            "hard"
+        );
     }
     // A configured path that does not exist says so, instead of blaming PATH.
     let mut cfg = w.config();
@@ -275,9 +296,11 @@ async fn a_cli_that_hangs_on_version_fails_the_dry_run_quickly_and_leaves_no_pro
         &format!("#!/bin/sh\necho $$ >> {}\nsleep 100\n", pids.display()),
     );
     let mut cfg = w.config();
-    cfg.check_timeout = Duration::from_millis(300);
+    cfg.set_all_timeouts(Duration::from_millis(300));
     let started = Instant::now();
     let r = check_cli(&cfg, CliType::ClaudeCode).await;
+    // A hanging CLI is a soft verdict: the breakers, not the doctor, judge its real runs.
+    assert!(!r.passed && !r.disables_cli(), "{}", explain(&r));
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "took {took:?}");
     let dry = check(&r, CheckName::Dryrun);
@@ -311,12 +334,15 @@ async fn a_cli_that_hangs_on_version_fails_the_dry_run_quickly_and_leaves_no_pro
 }
 
 #[tokio::test]
-async fn the_default_five_second_cap_is_reported_as_5000_ms() {
+async fn a_probe_cap_of_five_seconds_is_reported_as_5000_ms() {
     let w = World::empty();
     w.script("gemini", "#!/bin/sh\nsleep 100\n");
     w.log_in_gemini_and_droid();
-    let cfg = w.config();
+    let mut cfg = w.config();
     assert_eq!(cfg.check_timeout, Duration::from_millis(5_000));
+    // The old default for every probe, now set explicitly for gemini.
+    cfg.probe_timeouts
+        .insert(CliType::Gemini, Duration::from_millis(5_000));
     let started = Instant::now();
     let r = check_cli(&cfg, CliType::Gemini).await;
     assert!(started.elapsed() < Duration::from_secs(8));
@@ -326,8 +352,29 @@ async fn the_default_five_second_cap_is_reported_as_5000_ms() {
         "{}",
         dry.message
     );
+    assert_eq!(dry.certainty, Some(Certainty::Soft));
+    assert!(!r.disables_cli());
     // Gemini's auth check reads files and does not run the hanging binary.
     assert!(check(&r, CheckName::Auth).passed);
+}
+
+/// `gemini --version` took 15–19 s on a loaded 2-core host. The default cap is per CLI, and a
+/// gemini that needs longer than the old 5 s passes the dry run with the broker's default
+/// `check_timeout` of 5 000 ms.
+#[tokio::test]
+async fn a_slow_gemini_version_passes_with_the_default_caps() {
+    let w = World::empty();
+    w.script("gemini", "#!/bin/sh\nsleep 6\necho 0.61.0\n");
+    w.log_in_gemini_and_droid();
+    let cfg = w.config();
+    assert_eq!(cfg.probe_timeout(CliType::Gemini), Duration::from_secs(30));
+    assert_eq!(
+        kokino_doctor::default_probe_timeout(CliType::ClaudeCode),
+        Duration::from_secs(15)
+    );
+    let r = check_cli(&cfg, CliType::Gemini).await;
+    assert!(r.passed, "{}", explain(&r));
+    assert_eq!(r.version.as_deref(), Some("0.61.0"));
 }
 
 #[tokio::test]
@@ -458,4 +505,253 @@ async fn logged_out_claude_and_codex_fail_auth_with_the_login_command() {
     let auth = check(&r, CheckName::Auth);
     assert!(auth.message.contains("Not logged in"), "{}", auth.message);
     assert!(auth.message.contains("codex login"));
+    // No credentials at all is a failure, but a soft one: it never disables the CLI type.
+    assert_eq!(auth.certainty, Some(Certainty::Soft));
+    assert!(!r.disables_cli());
+}
+
+// ------------------------------------------------------------------ auth judged per agent
+
+/// A context for an agent with these variables.
+fn agent(id: &str, env: &[(&str, &str)]) -> AgentContext {
+    AgentContext {
+        agent_id: Some(id.to_owned()),
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..AgentContext::default()
+    }
+}
+
+/// `claude auth status` says loggedIn: false when the key is not in its environment (the broker
+/// strips ANTHROPIC_API_KEY for claude by default), although `claude -p` works with a key the
+/// agent carries. The doctor judges with the agent's environment: a key there turns a
+/// logged-out status into a pass with a warning, not a failure.
+#[tokio::test]
+async fn an_agent_api_key_makes_a_logged_out_claude_a_warning_not_a_failure() {
+    let w = World::new();
+    let mut cfg = w.config();
+    cfg.base_env
+        .insert("KOKINO_FAKE_LOGGED_OUT".into(), "1".into());
+    cfg.base_env
+        .insert("ANTHROPIC_API_KEY".into(), "sk-ant-broker-secret".into());
+
+    // The broker's own environment: its key is stripped, and the status is believed. The
+    // failure says where the key went, and it is soft.
+    let r = check_cli(&cfg, CliType::ClaudeCode).await;
+    assert_eq!(r.failed_checks(), [CheckName::Auth], "{}", explain(&r));
+    let auth = check(&r, CheckName::Auth);
+    assert!(
+        auth.message.contains("[conflicting_env]"),
+        "{}",
+        auth.message
+    );
+    assert!(auth.message.contains("/login"), "{}", auth.message);
+    assert!(!r.disables_cli());
+    assert!(r.agent_id.is_none());
+
+    // An agent that carries its own key and base URL (the API-key set-up of the real CLI).
+    let ctx = agent(
+        "claude-key",
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-agent-secret"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:8787"),
+        ],
+    );
+    let r = check_agent(&cfg, CliType::ClaudeCode, &ctx).await;
+    assert!(r.passed, "{}", explain(&r));
+    assert_eq!(r.agent_id.as_deref(), Some("claude-key"));
+    let auth = check(&r, CheckName::Auth);
+    assert!(
+        auth.message.contains("ANTHROPIC_API_KEY"),
+        "{}",
+        auth.message
+    );
+    assert!(
+        auth.message
+            .contains("ANTHROPIC_BASE_URL=http://127.0.0.1:8787"),
+        "{}",
+        auth.message
+    );
+    let warning = auth
+        .warning
+        .as_deref()
+        .expect("the disagreement is a warning");
+    assert!(warning.contains("loggedIn: false"), "{warning}");
+    // The agent's own key is not "a conflicting variable that still reaches the CLI".
+    let env = check(&r, CheckName::Environment);
+    assert!(env.passed, "{}", explain(&r));
+    assert!(
+        env.message.contains("from the agent's env"),
+        "{}",
+        env.message
+    );
+    let text = explain(&r);
+    assert!(!text.contains("sk-ant-agent-secret") && !text.contains("sk-ant-broker-secret"));
+
+    // Other credentials Claude Code takes from its environment count the same way.
+    for var in ["ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"] {
+        let r = check_agent(&cfg, CliType::ClaudeCode, &agent("t", &[(var, "tok")])).await;
+        assert!(r.passed, "{var}: {}", explain(&r));
+        assert!(check(&r, CheckName::Auth).warning.is_some());
+    }
+    let bedrock = agent("b", &[("CLAUDE_CODE_USE_BEDROCK", "1")]);
+    assert!(
+        check_agent(&cfg, CliType::ClaudeCode, &bedrock)
+            .await
+            .passed
+    );
+    let off = agent("b", &[("CLAUDE_CODE_USE_BEDROCK", "0")]);
+    assert!(!check_agent(&cfg, CliType::ClaudeCode, &off).await.passed);
+}
+
+/// `codex login status` says "Not logged in" for a custom provider, although `codex exec`
+/// works with the provider's `env_key` set. Chosen in the agent's extra arguments or in
+/// config.toml under the agent's HOME, the provider decides, and the status is not asked.
+#[tokio::test]
+async fn a_custom_codex_provider_with_its_key_passes_although_login_status_says_not_logged_in() {
+    let w = World::new();
+    let mut cfg = w.config();
+    cfg.base_env
+        .insert("KOKINO_FAKE_LOGGED_OUT".into(), "1".into());
+    // Without the provider: logged out, no key, a soft failure.
+    let r = check_cli(&cfg, CliType::Codex).await;
+    assert_eq!(r.failed_checks(), [CheckName::Auth], "{}", explain(&r));
+    assert!(!r.disables_cli());
+
+    // `-c model_provider=…` in the agent's extra arguments, its key in the agent's env.
+    let mut ctx = agent("codex-args", &[("STANDIN_KEY", "sk-standin-secret")]);
+    ctx.extra_args = [
+        "-c",
+        "model_provider=standin",
+        "-c",
+        "model_providers.standin.base_url=\"http://127.0.0.1:8787/v1\"",
+        "-c",
+        "model_providers.standin.env_key=STANDIN_KEY",
+        "--dangerously-bypass-approvals-and-sandbox",
+    ]
+    .map(String::from)
+    .to_vec();
+    let r = check_agent(&cfg, CliType::Codex, &ctx).await;
+    assert!(r.passed, "{}", explain(&r));
+    assert!(r.warnings.is_empty(), "{}", explain(&r));
+    let auth = check(&r, CheckName::Auth);
+    assert!(
+        auth.message.contains("custom provider standin"),
+        "{}",
+        auth.message
+    );
+    assert!(
+        auth.message.contains("http://127.0.0.1:8787/v1"),
+        "{}",
+        auth.message
+    );
+    assert!(auth.message.contains("STANDIN_KEY"), "{}", auth.message);
+    assert!(!explain(&r).contains("sk-standin-secret"));
+
+    // The same provider without its key: codex exec would stop, a soft failure that names it.
+    let mut keyless = ctx.clone();
+    keyless.env.clear();
+    let r = check_agent(&cfg, CliType::Codex, &keyless).await;
+    assert_eq!(r.failed_checks(), [CheckName::Auth], "{}", explain(&r));
+    assert!(check(&r, CheckName::Auth)
+        .message
+        .contains("STANDIN_KEY is not set"));
+    assert!(!r.disables_cli());
+
+    // The real-CLI set-up: the provider in config.toml of the agent's own HOME.
+    let home = w.dir.path().join("codex-home");
+    std::fs::create_dir_all(home.join(".codex")).unwrap();
+    std::fs::write(
+        home.join(".codex/config.toml"),
+        "model = \"gpt-fake\"\nmodel_provider = \"fake\"\n\n[model_providers.fake]\n\
+         name = \"fake\"\nbase_url = \"http://127.0.0.1:8787/v1\"\nenv_key = \"FAKE_OPENAI_KEY\"\n\
+         wire_api = \"responses\"\n",
+    )
+    .unwrap();
+    let mut ctx = agent("codex-config", &[("FAKE_OPENAI_KEY", "sk-x")]);
+    ctx.home = Some(home.clone());
+    let r = check_agent(&cfg, CliType::Codex, &ctx).await;
+    assert!(r.passed && r.warnings.is_empty(), "{}", explain(&r));
+    assert!(check(&r, CheckName::Auth)
+        .message
+        .contains(&home.join(".codex/config.toml").display().to_string()));
+
+    // CODEX_API_KEY passes outright; OPENAI_API_KEY alone is a warning (codex may not read it).
+    let r = check_agent(&cfg, CliType::Codex, &agent("k", &[("CODEX_API_KEY", "k")])).await;
+    assert!(r.passed && r.warnings.is_empty(), "{}", explain(&r));
+    let r = check_agent(
+        &cfg,
+        CliType::Codex,
+        &agent("o", &[("OPENAI_API_KEY", "k")]),
+    )
+    .await;
+    assert!(r.passed, "{}", explain(&r));
+    assert!(check(&r, CheckName::Auth)
+        .warning
+        .as_deref()
+        .unwrap()
+        .contains("CODEX_API_KEY"));
+}
+
+/// Gemini and Droid judged with the agent's env, HOME and model: a key only the agent carries,
+/// and a BYOK model chosen with `custom:`, are enough.
+#[tokio::test]
+async fn gemini_and_droid_credentials_in_the_agent_pass() {
+    let w = World::new();
+    let cfg = w.config();
+    let home = w.dir.path().join("agent-home");
+    std::fs::create_dir_all(home.join(".gemini")).unwrap();
+    std::fs::write(
+        home.join(".gemini/settings.json"),
+        r#"{"security":{"auth":{"selectedType":"gemini-api-key"}}}"#,
+    )
+    .unwrap();
+    let mut ctx = agent(
+        "gem",
+        &[
+            ("GEMINI_API_KEY", "gk-secret"),
+            ("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:8787"),
+        ],
+    );
+    ctx.home = Some(home.clone());
+    ctx.model = Some("gemini-2.5-flash".into());
+    let r = check_agent(&cfg, CliType::Gemini, &ctx).await;
+    assert!(r.passed && r.warnings.is_empty(), "{}", explain(&r));
+    assert!(!explain(&r).contains("gk-secret"));
+
+    std::fs::create_dir_all(home.join(".factory")).unwrap();
+    std::fs::write(
+        home.join(".factory/config.json"),
+        r#"{"custom_models":[{"model_display_name":"Fake","model":"claude-fake",
+            "base_url":"http://127.0.0.1:8787","api_key":"sk-byok-secret","provider":"anthropic"}]}"#,
+    )
+    .unwrap();
+    let mut ctx = agent("droid", &[]);
+    ctx.home = Some(home);
+    ctx.model = Some("custom:claude-fake".into());
+    ctx.extra_args = vec!["--auto".into(), "low".into()];
+    let r = check_agent(&cfg, CliType::FactoryDroid, &ctx).await;
+    assert!(r.passed && r.warnings.is_empty(), "{}", explain(&r));
+    assert!(check(&r, CheckName::Auth).message.contains("claude-fake"));
+    assert!(!explain(&r).contains("sk-byok-secret"));
+}
+
+/// An agent's own binary that does not exist is the same hard fact as a missing CLI.
+#[tokio::test]
+async fn an_agents_missing_binary_is_a_hard_failure_that_disables() {
+    let w = World::new();
+    let mut ctx = agent("custom-bin", &[]);
+    ctx.binary = Some(w.dir.path().join("nowhere/claude").display().to_string());
+    let r = check_agent(&w.config(), CliType::ClaudeCode, &ctx).await;
+    let binary = check(&r, CheckName::Binary);
+    assert!(!binary.passed && binary.message.contains("the agent's `binary`"));
+    assert!(r.disables_cli());
+    // A file that exists but is not executable is the same fact.
+    let plain = w.dir.path().join("plain-claude");
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    ctx.binary = Some(plain.display().to_string());
+    let r = check_agent(&w.config(), CliType::ClaudeCode, &ctx).await;
+    assert!(r.disables_cli(), "{}", explain(&r));
 }

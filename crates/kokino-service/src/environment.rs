@@ -31,8 +31,8 @@ pub(crate) async fn check(b: &Broker, cli: Option<CliType>) -> EnvironmentReport
         None => CliType::ALL.to_vec(),
     };
     b.inner.binaries.lock().expect("binary cache").clear();
-    let results = run_checks(doctor_config(b), &clis).await;
     let agents = b.inner.store.list_agents().await.unwrap_or_default();
+    let results = run_checks(doctor_config(b), &clis, &agents).await;
     for r in &results {
         publish(b, r);
         record_version(b, r, &agents).await;
@@ -41,13 +41,47 @@ pub(crate) async fn check(b: &Broker, cli: Option<CliType>) -> EnvironmentReport
     EnvironmentReport::from_results(b.inner.clock.now(), results)
 }
 
+/// How many of a CLI type's agents the doctor checks with their own environment and
+/// arguments: enough to find one the CLI works for, without multiplying probes by the fleet.
+const AGENTS_CHECKED_PER_CLI: usize = 3;
+
 /// The CLI types are checked concurrently: each check has its own timeout, so the whole
 /// report takes about as long as the slowest CLI, not the sum. Results keep `clis`' order.
-async fn run_checks(cfg: DoctorConfig, clis: &[CliType]) -> Vec<CliReport> {
+///
+/// Credentials belong to agents, not to the broker (an agent's `env` carries its API key, its
+/// extra args a custom provider), so a CLI type with registered agents is judged the way the
+/// CLI really runs: with those agents' environments and arguments, and the best verdict among
+/// them stands for the type. A type nobody uses is judged in the broker's own environment.
+async fn run_checks(cfg: DoctorConfig, clis: &[CliType], agents: &[AgentRecord]) -> Vec<CliReport> {
     let mut set = tokio::task::JoinSet::new();
     for (i, c) in clis.iter().enumerate() {
         let (cfg, c) = (cfg.clone(), *c);
-        set.spawn(async move { (i, kokino_doctor::check_cli(&cfg, c).await) });
+        let contexts: Vec<kokino_doctor::AgentContext> = agents
+            .iter()
+            .filter(|a| a.spec.cli_type == c)
+            .take(AGENTS_CHECKED_PER_CLI)
+            .map(|a| kokino_doctor::AgentContext::from_spec(&a.spec))
+            .collect();
+        set.spawn(async move {
+            if contexts.is_empty() {
+                return (i, kokino_doctor::check_cli(&cfg, c).await);
+            }
+            let mut best: Option<CliReport> = None;
+            for ctx in &contexts {
+                let r = kokino_doctor::check_agent(&cfg, c, ctx).await;
+                let better = match &best {
+                    None => true,
+                    Some(b) => rank(&r) > rank(b),
+                };
+                if better {
+                    best = Some(r);
+                }
+                if best.as_ref().is_some_and(|b| b.passed) {
+                    break;
+                }
+            }
+            (i, best.expect("at least one agent context"))
+        });
     }
     let mut indexed = Vec::new();
     while let Some(joined) = set.join_next().await {
@@ -104,7 +138,21 @@ async fn record_version(b: &Broker, r: &CliReport, agents: &[AgentRecord]) {
     }
 }
 
-/// Disables a failing CLI type (or re-enables a passing one) in fallback. Only CLI types some
+/// Orders verdicts: a pass, then a soft failure (auth, dry run: the doctor cannot be sure),
+/// then a hard one (the binary is missing).
+fn rank(r: &CliReport) -> u8 {
+    match (r.passed, r.disables_cli()) {
+        (true, _) => 2,
+        (false, false) => 1,
+        (false, true) => 0,
+    }
+}
+
+/// Disables a CLI type whose doctor verdict is a hard fact (its binary is missing or not
+/// executable), or re-enables one it disabled when that fact is gone. An auth or dry-run
+/// verdict never disables a CLI type: the doctor judges credentials from outside the CLI and
+/// can be wrong, while a disabled type reroutes every agent of it to tmux. Observed failures
+/// of real executions are the breakers' business. Only CLI types some
 /// headless agent uses are disabled automatically: disabling an uninstalled CLI nobody runs
 /// would only put noise in the fallback status.
 async fn apply_verdict(b: &Broker, r: &CliReport, agents: &[AgentRecord]) {
@@ -112,13 +160,12 @@ async fn apply_verdict(b: &Broker, r: &CliReport, agents: &[AgentRecord]) {
     let used = agents
         .iter()
         .any(|a| a.spec.cli_type == cli && a.spec.binary.is_none());
-    if !(used || r.passed) {
+    let disable = r.disables_cli();
+    if !(used || !disable) {
         return;
     }
     let reason = r
-        .checks
-        .iter()
-        .find(|c| !c.passed)
+        .disabling_check()
         .map(|c| {
             format!(
                 "environment doctor: {} check failed: {}",
@@ -126,10 +173,10 @@ async fn apply_verdict(b: &Broker, r: &CliReport, agents: &[AgentRecord]) {
                 c.message
             )
         })
-        .unwrap_or_else(|| "environment doctor passed".into());
+        .unwrap_or_else(|| "environment doctor: the CLI's binary is present".into());
     b.inner
         .resilience
-        .doctor_verdict(cli, r.passed, &reason)
+        .doctor_verdict(cli, !disable, &reason)
         .await;
 }
 

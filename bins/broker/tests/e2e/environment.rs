@@ -44,7 +44,7 @@ async fn the_doctor_passes_with_the_fake_clis_and_records_their_versions() {
 }
 
 #[tokio::test]
-async fn a_failing_check_is_a_503_with_the_fix_and_disables_the_cli_for_its_agents() {
+async fn a_failing_auth_check_is_a_503_with_the_fix_but_never_disables_the_cli() {
     let w = World::new();
     // claude is logged out; gemini and droid have no credentials in this HOME.
     let home = w.path().join("home");
@@ -89,21 +89,79 @@ async fn a_failing_check_is_a_503_with_the_fix_and_disables_the_cli_for_its_agen
         "the message says what to do: {auth}"
     );
 
+    // The doctor judges credentials from outside the CLI and can be wrong: an auth verdict is
+    // soft and never disables a CLI type (observed failures are the breakers' business).
+    assert_eq!(auth["certainty"], "soft", "{auth}");
     let (_, fb) = b.get("/api/fallback/status").await;
     let disabled = fb["disabledCLIs"].as_array().unwrap();
-    let entry = disabled
-        .iter()
-        .find(|d| d["cliType"] == "claude-code")
-        .expect("claude-code disabled");
-    assert_eq!(entry["auto"], true);
-    assert!(entry["reason"].as_str().unwrap().contains("auth"));
-    // Codex has no agent here: its own failure disables nothing.
-    assert!(disabled.iter().all(|d| d["cliType"] != "factory-droid"));
+    assert!(
+        disabled.iter().all(|d| d["cliType"] != "claude-code"),
+        "an auth verdict disabled claude-code: {fb}"
+    );
     assert!(!events(&b, "type=ENV_CHECK_FAILED", 1).await.is_empty());
     let (_, metrics) = b.get_text("/metrics").await;
     assert!(
         metrics.contains("kokino_env_check_failing{cli=\"claude-code\"} 1"),
         "{metrics}"
+    );
+}
+
+/// "Not logged in" from `claude auth status` is not the truth for an agent that carries its
+/// own API key: the doctor judges the CLI type with its agents' environments.
+#[tokio::test]
+async fn an_agent_with_its_own_api_key_makes_a_logged_out_cli_pass() {
+    let w = World::new();
+    let home = w.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let b = w.start_with(
+        &[],
+        &[
+            ("KOKINO_FAKE_LOGGED_OUT", "1"),
+            ("HOME", home.to_str().unwrap()),
+        ],
+    );
+    let (s, body) = b
+        .post(
+            "/agents/register",
+            json!({"agentId": "keyed", "type": "claude-code", "cwd": w.work(),
+                   "env": {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (status, report) = b.get("/api/health/environment?cli=claude-code").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+    let (_, fb) = b.get("/api/fallback/status").await;
+    assert!(fb["disabledCLIs"].as_array().unwrap().is_empty(), "{fb}");
+}
+
+/// A hard fact, the binary missing for a CLI type an agent uses, does disable the type (its
+/// agents go to tmux until the binary is back).
+#[tokio::test]
+async fn a_missing_binary_of_a_used_cli_disables_it() {
+    let w = World::new();
+    let b = w.start_with(&[], &[("PATH", "/usr/bin:/bin")]);
+    let (s, body) = b
+        .post(
+            "/agents/register",
+            json!({"agentId": "no-binary", "type": "gemini", "cwd": w.work()}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (status, report) = b.get("/api/health/environment?cli=gemini").await;
+    assert_eq!(status, 503, "{report}");
+    let (_, fb) = b.get("/api/fallback/status").await;
+    let entry = fb["disabledCLIs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["cliType"] == "gemini")
+        .cloned()
+        .unwrap_or_else(|| panic!("gemini disabled: {fb}"));
+    assert_eq!(entry["auto"], true);
+    assert!(
+        entry["reason"].as_str().unwrap().contains("binary"),
+        "{entry}"
     );
 }
 
