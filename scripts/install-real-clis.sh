@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the four real agent CLIs (claude, gemini, codex, droid) at the versions pinned in
 # tests/real-cli/package-lock.json into a project-local prefix, for the real-CLI end-to-end
-# tests (bins/broker/tests/real_cli.rs). Nothing is installed globally.
+# tests (bins/broker/tests/e2e/real_cli.rs). Nothing is installed globally.
 #
 #   scripts/install-real-clis.sh [PREFIX]
 #

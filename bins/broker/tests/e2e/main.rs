@@ -14,6 +14,7 @@ mod execution;
 mod hardening;
 mod lifecycle;
 mod logs;
+mod real_cli;
 mod resilience;
 mod runbooks;
 mod shadow_mode;

@@ -12,15 +12,13 @@
 //! same CLI run directly. Scenarios known to fail on the current broker say so in the table
 //! (`known:`), and still fail the test: they are the acceptance criteria of issue 13.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin_dir, eventually, Broker, World};
+use crate::common::{bin_dir, eventually, Broker, World};
 use serde_json::{json, Value};
 
 // ------------------------------------------------------------------------------------ set-up
