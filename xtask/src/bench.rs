@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::harness::{release_dir, BenchDb, Broker, Client, World};
+use crate::harness::{build_release, BenchDb, Broker, Client, World};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -40,22 +40,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let args = Args::try_parse_from(std::iter::once("bench".to_owned()).chain(args))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let root = crate::workspace_root();
-    println!("==> building release binaries");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "kokino-broker",
-            "-p",
-            "kokino-fake-agent",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("release build failed");
-    }
-    let bins = release_dir(&root)?;
+    let bins = build_release()?;
     let world = World::new(&bins)?;
     let broker = world.start_broker()?;
 

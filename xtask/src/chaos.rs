@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::harness::{release_dir, BenchDb, Broker, Client, World};
+use crate::harness::{build_release, BenchDb, Broker, Client, World};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,25 +81,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Some(b) => {
             std::fs::canonicalize(b).with_context(|| format!("no directory {}", b.display()))?
         }
-        None => {
-            let root = crate::workspace_root();
-            println!("==> building release binaries");
-            let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                .current_dir(&root)
-                .args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "kokino-broker",
-                    "-p",
-                    "kokino-fake-agent",
-                ])
-                .status()?;
-            if !status.success() {
-                bail!("release build failed");
-            }
-            release_dir(&root)?
-        }
+        None => build_release()?,
     };
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now()

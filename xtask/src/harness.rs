@@ -11,6 +11,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// Builds the broker and the fake agent in release mode and returns their directory.
+pub(crate) fn build_release() -> Result<PathBuf> {
+    let root = crate::workspace_root();
+    println!("==> building release binaries");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "kokino-broker",
+            "-p",
+            "kokino-fake-agent",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("release build failed");
+    }
+    release_dir(&root)
+}
+
 pub(crate) fn release_dir(root: &Path) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
