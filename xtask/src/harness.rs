@@ -83,6 +83,9 @@ impl World {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(self.bins.join("kokino-broker"))
             .args(["--bind", &format!("127.0.0.1:{port}")])
+            // The agents name the fake agent in this world's bin directory as their binary.
+            .arg("--allow-binary")
+            .arg(self.dir.join("bin"))
             .args(if extra.iter().any(|a| a == "--data-dir") {
                 Vec::new()
             } else {
