@@ -220,7 +220,9 @@ fn single_broker(bins: &Path, rounds: usize, rng: &mut Rng) -> Result<Tally> {
             100 + rng.below(1100)
         };
         std::thread::sleep(Duration::from_millis(delay));
-        monitor.watch_kill();
+        monitor.watch_kill(format!(
+            "round {round}, killed {delay} ms after the requests"
+        ));
         kill9(b);
         collect(pending, &mut answers, &mut tally);
         if rng.below(2) == 0 {
@@ -284,7 +286,7 @@ fn two_brokers(bins: &Path, admin_url: &str, rounds: usize, rng: &mut Rng) -> Re
         std::thread::sleep(Duration::from_millis(100 + rng.below(1400)));
         let victim = rng.below(2) as usize;
         if rng.below(2) == 0 {
-            monitor.watch_kill();
+            monitor.watch_kill(format!("cluster round {round}, broker {victim} killed"));
             let dead = brokers.remove(victim);
             kill9(dead);
             brokers.insert(victim, world.start_broker_with(&flags(victim))?);
@@ -413,7 +415,7 @@ struct MonitorState {
     /// Unix nanoseconds of the last scan that saw each pid.
     last_seen: HashMap<i32, u128>,
     /// (deadline, pids alive at the kill): any of them still alive at the deadline is an orphan.
-    checks: Vec<(Instant, HashSet<i32>)>,
+    checks: Vec<(Instant, HashSet<i32>, String)>,
     orphans: HashSet<i32>,
     stop: bool,
 }
@@ -440,13 +442,16 @@ impl Monitor {
             let due: Vec<_> = st
                 .checks
                 .iter()
-                .filter(|(d, _)| Instant::now() >= *d)
+                .filter(|(d, _, _)| Instant::now() >= *d)
                 .cloned()
                 .collect();
-            st.checks.retain(|(d, _)| Instant::now() < *d);
-            for (_, pids) in due {
+            st.checks.retain(|(d, _, _)| Instant::now() < *d);
+            for (_, pids, what) in due {
                 for pid in pids.intersection(&alive) {
-                    eprintln!("orphan: pid {pid} outlived its broker by 5 s");
+                    eprintln!(
+                        "orphan ({what}): pid {pid} outlived its broker by 5 s: {}",
+                        describe(*pid)
+                    );
                     st.orphans.insert(*pid);
                     signal(*pid as u32, "-KILL");
                 }
@@ -459,12 +464,12 @@ impl Monitor {
     }
 
     /// A broker is about to die: whatever is alive now must be gone within 5 s.
-    fn watch_kill(&self) {
+    fn watch_kill(&self, what: String) {
         // A fresh scan, so that a CLI spawned a moment ago is included.
         let alive = scan(&self.needle);
         let mut st = self.state.lock().expect("monitor");
         st.checks
-            .push((Instant::now() + Duration::from_secs(5), alive));
+            .push((Instant::now() + Duration::from_secs(5), alive, what));
     }
 
     /// Waits until every pending orphan check has run.
@@ -492,6 +497,25 @@ impl Drop for Monitor {
             st.stop = true;
         }
     }
+}
+
+/// What an orphan is: its parent, its group and its command line.
+fn describe(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map(|i| stat[i + 1..].split_whitespace().collect())
+        .unwrap_or_default();
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default();
+    format!(
+        "state {} ppid {} pgid {} cmd {}",
+        fields.first().unwrap_or(&"?"),
+        fields.get(1).unwrap_or(&"?"),
+        fields.get(2).unwrap_or(&"?"),
+        cmd.trim()
+    )
 }
 
 /// Live fake-agent processes carrying this world's witness variable.

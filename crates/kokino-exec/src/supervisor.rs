@@ -61,6 +61,9 @@ pub struct SupervisorSpec {
     /// Kill the group when no heartbeat arrived for this long (several brokers on one
     /// database); `None` for a single broker.
     pub heartbeat: Option<Duration>,
+    /// How long what the CLI leaves behind when it exits (tools, MCP servers) gets between
+    /// SIGTERM and SIGKILL.
+    pub grace: Duration,
 }
 
 impl SupervisorSpec {
@@ -70,7 +73,14 @@ impl SupervisorSpec {
             program: program.into(),
             run_dir,
             heartbeat: None,
+            grace: Duration::from_secs(5),
         }
+    }
+
+    /// The same supervisor with another grace for the CLI's leftovers.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// The same supervisor with a heartbeat deadline.
@@ -100,6 +110,7 @@ impl SupervisorSpec {
         if let Some(hb) = self.heartbeat {
             out.extend(["--heartbeat-ms".to_owned(), hb.as_millis().to_string()]);
         }
+        out.extend(["--grace-ms".to_owned(), self.grace.as_millis().to_string()]);
         if let Some(claim) = claim {
             out.extend(["--claim".to_owned(), claim.display().to_string()]);
         }
@@ -182,6 +193,7 @@ struct Options {
     lifeline: Option<RawFd>,
     parent: Option<(i32, i64)>,
     heartbeat: Option<Duration>,
+    grace: Option<Duration>,
     claim: Option<PathBuf>,
     program: Vec<String>,
 }
@@ -211,6 +223,7 @@ fn parse_options(flag: &str, args: &[String]) -> Option<Options> {
                 o.heartbeat = Some(Duration::from_millis(ms));
             }
             "--claim" => o.claim = Some(PathBuf::from(it.next()?)),
+            "--grace-ms" => o.grace = Some(Duration::from_millis(it.next()?.parse().ok()?)),
             "--" => {
                 o.program = it.cloned().collect();
                 break;
@@ -323,7 +336,14 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
     let mut ticks: u32 = 0;
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => exit_like(status),
+            Ok(Some(status)) => {
+                // What the CLI started (tools, MCP servers) goes with it, before this
+                // supervisor ends: once it has ended, a broker that dies would leave them
+                // to nobody.
+                let grace = opts.grace.unwrap_or(Duration::from_secs(5));
+                end_leftovers(group, grace, &opts);
+                exit_like(status)
+            }
             Ok(None) => {}
             Err(_) => std::process::exit(1),
         }
@@ -375,6 +395,33 @@ fn kill_own_group(child: &mut std::process::Child, group: i32, grace: Duration) 
     }
     let _ = signal::killpg(Pid::from_raw(group), Signal::SIGKILL);
     std::process::exit(137)
+}
+
+/// After the CLI exited: SIGTERM to what is left of the group, up to `grace` (cut short when the
+/// broker goes away), then SIGKILL to each remaining member by pid (a SIGKILL to the group would
+/// end this supervisor before it could report the CLI's status), until none is left.
+fn end_leftovers(group: i32, grace: Duration, opts: &Options) {
+    if !others_alive(group) {
+        return;
+    }
+    let _ = signal::killpg(Pid::from_raw(group), Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    while others_alive(group) && Instant::now() < until {
+        if opts.lifeline.is_some_and(lifeline_closed) || parent_gone(opts.parent) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let me = std::process::id() as i32;
+    let hard = Instant::now() + Duration::from_secs(2);
+    while others_alive(group) && Instant::now() < hard {
+        for pid in procfs::group_members(group) {
+            if pid != me {
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Whether the group has live members besides this supervisor.

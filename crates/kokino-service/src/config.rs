@@ -125,7 +125,8 @@ impl ServiceConfig {
             .or_else(|| self.cluster.as_ref().map(|c| c.guard_program.clone()))?;
         Some(
             kokino_exec::supervisor::SupervisorSpec::new(program, Some(self.run_dir()))
-                .with_heartbeat(self.cluster.as_ref().map(|c| c.guard_deadline())),
+                .with_heartbeat(self.cluster.as_ref().map(|c| c.guard_deadline()))
+                .with_grace(self.kill_grace),
         )
     }
 
