@@ -148,7 +148,10 @@ async fn detect_tmux(cfg: &ServiceConfig) -> Option<TmuxExecutor> {
         tracing::info!("tmux not found; tmux and shadow modes are off");
         return None;
     };
-    let exec = TmuxExecutor::new(binary, cfg.data_dir.join("tmux"));
+    // Each pane's CLI runs under a supervisor that watches this process, so that a broker
+    // killed with SIGKILL leaves no CLI running in its tmux server.
+    let exec =
+        TmuxExecutor::new(binary, cfg.data_dir.join("tmux")).with_supervisor(cfg.supervisor());
     if !exec.available() {
         tracing::warn!("tmux is older than 3.0 or does not answer; tmux and shadow modes are off");
         return None;
