@@ -215,3 +215,25 @@ async fn sixteen_tmux_agents_at_once_get_no_spurious_failure() {
         b.log_text()
     );
 }
+
+/// The pane's program is the supervisor, which ends the way the CLI ended: the CLI's exit
+/// status still reaches the executor and the answer.
+#[tokio::test]
+async fn a_tmux_cli_exit_status_passes_through_its_supervisor() {
+    require_tmux();
+    let w = World::new();
+    let b = w.start();
+    w.register(
+        &b,
+        "x",
+        "codex",
+        json!({"commMode": "tmux", "env": {"HOME": home(&w)}}),
+    )
+    .await;
+    let (s, body) = b.execute("x", "fake:exit=3 bye").await;
+    assert_eq!(s, 502, "{body}");
+    assert_eq!(body["details"]["exitCode"], 3, "{body}");
+    // The session was cleared after the exit; the next run starts a new one.
+    let (s, ok) = b.execute("x", "again").await;
+    assert_eq!(s, 200, "{ok}");
+}
