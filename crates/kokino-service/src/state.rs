@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub tmux: Option<TmuxExecutor>,
     /// The clean ratio of the latest integrity check, for the integrity SLO.
     pub last_integrity: Mutex<Option<f64>>,
+    /// The environment doctor's latest report and its single flight.
+    pub(crate) env_cache: crate::environment::EnvCache,
     pub resilience: Resilience,
     /// The secondary leg's CLI session per shadow agent (separate from the primary's).
     pub shadow_sessions: Mutex<HashMap<AgentId, String>>,
@@ -135,6 +137,7 @@ impl Inner {
             stop: CancellationToken::new(),
             tmux,
             last_integrity: Mutex::new(None),
+            env_cache: Default::default(),
             resilience,
             shadow_sessions: Mutex::new(HashMap::new()),
         })
