@@ -298,7 +298,7 @@ struct Spawned {
 
 /// The supervisor's child (the CLI), which it starts right after writing its claim: a few
 /// milliseconds at most. `None` if it has not appeared within 200 ms (or already exited).
-async fn find_child(supervisor: i32) -> Option<i32> {
+pub(crate) async fn find_child(supervisor: i32) -> Option<i32> {
     let path = format!("/proc/{supervisor}/task/{supervisor}/children");
     let until = Instant::now() + Duration::from_millis(200);
     loop {

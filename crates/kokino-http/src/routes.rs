@@ -632,22 +632,34 @@ async fn integrity_cleanup(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(s.broker.integrity_cleanup().await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct CliQuery {
+#[derive(Deserialize)]
+struct EnvironmentQuery {
     cli: Option<String>,
+    /// `true` asks for a run that starts after the request instead of the cached report.
+    #[serde(default)]
+    fresh: bool,
 }
 
 /// `?cli=T` answers one CLI type's report, without it all four; 503 when anything failed.
+/// The report is the cached one (at most 10 s old; concurrent callers share one run), or with
+/// `?fresh=true` a new run. With a token configured only token holders get here at all; either
+/// way runs are one at a time, so no number of callers can start more than one set of probe
+/// processes at once.
 async fn environment(
     State(s): State<AppState>,
-    query: Result<Query<CliQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<EnvironmentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(None, e.body_text()))?;
     let cli = match q.cli.as_deref().filter(|c| !c.is_empty() && *c != "all") {
         Some(raw) => Some(parse_cli(raw, "cli")?),
         None => None,
     };
-    let report = s.broker.environment(cli).await;
+    let freshness = if q.fresh {
+        kokino_service::Freshness::Fresh
+    } else {
+        kokino_service::Freshness::Cached
+    };
+    let report = s.broker.environment(cli, freshness).await;
     let status = if report.overall {
         StatusCode::OK
     } else {

@@ -265,11 +265,16 @@ impl Broker {
 
     // Environment doctor.
 
-    /// Runs the doctor for the given CLI types (all when `None`): records the versions seen,
-    /// the `ENV_*` events and metrics, and feeds the automatic CLI disable/enable of fallback.
-    /// Binary lookups are refreshed, as they are on every doctor run.
-    pub async fn environment(&self, cli: Option<CliType>) -> EnvironmentReport {
-        environment::check(self, cli).await
+    /// The environment doctor's report for the given CLI type (all when `None`): the cached
+    /// report (at most 10 s old) or a fresh run, as `freshness` asks; concurrent callers share
+    /// one run. A run records the versions seen, the `ENV_*` events and metrics, and feeds the
+    /// automatic CLI disable/enable of fallback.
+    pub async fn environment(
+        &self,
+        cli: Option<CliType>,
+        freshness: environment::Freshness,
+    ) -> EnvironmentReport {
+        environment::report(self, cli, freshness).await
     }
 
     /// The CLI versions the doctor has seen, with the agents that use them.

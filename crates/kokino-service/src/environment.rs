@@ -1,6 +1,9 @@
 //! The environment doctor as the broker runs it: checks per CLI type, their events and metrics,
 //! the CLI versions seen, and the automatic CLI disable/enable of fallback.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use kokino_core::{AgentRecord, CliType};
 use kokino_doctor::{CliReport, DoctorConfig, EnvironmentReport};
 use serde_json::json;
@@ -20,6 +23,100 @@ fn doctor_config(b: &Broker) -> DoctorConfig {
     d.disk_warn_pct = cfg.disk_warn_pct;
     d.disk_fail_pct = cfg.disk_fail_pct;
     d
+}
+
+/// How long a report is served before the next request runs the doctor again.
+pub(crate) const CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// What a caller of [`report`] wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Freshness {
+    /// A report at most [`CACHE_TTL`] old.
+    Cached,
+    /// A run that starts after the request (still one at a time: callers that ask while a run
+    /// is under way share the next one).
+    Fresh,
+}
+
+/// The latest full report, and the single flight that produces the next one.
+///
+/// Every doctor run starts real processes (each CLI's `--version`, its auth probe, its dry
+/// run), so requests must not multiply them: a report is served from here for
+/// [`CACHE_TTL`], and callers that need a new one queue on `flight`; whoever gets it first runs
+/// the doctor and the others take that run's report.
+#[derive(Debug, Default)]
+pub(crate) struct EnvCache {
+    flight: tokio::sync::Mutex<()>,
+    latest: std::sync::Mutex<Option<Cached>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    started: Instant,
+    report: Arc<EnvironmentReport>,
+}
+
+impl EnvCache {
+    fn latest(&self) -> Option<Cached> {
+        self.latest.lock().expect("environment cache").clone()
+    }
+}
+
+/// The environment report for `cli` (all CLI types when `None`), from the cache or a run, as
+/// `freshness` asks. Runs always check every CLI type, so one run serves every `cli`.
+pub(crate) async fn report(
+    b: &Broker,
+    cli: Option<CliType>,
+    freshness: Freshness,
+) -> EnvironmentReport {
+    let asked = Instant::now();
+    let cache = &b.inner.env_cache;
+    let usable = |c: &Cached| match freshness {
+        Freshness::Cached => c.started.elapsed() < CACHE_TTL,
+        Freshness::Fresh => c.started >= asked,
+    };
+    let full = match cache.latest().filter(|c| usable(c)) {
+        Some(c) => c.report,
+        None => {
+            let _flight = cache.flight.lock().await;
+            // A run that ended while this caller queued may be just what it needs.
+            match cache.latest().filter(|c| usable(c)) {
+                Some(c) => c.report,
+                None => run_and_cache(b).await,
+            }
+        }
+    };
+    match cli {
+        None => (*full).clone(),
+        Some(c) => {
+            let one: Vec<CliReport> = full
+                .results
+                .iter()
+                .filter(|r| r.cli_type == c)
+                .cloned()
+                .collect();
+            EnvironmentReport::from_results(full.checked_at, one)
+        }
+    }
+}
+
+/// Runs the doctor for every CLI type and makes the result the cached report. The caller holds
+/// the cache's flight (or, for the periodic run, takes it here).
+async fn run_and_cache(b: &Broker) -> Arc<EnvironmentReport> {
+    let started = Instant::now();
+    let report = Arc::new(check(b, None).await);
+    *b.inner.env_cache.latest.lock().expect("environment cache") = Some(Cached {
+        started,
+        report: report.clone(),
+    });
+    report
+}
+
+/// The periodic doctor run (maintenance): a fresh run through the same single flight, whose
+/// report requests are then served.
+pub(crate) async fn refresh(b: &Broker) -> EnvironmentReport {
+    report(b, None, Freshness::Fresh).await
 }
 
 /// Runs the doctor for the given CLI types (all when `None`): records the versions seen,

@@ -42,5 +42,6 @@ pub mod telemetry;
 
 pub use broker::Broker;
 pub use config::ServiceConfig;
+pub use environment::Freshness;
 pub use error::ServiceError;
 pub use model::*;

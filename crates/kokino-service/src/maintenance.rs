@@ -60,7 +60,7 @@ async fn reload_shared(b: &Broker) {
 }
 
 async fn run_doctor(b: &Broker) {
-    let report = crate::environment::check(b, None).await;
+    let report = crate::environment::refresh(b).await;
     if !report.overall {
         let failing: Vec<&str> = report
             .results

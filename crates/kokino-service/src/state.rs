@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub tmux: Option<TmuxExecutor>,
     /// The clean ratio of the latest integrity check, for the integrity SLO.
     pub last_integrity: Mutex<Option<f64>>,
+    /// The environment doctor's latest report and its single flight.
+    pub(crate) env_cache: crate::environment::EnvCache,
     pub resilience: Resilience,
     /// The secondary leg's CLI session per shadow agent (separate from the primary's).
     pub shadow_sessions: Mutex<HashMap<AgentId, String>>,
@@ -135,6 +137,7 @@ impl Inner {
             stop: CancellationToken::new(),
             tmux,
             last_integrity: Mutex::new(None),
+            env_cache: Default::default(),
             resilience,
             shadow_sessions: Mutex::new(HashMap::new()),
         })
@@ -148,7 +151,10 @@ async fn detect_tmux(cfg: &ServiceConfig) -> Option<TmuxExecutor> {
         tracing::info!("tmux not found; tmux and shadow modes are off");
         return None;
     };
-    let exec = TmuxExecutor::new(binary, cfg.data_dir.join("tmux"));
+    // Each pane's CLI runs under a supervisor that watches this process, so that a broker
+    // killed with SIGKILL leaves no CLI running in its tmux server.
+    let exec =
+        TmuxExecutor::new(binary, cfg.data_dir.join("tmux")).with_supervisor(cfg.supervisor());
     if !exec.available() {
         tracing::warn!("tmux is older than 3.0 or does not answer; tmux and shadow modes are off");
         return None;

@@ -163,3 +163,67 @@ fn the_lease_guard_kills_its_cli_even_when_its_stderr_is_closed() {
     );
     assert_ne!(status.code(), Some(101), "the guard panicked");
 }
+
+/// A tmux-mode run whose broker is killed with SIGKILL: the tmux server is not the broker's
+/// child and lives on, but the CLI in its pane runs under a supervisor that watches the broker,
+/// so within a few seconds no process of the execution is left (the CLI and its grandchild).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_during_a_tmux_run_leaves_no_cli_behind() {
+    require_tmux();
+    let w = World::new();
+    let mut b = w.start();
+    let home = w.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    w.register(
+        &b,
+        "t",
+        "codex",
+        json!({"commMode": "tmux", "env": {"HOME": home.display().to_string()}}),
+    )
+    .await;
+    let url = format!("{}/agents/t/execute", b.base);
+    let client = reqwest::Client::new();
+    let request = tokio::spawn(async move {
+        let _ = client
+            .post(url)
+            .json(&json!({"prompt": "fake:child fake:sleep=60"}))
+            .send()
+            .await;
+    });
+    // Wait until the CLI and its grandchild run in the pane (both carry the world's witness
+    // variable, and so does the supervisor between them).
+    let running = eventually(Duration::from_secs(20), || {
+        agent_processes(&w, &b).len() >= 2
+    })
+    .await;
+    assert!(
+        running,
+        "the tmux run never started its grandchild: {:?}\n{}",
+        agent_processes(&w, &b),
+        b.log_text()
+    );
+    b.kill9();
+    let _ = request.await;
+    let clean = eventually(Duration::from_secs(5), || {
+        agent_processes(&w, &b).is_empty()
+    })
+    .await;
+    let left = agent_processes(&w, &b);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // The orphaned tmux server itself is no process of the execution; stop it here (the next
+    // broker would).
+    let _ = Command::new("tmux")
+        .arg("-S")
+        .arg(w.data_dir().join("tmux").join("tmux.sock"))
+        .arg("kill-server")
+        .status();
+    assert!(
+        clean,
+        "processes of the tmux run outlived the broker by 5 s: {left:?}"
+    );
+}

@@ -9,7 +9,9 @@ async fn the_doctor_passes_with_the_fake_clis_and_records_their_versions() {
     let w = World::new();
     let b = w.start();
     w.register(&b, "c1", "claude-code", json!({})).await;
-    let (status, report) = b.get("/api/health/environment?cli=claude-code").await;
+    let (status, report) = b
+        .get("/api/health/environment?cli=claude-code&fresh=true")
+        .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["cliType"], "claude-code");
     assert_eq!(report["passed"], true);
@@ -65,7 +67,8 @@ async fn a_failing_auth_check_is_a_503_with_the_fix_but_never_disables_the_cli()
         )
         .await;
     assert_eq!(s, 200);
-    let (status, report) = b.get("/api/health/environment").await;
+    // A run after the registration (the start-up run's cached report predates the agent).
+    let (status, report) = b.get("/api/health/environment?fresh=true").await;
     assert_eq!(status, 503, "{report}");
     assert_eq!(report["overall"], false);
     let claude = report["results"]
@@ -178,4 +181,77 @@ async fn a_missing_binary_names_the_install_command() {
         binary["message"].as_str().unwrap().contains("curl"),
         "{binary}"
     );
+}
+
+/// The sum of `kokino_env_checks_total` over its labels: one more per check of each doctor run.
+async fn checks_run(b: &Broker) -> f64 {
+    let (_, text) = b.get_text("/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with("kokino_env_checks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn fifty_at_once(b: &Broker, query: &str) -> Vec<(u16, serde_json::Value)> {
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (client, url) = (
+            b.client.clone(),
+            format!("{}/api/health/environment{query}", b.base),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Requests cannot multiply probe processes (issue 12, item 8): 50 concurrent calls share the
+/// cached report and start no run; 50 concurrent `fresh` calls share at most two runs (one
+/// under way, and the next for those who asked before it started).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_calls_share_the_cached_report_and_fresh_ones_one_flight() {
+    let w = World::new();
+    let b = w.start();
+    let before = checks_run(&b).await;
+    let (s, lone) = b.get("/api/health/environment?fresh=true").await;
+    // 503 is an answer too (gemini and droid have no credentials here).
+    assert!(s == 200 || s == 503, "{lone}");
+    let one_run = checks_run(&b).await - before;
+    assert!(one_run >= 4.0, "a run checks every CLI type: {one_run}");
+
+    let before = checks_run(&b).await;
+    let answers = fifty_at_once(&b, "").await;
+    assert_eq!(
+        checks_run(&b).await - before,
+        0.0,
+        "cached calls start no run"
+    );
+    assert!(answers
+        .iter()
+        .all(|(st, r)| *st == s && r["checkedAt"] == lone["checkedAt"]));
+
+    let before = checks_run(&b).await;
+    let answers = fifty_at_once(&b, "?fresh=true").await;
+    let ran = checks_run(&b).await - before;
+    assert!(
+        ran >= one_run && ran <= 2.0 * one_run,
+        "50 fresh calls ran {ran} checks; one run is {one_run}"
+    );
+    let mut stamps: Vec<String> = answers
+        .iter()
+        .map(|(_, r)| r["checkedAt"].to_string())
+        .collect();
+    stamps.sort();
+    stamps.dedup();
+    assert!(stamps.len() <= 2, "{stamps:?}");
+    assert!(!stamps.contains(&lone["checkedAt"].to_string()));
 }

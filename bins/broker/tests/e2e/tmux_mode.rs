@@ -149,3 +149,91 @@ fn agent_processes_of_world(w: &World) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Many tmux agents at once (issue 12, item 9): sessions start and end concurrently on one tmux
+/// server, and no run may fail because the server exited when its last session closed while
+/// another run was starting. 16 agents × 4 executions, each agent's session ended after every
+/// second turn so that sessions keep starting and closing; every answer must be a 200. The
+/// long version (1,000 executions) is `cargo xtask chaos --tmux`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_tmux_agents_at_once_get_no_spurious_failure() {
+    require_tmux();
+    let w = World::new();
+    let b = w.start();
+    let agents: Vec<String> = (0..16).map(|i| format!("many-{i}")).collect();
+    for (i, agent) in agents.iter().enumerate() {
+        let (cli_type, _) = TYPES[i % TYPES.len()];
+        w.register(
+            &b,
+            agent,
+            cli_type,
+            json!({"commMode": "tmux", "env": {"HOME": home(&w)}}),
+        )
+        .await;
+    }
+    let mut tasks = Vec::new();
+    for agent in agents {
+        let (client, base) = (b.client.clone(), b.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for turn in 0..4 {
+                let r = client
+                    .post(format!("{base}/agents/{agent}/execute"))
+                    .json(&json!({"prompt": format!("turn {turn} of {agent}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                if status != 200 || body["content"] != format!("echo: turn {turn} of {agent}") {
+                    failures.push(format!("{agent} turn {turn}: {status} {body}"));
+                }
+                if turn % 2 == 1 {
+                    let r = client
+                        .post(format!("{base}/agents/{agent}/end-session"))
+                        .json(&json!({}))
+                        .send()
+                        .await
+                        .unwrap();
+                    if r.status() != 200 {
+                        failures.push(format!("{agent} end-session: {}", r.status()));
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(t.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 64 executions failed:\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        b.log_text()
+    );
+}
+
+/// The pane's program is the supervisor, which ends the way the CLI ended: the CLI's exit
+/// status still reaches the executor and the answer.
+#[tokio::test]
+async fn a_tmux_cli_exit_status_passes_through_its_supervisor() {
+    require_tmux();
+    let w = World::new();
+    let b = w.start();
+    w.register(
+        &b,
+        "x",
+        "codex",
+        json!({"commMode": "tmux", "env": {"HOME": home(&w)}}),
+    )
+    .await;
+    let (s, body) = b.execute("x", "fake:exit=3 bye").await;
+    assert_eq!(s, 502, "{body}");
+    assert_eq!(body["details"]["exitCode"], 3, "{body}");
+    // The session was cleared after the exit; the next run starts a new one.
+    let (s, ok) = b.execute("x", "again").await;
+    assert_eq!(s, 200, "{ok}");
+}

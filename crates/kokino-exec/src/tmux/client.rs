@@ -27,6 +27,22 @@ pub(crate) enum TmuxError {
     TimedOut,
 }
 
+impl TmuxError {
+    /// Whether the client found no server, or lost it mid-call: the failures of a server that
+    /// was exiting when the client reached it, after which a new client starts a new server.
+    pub fn is_server_gone(&self) -> bool {
+        match self {
+            TmuxError::Failed(e) => {
+                e.contains("server exited unexpectedly")
+                    || e.contains("no server running")
+                    || e.contains("lost server")
+                    || e.contains("error connecting to")
+            }
+            TmuxError::Spawn(_) | TmuxError::TimedOut => false,
+        }
+    }
+}
+
 impl std::fmt::Display for TmuxError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

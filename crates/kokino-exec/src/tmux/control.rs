@@ -35,6 +35,9 @@ pub(crate) struct ControlClient {
     /// Held open: a control client detaches when its stdin closes.
     _stdin: Option<ChildStdin>,
     pub events: mpsc::Receiver<ControlEvent>,
+    /// Fires with the client's first line (or its end): from then on the server has finished
+    /// attaching it.
+    ready: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl ControlClient {
@@ -53,14 +56,20 @@ impl ControlClient {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let (tx, rx) = mpsc::channel(1024);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let pane = pane_id.to_owned();
         if let Some(stdout) = stdout {
             tokio::spawn(async move {
+                let mut ready = Some(ready_tx);
                 // A line is one notification; tmux splits large output into many of them, so a
                 // modest ceiling only ever drops a pathological line, never the signal itself.
                 let mut lines = BoundedLines::new(stdout, 1024 * 1024);
                 loop {
-                    let event = match lines.next_line().await {
+                    let next = lines.next_line().await;
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                    let event = match next {
                         Ok(Some(Line::Text(line))) => parse_line(&line, &pane),
                         Ok(Some(Line::Oversized(_))) => {
                             Some(ControlEvent::Output { tail: Vec::new() })
@@ -79,7 +88,28 @@ impl ControlClient {
             _child: child,
             _stdin: stdin,
             events: rx,
+            ready: Some(ready_rx),
         })
+    }
+
+    /// Detaches (closing the client's stdin) and waits, at most `limit`, for the client to be
+    /// gone, so that the caller can keep the server's other structural changes away from the
+    /// detach (see `TmuxExecutor::structure`); a client that does not go is killed.
+    pub async fn close(mut self, limit: std::time::Duration) {
+        drop(self._stdin.take());
+        if tokio::time::timeout(limit, self._child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self._child.kill().await;
+        }
+    }
+
+    /// Waits (at most `limit`) until the server has answered the attach.
+    pub async fn wait_attached(&mut self, limit: std::time::Duration) {
+        if let Some(r) = self.ready.take() {
+            let _ = tokio::time::timeout(limit, r).await;
+        }
     }
 }
 

@@ -48,6 +48,7 @@ mod transcript;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -60,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::headless::{ExecEvent, Limits, RunResult};
 use crate::procfs;
+use crate::supervisor::SupervisorSpec;
 pub use client::session_name;
 use client::Tmux;
 use control::ControlClient;
@@ -189,6 +191,21 @@ pub struct TmuxExecutor {
     socket_dir: PathBuf,
     config: TmuxConfig,
     available: OnceLock<bool>,
+    /// When set, each pane's program runs under a supervisor that watches this process, so a
+    /// broker killed with SIGKILL leaves no CLI behind in its tmux server.
+    supervisor: Option<SupervisorSpec>,
+    /// Held by the one caller that may start the server (see [`TmuxExecutor::ensure_server`]).
+    server_start: tokio::sync::Mutex<()>,
+    /// Whether this executor started (or found) a server that keeps running when empty.
+    server_up: AtomicBool,
+    /// Held while a session is created or killed and while a control-mode client attaches.
+    ///
+    /// tmux 3.3a's server crashes (SIGSEGV, taking every session with it) when control-mode
+    /// clients attach while other sessions are being created: with 16 concurrent
+    /// `new-session` + `-C attach` pairs on one server it died in most rounds, and never once
+    /// these steps were done one at a time. Each step takes milliseconds, so serializing them
+    /// costs little even with many agents starting at once.
+    structure: tokio::sync::Mutex<()>,
 }
 
 impl TmuxExecutor {
@@ -205,7 +222,26 @@ impl TmuxExecutor {
             socket_dir,
             config,
             available: OnceLock::new(),
+            supervisor: None,
+            server_start: tokio::sync::Mutex::new(()),
+            server_up: AtomicBool::new(false),
+            structure: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The same executor with each pane's program started under `supervisor` (`None`: the
+    /// program runs directly in the pane).
+    ///
+    /// Panes are started by the tmux server, which cannot hand them a pipe of ours, so the
+    /// supervisor watches this process's pid and start time instead of a lifeline (within about
+    /// 100 ms of its death it kills the pane's group). No claim file is written: a claim could
+    /// only name a supervisor whose broker had already died, which that supervisor sees itself
+    /// before it starts the CLI, and the next broker stops the old tmux server anyway. No
+    /// heartbeat deadline either: a session outlives its runs and idles between them, when no
+    /// heartbeat comes, and a deadline would kill every idle CLI.
+    pub fn with_supervisor(mut self, supervisor: Option<SupervisorSpec>) -> Self {
+        self.supervisor = supervisor.map(|s| s.with_heartbeat(None));
+        self
     }
 
     /// The same executor with `config` instead of the defaults.
@@ -273,6 +309,37 @@ impl TmuxExecutor {
         }
         let _ = self.tmux.run(&["kill-server"]).await;
         let _ = std::fs::remove_file(self.tmux.socket());
+        self.server_up.store(false, Ordering::SeqCst);
+    }
+
+    /// Makes sure the private server runs and stays up when its last session closes.
+    ///
+    /// Only this call ever starts the server, and one caller at a time: when several tmux
+    /// clients find no server at once, each may start its own (tmux's start-up lock does not
+    /// cover every interleaving), the last one's socket wins, and sessions created on the
+    /// others vanish with their server. And the server is told `exit-empty off` in the very
+    /// command that starts it, before any session exists: otherwise it exits whenever its last
+    /// session is killed, and a run starting at that moment talks to a dying server ("server
+    /// exited unexpectedly", "no server running").
+    async fn ensure_server(&self) -> Result<(), client::TmuxError> {
+        if self.server_up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _one = self.server_start.lock().await;
+        if self.server_up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.tmux
+            .run(&["start-server", ";", "set-option", "-s", "exit-empty", "off"])
+            .await?;
+        self.server_up.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The server this executor relied on is gone (killed by hand, or crashed): the next
+    /// [`TmuxExecutor::ensure_server`] starts a new one.
+    fn server_lost(&self) {
+        self.server_up.store(false, Ordering::SeqCst);
     }
 
     /// Runs one prompt and returns the same result type as `run_headless`.
@@ -301,19 +368,30 @@ impl TmuxExecutor {
             Ok(pane) => pane,
             Err(msg) => return spawn_failure(started, msg, timings),
         };
+        // Under a supervisor the pane pid is the supervisor's; the CLI is its one child.
+        let cli_pid = match &self.supervisor {
+            Some(_) => crate::headless::find_child(pane.pid).await,
+            None => None,
+        };
         let _ = events.send(ExecEvent::Started {
             pid: pane.pid,
             start_time: procfs::start_time(pane.pid),
-            cli_pid: None,
+            cli_pid,
         });
         if let Some(sid) = &req.session_id {
             let _ = events.send(ExecEvent::Stream(StreamEvent::SessionId(sid.clone())));
         }
-        let control = match ControlClient::attach(&self.tmux, &name, &pane.id) {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("cannot attach a tmux control-mode client: {e}");
-                return spawn_failure(started, msg, timings);
+        let control = {
+            let _one = self.structure.lock().await;
+            match ControlClient::attach(&self.tmux, &name, &pane.id) {
+                Ok(mut c) => {
+                    c.wait_attached(Duration::from_secs(2)).await;
+                    c
+                }
+                Err(e) => {
+                    let msg = format!("cannot attach a tmux control-mode client: {e}");
+                    return spawn_failure(started, msg, timings);
+                }
             }
         };
         let mut mem_tick = tokio::time::interval(limits.memory_sample_every);

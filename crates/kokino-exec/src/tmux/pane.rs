@@ -26,6 +26,9 @@ static BUFFER_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Unix sockets have a short path limit (108 bytes on Linux, including the NUL).
 const MAX_SOCKET_PATH: usize = 100;
 
+/// How many times a session start is tried when the server went away under it.
+const START_ATTEMPTS: u32 = 4;
+
 impl TmuxExecutor {
     /// Checks what can be checked before tmux is involved, with the same messages as headless.
     pub(super) fn preflight(&self, req: &TmuxRequest) -> Result<(), String> {
@@ -87,7 +90,14 @@ impl TmuxExecutor {
         }
         cmd.push_str(" --");
         let program = req.program.to_string_lossy().into_owned();
-        let argv: Vec<String> = if req.args.is_empty() {
+        let argv: Vec<String> = if let Some(sup) = &self.supervisor {
+            // The supervisor execs nothing through a shell, so a path with spaces is safe, and
+            // the pane pid is the supervisor's, which leads the group the CLI runs in.
+            let (prog, args) = sup.wrap(&req.program, &req.args, false, None);
+            std::iter::once(prog.to_string_lossy().into_owned())
+                .chain(args)
+                .collect()
+        } else if req.args.is_empty() {
             // With a single argument tmux runs it through `sh -c`, which would split a path with
             // spaces; this form execs the program directly (keeping the pane pid) in all cases.
             vec!["/bin/sh".into(), "-c".into(), "exec \"$0\"".into(), program]
@@ -102,18 +112,40 @@ impl TmuxExecutor {
         }
         script.push_str(&cmd);
         script.push('\n');
-        match self
-            .tmux
-            .run_with_stdin(
-                &["start-server", ";", "source-file", "-"],
-                Some(script.as_bytes()),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Another caller started it first; it is the same agent's session.
-            Err(client::TmuxError::Failed(e)) if e.contains("duplicate session") => Ok(()),
-            Err(e) => Err(e.to_string()),
+        let mut attempt = 1;
+        loop {
+            // `source-file` does not start a server (only `ensure_server` does, one caller at a
+            // time), so a server that went away is noticed here rather than raced for.
+            let result = match self.ensure_server().await {
+                Ok(()) => {
+                    let _one = self.structure.lock().await;
+                    self.tmux
+                        .run_with_stdin(&["source-file", "-"], Some(script.as_bytes()))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                // Another caller started it first; it is the same agent's session.
+                Err(client::TmuxError::Failed(e)) if e.contains("duplicate session") => {
+                    return Ok(())
+                }
+                // The server went away (killed by hand, or crashed) between two calls: start a
+                // new one and try again. Each retry is logged with its reason, and the last
+                // reason is returned.
+                Err(e) if attempt < START_ATTEMPTS && e.is_server_gone() => {
+                    tracing::warn!(session = %name, attempt, error = %e,
+                        "the tmux server was gone when the session was being started; starting it again");
+                    self.server_lost();
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) if attempt > 1 => {
+                    return Err(format!("{e} (after {attempt} attempts)"));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
 
@@ -272,6 +304,7 @@ impl TmuxExecutor {
         if let Some(p) = pane {
             process::terminate_group(p.pid, grace).await;
         }
+        let _one = self.structure.lock().await;
         let _ = self
             .tmux
             .run(&["kill-session", "-t", &format!("={name}")])

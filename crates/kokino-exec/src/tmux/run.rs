@@ -513,7 +513,12 @@ impl<'a> TurnRun<'a> {
             End::Stop(reason) => self.finish_stop(reason, &mut src).await,
             End::Unusable { class, message } => self.finish_unusable(class, message).await,
         };
-        drop(src);
+        // The control client detaches on its own turn, one structural change at a time.
+        let Sources { control, .. } = src;
+        {
+            let _one = self.exec.structure.lock().await;
+            control.close(Duration::from_secs(1)).await;
+        }
         TmuxRun {
             result: RunResult {
                 outcome: ending.outcome,
