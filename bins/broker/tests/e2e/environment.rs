@@ -131,7 +131,7 @@ async fn an_agent_with_its_own_api_key_makes_a_logged_out_cli_pass() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    let (status, report) = b.get("/api/health/environment?cli=claude-code").await;
+    let (status, report) = b.get("/api/health/environment?cli=claude-code&fresh=true").await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["passed"], true, "{report}");
     let (_, fb) = b.get("/api/fallback/status").await;
@@ -151,7 +151,7 @@ async fn a_missing_binary_of_a_used_cli_disables_it() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    let (status, report) = b.get("/api/health/environment?cli=gemini").await;
+    let (status, report) = b.get("/api/health/environment?cli=gemini&fresh=true").await;
     assert_eq!(status, 503, "{report}");
     let (_, fb) = b.get("/api/fallback/status").await;
     let entry = fb["disabledCLIs"]
