@@ -1,0 +1,72 @@
+//! `cargo xtask schemathesis`: fuzzes a real broker against its own OpenAPI document.
+//!
+//! A broker (debug build) runs on loopback in a temporary world with the fake agent as every
+//! CLI and a few agents registered; schemathesis (pinned in tests/schemathesis/requirements.txt)
+//! reads `GET /openapi.json` and sends a bounded number of generated requests to every
+//! operation. The run fails on any server error (5xx other than the documented ones), any status,
+//! content type, header or body that the document does not allow, and any crash.
+//! Without schemathesis installed the task says loudly that it skipped.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::harness::World;
+
+/// Examples per operation: enough to reach every parameter's edge cases, few enough that the
+/// whole run stays around a minute on two cores.
+const MAX_EXAMPLES: &str = "25";
+
+/// The checks that matter for the contract (the rest judge API design, not conformance).
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
+response_schema_conformance,response_headers_conformance";
+
+pub(crate) fn run(root: &Path) -> Result<()> {
+    let available = Command::new("schemathesis")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !available {
+        println!(
+            "warning: schemathesis is not installed, so the schema fuzzing was SKIPPED \
+             (pip install -r tests/schemathesis/requirements.txt)"
+        );
+        return Ok(());
+    }
+    let status = crate::cargo()
+        .args(["build", "-q", "-p", "kokino-broker", "-p", "kokino-fake-agent"])
+        .status()
+        .context("cargo build")?;
+    if !status.success() {
+        bail!("building the broker failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let world = World::named(&target.join("debug"), "schemathesis")?;
+    let broker = world.start_broker()?;
+    for agent in ["alpha", "beta"] {
+        world.register(&broker, agent)?;
+    }
+    let url = format!("http://{}", broker.addr);
+    println!("==> schemathesis run {url}/openapi.json (max {MAX_EXAMPLES} examples per operation)");
+    let status = Command::new("schemathesis")
+        .args(["run", &format!("{url}/openapi.json")])
+        .args(["--url", &url])
+        .args(["--checks", CHECKS])
+        .args(["--max-examples", MAX_EXAMPLES])
+        .args(["--workers", "2"])
+        .args(["--request-timeout", "30"])
+        .args(["--seed", "1"])
+        .env("NO_COLOR", "1")
+        .current_dir(&world.dir)
+        .status()
+        .context("start schemathesis")?;
+    drop(broker);
+    if !status.success() {
+        bail!("schemathesis found failures ({status})");
+    }
+    Ok(())
+}
