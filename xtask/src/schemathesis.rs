@@ -46,7 +46,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let world = World::named(&target.join("debug"), "schemathesis")?;
-    let broker = world.start_broker()?;
+    let broker = world.start_broker_with(&["--allow-binary".to_owned(), world.claude().display().to_string()])?;
     for agent in ["alpha", "beta"] {
         world.register(&broker, agent)?;
     }

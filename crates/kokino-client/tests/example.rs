@@ -63,6 +63,8 @@ fn start_broker(token: Option<&str>) -> Broker {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
+        .arg("--allow-binary")
+        .arg(&fake)
         .env_remove("KOKINO_CONFIG")
         .env_remove("KOKINO_TOKEN_FILE")
         .env_remove("KOKINO_DATABASE_URL")
@@ -85,7 +87,10 @@ fn start_broker(token: Option<&str>) -> Broker {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            let request = format!(
+                "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(request.as_bytes());
             let mut answer = String::new();
             let _ = s.read_to_string(&mut answer);
             if answer.starts_with("HTTP/1.1 200") {
@@ -189,12 +194,36 @@ async fn token_request_id_and_typed_errors() {
         .await
         .unwrap();
     assert!(answer.success);
-    let (_, events) = client
-        .get_json("/api/metrics/events?agentId=a1", &[])
-        .await
-        .unwrap();
-    assert!(
-        events.to_string().contains("req-42"),
-        "the request id is not in the events: {events}"
-    );
+
+    // What goes on the wire: a listener in place of the broker sees both headers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        let body = r#"{"error":"nope","code":"SHUTTING_DOWN","details":{}}"#;
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 7\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(answer.as_bytes()).unwrap();
+        String::from_utf8_lossy(&head).to_lowercase()
+    });
+    let spy = Client::new(&format!("http://{addr}"))
+        .unwrap()
+        .with_token("s3cret")
+        .with_request_id("req-42");
+    let err = spy.agents().await.unwrap_err();
+    let head = seen.join().unwrap();
+    assert!(head.contains("x-request-id: req-42"), "{head}");
+    assert!(head.contains("authorization: bearer s3cret"), "{head}");
+    assert_eq!(err.code(), Some(ErrorCode::ShuttingDown));
+    let kokino_client::Error::Api { retry_after, .. } = err else {
+        panic!("expected an API error")
+    };
+    assert_eq!(retry_after, Some(Duration::from_secs(7)));
 }
