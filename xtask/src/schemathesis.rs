@@ -46,6 +46,22 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let world = World::named(&target.join("debug"), "schemathesis")?;
+    // Every CLI type present (the fake agent under each name) and credentials for the two that
+    // are checked by variables, so the environment, health and integrity endpoints answer 200:
+    // a 503 there is a finding about the host, not about the API.
+    for name in ["gemini", "droid"] {
+        std::os::unix::fs::symlink(world.bins.join("kokino-fake-agent"), world.dir.join("bin").join(name))?;
+    }
+    let path = format!(
+        "{}:{}",
+        world.dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The broker inherits xtask's environment; xtask is single-threaded here.
+    std::env::set_var("PATH", path);
+    std::env::set_var("GEMINI_API_KEY", "schemathesis");
+    std::env::set_var("FACTORY_API_KEY", "schemathesis");
+    std::env::set_var("HOME", world.dir.join("home"));
     let broker = world.start_broker_with(&["--allow-binary".to_owned(), world.claude().display().to_string()])?;
     for agent in ["alpha", "beta"] {
         world.register(&broker, agent)?;
@@ -57,7 +73,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         .args(["--url", &url])
         .args(["--checks", CHECKS])
         .args(["--max-examples", MAX_EXAMPLES])
-        .args(["--workers", "2"])
+        // One worker: schemathesis's coverage phase is not thread-safe on every Python (an
+        // "AST constructor recursion depth mismatch" from two workers compiling at once).
+        .args(["--workers", "1"])
         .args(["--request-timeout", "30"])
         .args(["--seed", "1"])
         .env("NO_COLOR", "1")

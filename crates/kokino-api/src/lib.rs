@@ -156,13 +156,16 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegisterRequest {
-    /// The agent's id: 1 to 64 characters of `A-Z a-z 0-9 _ -`.
+    /// The agent's id.
+    #[schema(value_type = kokino_core::AgentId)]
     pub agent_id: String,
-    /// The CLI type: `claude-code`, `codex`, `gemini` or `droid`.
+    /// The CLI type.
     #[serde(rename = "type")]
+    #[schema(value_type = kokino_core::CliType)]
     pub cli_type: String,
     /// `headless` (default), `tmux` or `shadow`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<kokino_core::CommMode>)]
     pub comm_mode: Option<String>,
     /// The working directory the CLI runs in.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -277,6 +277,12 @@ fn schema_ref(name: &str) -> Value {
     }
 }
 
+/// The operations whose 503 carries their report (something failed) rather than an error body.
+fn report_on_503(op: &Operation) -> Option<&'static str> {
+    matches!(op.path, "/health" | "/api/health/environment" | "/api/integrity/check")
+        .then_some(op.ok.1)
+}
+
 fn error_response(status: u16) -> Value {
     let description = match status {
         400 => "The request is malformed or a value is out of range (`BAD_REQUEST`, `details.field`).",
@@ -312,8 +318,14 @@ fn success_response(op: &Operation) -> Value {
     let content = match body {
         "" => return resp,
         "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
-        "sse" => json!({"text/event-stream": {"schema": {"type": "string",
-            "description": "Server-Sent Events; each event's name and data are one `StreamEvent`."}}}),
+        "sse" => json!({"text/event-stream": {"schema": {
+            "type": "object",
+            "description": "One Server-Sent Event: its name and its JSON data are one `StreamEvent` (the name is the `event` tag, the data the other fields).",
+            "properties": {
+                "event": {"type": "string", "enum": ["queued", "started", "assistant", "tool", "tool_result", "retry", "result", "error"]},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+            },
+        }}}),
         "object" => json!({"application/json": {"schema": {"type": "object"}}}),
         name => json!({"application/json": {"schema": schema_ref(name)}}),
     };
@@ -352,7 +364,14 @@ fn operation(op: &Operation) -> Value {
     statuses.sort_unstable();
     statuses.dedup();
     for status in statuses {
-        responses.insert(status.to_string(), error_response(status));
+        let mut resp = error_response(status);
+        if let (503, Some(report)) = (status, report_on_503(op)) {
+            resp["description"] = json!("The report, with something failed; or an error body.");
+            resp["content"]["application/json"]["schema"] = json!({"oneOf": [
+                schema_ref(report), {"$ref": "#/components/schemas/ErrorBody"},
+            ]});
+        }
+        responses.insert(status.to_string(), resp);
     }
     let mut value = json!({
         "operationId": op.id,

@@ -381,6 +381,7 @@ async fn fallback_status(State(s): State<AppState>) -> Json<kokino_core::fallbac
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct CliBody {
+    #[schema(value_type = kokino_core::CliType)]
     cli_type: String,
     reason: Option<String>,
 }
@@ -394,6 +395,7 @@ pub(crate) struct ReasonBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct AgentReasonBody {
+    #[schema(value_type = kokino_core::AgentId)]
     agent_id: String,
     reason: Option<String>,
 }
@@ -463,6 +465,7 @@ async fn fallback_agent_clear(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct AgentBody {
+    #[schema(value_type = kokino_core::AgentId)]
     agent_id: String,
 }
 
@@ -743,6 +746,7 @@ async fn shadow_decision(State(s): State<AppState>) -> ApiResult<Response> {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DisableAllBody {
+    #[schema(value_type = Option<String>, pattern = "^(headless|tmux)$")]
     to: Option<String>,
 }
 
