@@ -36,7 +36,14 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         return Ok(());
     }
     let status = crate::cargo()
-        .args(["build", "-q", "-p", "kokino-broker", "-p", "kokino-fake-agent"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "kokino-broker",
+            "-p",
+            "kokino-fake-agent",
+        ])
         .status()
         .context("cargo build")?;
     if !status.success() {
@@ -50,7 +57,10 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     // are checked by variables, so the environment, health and integrity endpoints answer 200:
     // a 503 there is a finding about the host, not about the API.
     for name in ["gemini", "droid"] {
-        std::os::unix::fs::symlink(world.bins.join("kokino-fake-agent"), world.dir.join("bin").join(name))?;
+        std::os::unix::fs::symlink(
+            world.bins.join("kokino-fake-agent"),
+            world.dir.join("bin").join(name),
+        )?;
     }
     let path = format!(
         "{}:{}",
@@ -62,7 +72,10 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     std::env::set_var("GEMINI_API_KEY", "schemathesis");
     std::env::set_var("FACTORY_API_KEY", "schemathesis");
     std::env::set_var("HOME", world.dir.join("home"));
-    let broker = world.start_broker_with(&["--allow-binary".to_owned(), world.claude().display().to_string()])?;
+    let broker = world.start_broker_with(&[
+        "--allow-binary".to_owned(),
+        world.claude().display().to_string(),
+    ])?;
     for agent in ["alpha", "beta"] {
         world.register(&broker, agent)?;
     }

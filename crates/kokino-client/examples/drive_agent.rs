@@ -29,7 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         })
         .await?;
-    println!("registered {} ({})", agent.spec.agent_id, agent.spec.cli_type);
+    println!(
+        "registered {} ({})",
+        agent.spec.agent_id, agent.spec.cli_type
+    );
 
     let answer = client
         .execute(

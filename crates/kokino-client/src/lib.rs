@@ -263,14 +263,22 @@ impl Client {
 
     /// `POST /agents/{id}/execute/cancel`.
     pub async fn cancel(&self, id: &str) -> Result<CancelResult, Error> {
-        self.call(Method::POST, &format!("/agents/{id}/execute/cancel"), None::<&()>)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/agents/{id}/execute/cancel"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// `POST /agents/{id}/end-session`.
     pub async fn end_session(&self, id: &str) -> Result<EndSessionResult, Error> {
-        self.call(Method::POST, &format!("/agents/{id}/end-session"), None::<&()>)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/agents/{id}/end-session"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// `GET /agents/sessions/status`.
@@ -287,20 +295,32 @@ impl Client {
 
     /// `GET /agents/{id}/conversation`: the current conversation with its turns.
     pub async fn conversation(&self, id: &str) -> Result<ConversationDetail, Error> {
-        self.call(Method::GET, &format!("/agents/{id}/conversation"), None::<&()>)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/agents/{id}/conversation"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// `GET /agents/{id}/conversations`.
     pub async fn conversations(&self, id: &str) -> Result<Vec<Conversation>, Error> {
-        self.call(Method::GET, &format!("/agents/{id}/conversations"), None::<&()>)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/agents/{id}/conversations"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// `POST /agents/{id}/circuit/reset`.
     pub async fn reset_agent_circuit(&self, id: &str) -> Result<CircuitReset, Error> {
-        self.call(Method::POST, &format!("/agents/{id}/circuit/reset"), None::<&()>)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/agents/{id}/circuit/reset"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// `POST /api/metrics/cleanup?days=N`.

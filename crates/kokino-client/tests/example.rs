@@ -51,8 +51,11 @@ impl Drop for Broker {
 fn start_broker(token: Option<&str>) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("claude");
-    std::os::unix::fs::symlink(workspace_bin("kokino-fake-agent", "kokino-fake-agent"), &fake)
-        .unwrap();
+    std::os::unix::fs::symlink(
+        workspace_bin("kokino-fake-agent", "kokino-fake-agent"),
+        &fake,
+    )
+    .unwrap();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -107,7 +110,14 @@ fn the_drive_agent_example_runs_against_a_real_broker() {
     let broker = start_broker(None);
     let example = target_dir().join("examples/drive_agent");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "kokino-client", "--example", "drive_agent"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "kokino-client",
+            "--example",
+            "drive_agent",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -123,7 +133,10 @@ fn the_drive_agent_example_runs_against_a_real_broker() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("registered example (claude-code)"), "{stdout}");
+    assert!(
+        stdout.contains("registered example (claude-code)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("answer: "), "{stdout}");
     assert!(stdout.contains("event: started"), "{stdout}");
     assert!(stdout.contains("streamed answer: "), "{stdout}");

@@ -248,39 +248,77 @@ mod shapes {
         license(name = "MIT OR Apache-2.0"),
     ),
     components(schemas(
-        kokino_api::ErrorBody, kokino_api::ErrorCode, kokino_api::StreamEvent, kokino_api::RegisterRequest,
-        kokino_api::SessionsCleared, kokino_api::CircuitReset, kokino_api::CliDisabled, kokino_api::CliEnabled,
-        kokino_api::AgentForced, kokino_api::AgentFallbackCleared, kokino_api::FallbacksCleared,
-        kokino_api::ShadowDisabled, kokino_api::EventsDeleted,
-        kokino_api::ExecuteRequest, kokino_api::ExecuteResponse, kokino_api::AgentView, kokino_api::SessionStatus,
-        kokino_api::CancelResult, kokino_api::EndSessionResult, kokino_api::Health, kokino_api::ProcessStatus,
+        kokino_api::ErrorBody,
+        kokino_api::ErrorCode,
+        kokino_api::StreamEvent,
+        kokino_api::RegisterRequest,
+        kokino_api::SessionsCleared,
+        kokino_api::CircuitReset,
+        kokino_api::CliDisabled,
+        kokino_api::CliEnabled,
+        kokino_api::AgentForced,
+        kokino_api::AgentFallbackCleared,
+        kokino_api::FallbacksCleared,
+        kokino_api::ShadowDisabled,
+        kokino_api::EventsDeleted,
+        kokino_api::ExecuteRequest,
+        kokino_api::ExecuteResponse,
+        kokino_api::AgentView,
+        kokino_api::SessionStatus,
+        kokino_api::CancelResult,
+        kokino_api::EndSessionResult,
+        kokino_api::Health,
+        kokino_api::ProcessStatus,
         kokino_api::AgentLogTail,
-        kokino_core::AgentRecord, kokino_core::Conversation, kokino_core::Turn, kokino_core::CliType, kokino_core::CommMode,
+        kokino_core::AgentRecord,
+        kokino_core::Conversation,
+        kokino_core::Turn,
+        kokino_core::CliType,
+        kokino_core::CommMode,
         kokino_core::fallback::FallbackStatus,
-        kokino_service::slo::CliFailures, kokino_service::slo::AgentFailures, kokino_service::slo::AgentLatency,
-        kokino_service::slo::SloStatus, kokino_service::shadow::ShadowMetrics, kokino_service::shadow::Mismatch,
-        kokino_service::shadow::Decision, kokino_store::ShadowResult,
-        kokino_service::integrity::IntegrityReport, kokino_service::integrity::IntegrityStats,
+        kokino_service::slo::CliFailures,
+        kokino_service::slo::AgentFailures,
+        kokino_service::slo::AgentLatency,
+        kokino_service::slo::SloStatus,
+        kokino_service::shadow::ShadowMetrics,
+        kokino_service::shadow::Mismatch,
+        kokino_service::shadow::Decision,
+        kokino_store::ShadowResult,
+        kokino_service::integrity::IntegrityReport,
+        kokino_service::integrity::IntegrityStats,
         kokino_service::integrity::IntegrityCleanup,
-        crate::routes::CliBody, crate::routes::ReasonBody, crate::routes::AgentReasonBody, crate::routes::AgentBody,
-        crate::routes::DisableAllBody, crate::routes::RetentionBody,
-        shapes::LogsStatus, shapes::CircuitsStatus, shapes::EventsList, shapes::CliVersions,
-        kokino_api::ConversationDetail, shapes::EnvironmentAnswer,
+        crate::routes::CliBody,
+        crate::routes::ReasonBody,
+        crate::routes::AgentReasonBody,
+        crate::routes::AgentBody,
+        crate::routes::DisableAllBody,
+        crate::routes::RetentionBody,
+        shapes::LogsStatus,
+        shapes::CircuitsStatus,
+        shapes::EventsList,
+        shapes::CliVersions,
+        kokino_api::ConversationDetail,
+        shapes::EnvironmentAnswer,
     ))
 )]
 struct Components;
 
 fn schema_ref(name: &str) -> Value {
     match name.strip_suffix("[]") {
-        Some(item) => json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}}),
+        Some(item) => {
+            json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}})
+        }
         None => json!({"$ref": format!("#/components/schemas/{name}")}),
     }
 }
 
 /// The operations whose 503 carries their report (something failed) rather than an error body.
 fn report_on_503(op: &Operation) -> Option<&'static str> {
-    matches!(op.path, "/health" | "/api/health/environment" | "/api/integrity/check")
-        .then_some(op.ok.1)
+    matches!(
+        op.path,
+        "/health" | "/api/health/environment" | "/api/integrity/check"
+    )
+    .then_some(op.ok.1)
 }
 
 fn error_response(status: u16) -> Value {
@@ -399,17 +437,14 @@ pub fn document() -> Value {
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     let mut paths = Map::new();
     for op in OPERATIONS {
-        let item = paths
-            .entry(op.path.to_owned())
-            .or_insert_with(|| json!({}));
+        let item = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
         item[op.method] = operation(op);
     }
     doc["paths"] = Value::Object(paths);
     let components = &mut doc["components"];
-    components["schemas"]["AgentId"] = serde_json::to_value(
-        <kokino_core::AgentId as utoipa::PartialSchema>::schema(),
-    )
-    .unwrap_or_default();
+    components["schemas"]["AgentId"] =
+        serde_json::to_value(<kokino_core::AgentId as utoipa::PartialSchema>::schema())
+            .unwrap_or_default();
     components["securitySchemes"] = json!({
         "bearer": {"type": "http", "scheme": "bearer",
                    "description": "Needed on every endpoint but `/health` and `/openapi.json` (and `/metrics` with `public_metrics`) when the broker has a token."}
@@ -452,8 +487,16 @@ mod tests {
             let close = rest.find("\n        .").unwrap_or(rest.len());
             let call = &rest[end..close];
             for method in ["get", "post", "delete", "put", "patch"] {
-                for prefix in [format!(" {method}("), format!(".{method}("), format!("\n{method}(")] {
-                    if call.contains(&prefix) || call.trim_start_matches([',', ' ', '\n']).starts_with(&format!("{method}(")) {
+                for prefix in [
+                    format!(" {method}("),
+                    format!(".{method}("),
+                    format!("\n{method}("),
+                ] {
+                    if call.contains(&prefix)
+                        || call
+                            .trim_start_matches([',', ' ', '\n'])
+                            .starts_with(&format!("{method}("))
+                    {
                         out.push((method.to_owned(), path.clone()));
                         break;
                     }
@@ -486,7 +529,12 @@ mod tests {
         assert_eq!(registered, documented);
         let doc = document();
         for op in OPERATIONS {
-            assert!(doc["paths"][op.path][op.method].is_object(), "{} {}", op.method, op.path);
+            assert!(
+                doc["paths"][op.path][op.method].is_object(),
+                "{} {}",
+                op.method,
+                op.path
+            );
         }
     }
 
@@ -525,7 +573,9 @@ mod tests {
         ] {
             for (i, _) in src.match_indices("StatusCode::") {
                 let tail = &src[i..];
-                let Some(comma) = tail.find(',') else { continue };
+                let Some(comma) = tail.find(',') else {
+                    continue;
+                };
                 let after = tail[comma + 1..].trim_start();
                 if let Some(lit) = after.strip_prefix('"') {
                     let code = &lit[..lit.find('"').unwrap()];
@@ -535,7 +585,12 @@ mod tests {
                 }
             }
         }
-        for code in ["FORBIDDEN_HOST", "FORBIDDEN_ORIGIN", "UNAUTHORIZED", "LOCK_TIMEOUT"] {
+        for code in [
+            "FORBIDDEN_HOST",
+            "FORBIDDEN_ORIGIN",
+            "UNAUTHORIZED",
+            "LOCK_TIMEOUT",
+        ] {
             assert!(listed.contains(&code), "{code}");
         }
     }
@@ -545,7 +600,10 @@ mod tests {
 mod committed {
     #[test]
     fn the_committed_document_is_the_generated_one() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/reference/openapi.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/reference/openapi.json"
+        );
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             committed == super::document_text(),

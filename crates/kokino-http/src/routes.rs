@@ -160,50 +160,51 @@ fn legacy_string(
 
 /// The register body as the domain's agent spec, every field checked.
 fn register_spec(this: RegisterBody) -> ApiResult<AgentSpec> {
-        let metadata = this.metadata.unwrap_or_default();
-        let agent_id = AgentId::parse(&this.agent_id)
-            .map_err(|e| ApiError::bad_request(Some("agentId"), e.to_string()))?;
-        let cli_type: CliType = this.cli_type.parse().map_err(|e: kokino_core::CoreError| {
-            ApiError::bad_request(Some("type"), e.to_string())
-        })?;
-        let comm_mode = match this.comm_mode.or(legacy_string(&metadata, "commMode")?) {
-            None => CommMode::Headless,
-            Some(m) => m.parse().map_err(|e: kokino_core::CoreError| {
-                ApiError::bad_request(Some("commMode"), e.to_string())
-            })?,
-        };
-        if let Some(b) = &this.binary {
-            if b.is_empty() || b.contains('\0') {
-                return Err(ApiError::bad_request(
-                    Some("binary"),
-                    "binary must be a non-empty command name or path",
-                ));
-            }
+    let metadata = this.metadata.unwrap_or_default();
+    let agent_id = AgentId::parse(&this.agent_id)
+        .map_err(|e| ApiError::bad_request(Some("agentId"), e.to_string()))?;
+    let cli_type: CliType = this
+        .cli_type
+        .parse()
+        .map_err(|e: kokino_core::CoreError| ApiError::bad_request(Some("type"), e.to_string()))?;
+    let comm_mode = match this.comm_mode.or(legacy_string(&metadata, "commMode")?) {
+        None => CommMode::Headless,
+        Some(m) => m.parse().map_err(|e: kokino_core::CoreError| {
+            ApiError::bad_request(Some("commMode"), e.to_string())
+        })?,
+    };
+    if let Some(b) = &this.binary {
+        if b.is_empty() || b.contains('\0') {
+            return Err(ApiError::bad_request(
+                Some("binary"),
+                "binary must be a non-empty command name or path",
+            ));
         }
-        if let Some(t) = this.timeout_ms {
-            in_range(t, "timeoutMs", 1, MAX_WAIT_MS)?;
-        }
-        if let Some(m) = this.max_memory_mb {
-            in_range(m, "maxMemoryMB", 1, MAX_MEMORY_MB)?;
-        }
-        Ok(AgentSpec {
-            agent_id,
-            cli_type,
-            comm_mode,
-            cwd: this.cwd.or(legacy_string(&metadata, "cwd")?),
-            model: this.model,
-            role: this.role.or(legacy_string(&metadata, "role")?),
-            system_prompt: this
-                .system_prompt
-                .or(legacy_string(&metadata, "systemPrompt")?),
-            timeout_ms: this.timeout_ms,
-            max_memory_mb: this.max_memory_mb,
-            env: this.env.unwrap_or_default(),
-            binary: this.binary,
-            extra_args: this.extra_args.unwrap_or_default(),
-            metadata,
-            rate_limit: this.rate_limit,
-        })
+    }
+    if let Some(t) = this.timeout_ms {
+        in_range(t, "timeoutMs", 1, MAX_WAIT_MS)?;
+    }
+    if let Some(m) = this.max_memory_mb {
+        in_range(m, "maxMemoryMB", 1, MAX_MEMORY_MB)?;
+    }
+    Ok(AgentSpec {
+        agent_id,
+        cli_type,
+        comm_mode,
+        cwd: this.cwd.or(legacy_string(&metadata, "cwd")?),
+        model: this.model,
+        role: this.role.or(legacy_string(&metadata, "role")?),
+        system_prompt: this
+            .system_prompt
+            .or(legacy_string(&metadata, "systemPrompt")?),
+        timeout_ms: this.timeout_ms,
+        max_memory_mb: this.max_memory_mb,
+        env: this.env.unwrap_or_default(),
+        binary: this.binary,
+        extra_args: this.extra_args.unwrap_or_default(),
+        metadata,
+        rate_limit: this.rate_limit,
+    })
 }
 
 async fn register(

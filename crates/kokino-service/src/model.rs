@@ -26,4 +26,3 @@ pub enum Progress {
     /// An event of the CLI's output stream.
     Stream(StreamEvent),
 }
-

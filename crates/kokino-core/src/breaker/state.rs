@@ -12,7 +12,19 @@ use crate::OutcomeClass;
 const MAX_REASON_CHARS: usize = 500;
 
 /// The state of one breaker, as the status endpoint and the persisted snapshot name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
