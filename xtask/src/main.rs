@@ -10,6 +10,7 @@
 mod bench;
 mod chaos;
 mod harness;
+mod schemathesis;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -38,6 +39,11 @@ enum Task {
     /// `cargo test --workspace` (which includes the layering test), and `cargo deny check` when
     /// cargo-deny is installed.
     Ci,
+    /// Writes the OpenAPI document the code generates to docs/reference/openapi.json.
+    Openapi,
+    /// Fuzzes a real broker against its OpenAPI document with schemathesis (skipped, loudly,
+    /// when schemathesis is not installed).
+    Schemathesis,
     /// Runs the benchmarks.
     ///
     /// Everything after `bench`, `--help` included, is passed to the bench task unparsed, so the
@@ -60,6 +66,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Ci => ci(),
+        Task::Openapi => openapi(),
+        Task::Schemathesis => schemathesis::run(&workspace_root()),
         Task::Bench { args } => bench::run(args),
         Task::Chaos { args } => chaos::run(args),
     };
@@ -93,6 +101,8 @@ fn ci() -> anyhow::Result<()> {
     for args in steps {
         cargo_step(args)?;
     }
+    // After the tests: a broker that passes them is fuzzed against its own OpenAPI document.
+    schemathesis::run(&workspace_root())?;
 
     // cargo-deny is a separate install. Skipping it with a visible note keeps `cargo xtask ci`
     // usable on a fresh machine, while CI (which installs it) still runs the check.
@@ -117,6 +127,22 @@ fn ci() -> anyhow::Result<()> {
         );
     }
     println!("xtask ci: all steps passed");
+    Ok(())
+}
+
+/// Writes docs/reference/openapi.json from the code (`kokino-http`'s `openapi` example).
+fn openapi() -> anyhow::Result<()> {
+    let out = cargo()
+        .args(["run", "-q", "-p", "kokino-http", "--example", "openapi"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not start `cargo run --example openapi`")?;
+    if !out.status.success() {
+        bail!("generating the OpenAPI document failed ({})", out.status);
+    }
+    let path = workspace_root().join("docs/reference/openapi.json");
+    std::fs::write(&path, &out.stdout).with_context(|| format!("write {}", path.display()))?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 

@@ -1,54 +1,39 @@
 //! Cleanup through a running broker. Ending a session this way goes through the broker's own
 //! end-session, which also forgets the session in the broker's memory and records the event;
-//! it is the right way whenever the broker is up.
+//! it is the right way whenever the broker is up. The broker is spoken to with `kokino-client`,
+//! whose types are the broker's own.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use chrono::{DateTime, Utc};
+use kokino_client::{Client, Error as ClientError, ErrorCode, SessionStatus};
 use kokino_core::AgentId;
-use reqwest::{RequestBuilder, Response, StatusCode};
-use serde::Deserialize;
-use serde_json::Value;
 
 use crate::backend::{EndResult, Fatal, Listing, Session};
 
 pub struct Remote {
-    client: reqwest::Client,
+    client: Client,
     url: String,
-    token: Option<String>,
-}
-
-/// One row of `GET /agents/sessions/status`. Only what cleanup needs; other fields are ignored
-/// so that the broker can add some without breaking this tool.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusRow {
-    agent_id: String,
-    session_id: Option<String>,
-    has_session: bool,
-    #[serde(default)]
-    locked: bool,
-    #[serde(default)]
-    executing: bool,
-    last_activity_at: Option<DateTime<Utc>>,
 }
 
 impl Remote {
     /// Builds the client and fetches the session status once, so that a wrong URL or a broker
     /// that is down is found before anything is planned.
     pub async fn connect(url: &str, token: Option<String>) -> Result<Remote> {
-        let client = reqwest::Client::builder()
+        let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // End-session waits for a cancelled run to stop, which the broker bounds by its
             // kill grace; a minute covers that with room to spare.
             .timeout(Duration::from_secs(60))
             .build()
             .context("cannot build the HTTP client")?;
+        let mut client = Client::with_http(url, http).map_err(|e| anyhow!("{e}"))?;
+        if let Some(t) = token {
+            client = client.with_token(t);
+        }
         let remote = Remote {
             client,
             url: url.to_owned(),
-            token,
         };
         remote.status().await?;
         Ok(remote)
@@ -58,26 +43,15 @@ impl Remote {
         &self.url
     }
 
-    fn post(&self, path: &str) -> RequestBuilder {
-        let req = self.client.post(format!("{}{path}", self.url));
-        match &self.token {
-            Some(token) => req.bearer_auth(token),
-            None => req,
-        }
-    }
-
-    async fn status(&self) -> Result<Vec<StatusRow>> {
-        let url = format!("{}/agents/sessions/status", self.url);
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.url))?;
-        let resp = check(resp).await.map_err(|e| anyhow!("GET {url}: {e}"))?;
-        resp.json()
-            .await
-            .with_context(|| format!("GET {url} answered something that is not a session list"))
+    async fn status(&self) -> Result<Vec<SessionStatus>> {
+        self.client.sessions_status().await.map_err(|e| match e {
+            ClientError::Transport(e) => anyhow!("cannot reach the broker at {}: {e}", self.url),
+            ClientError::Decode { .. } => anyhow!(
+                "GET {}/agents/sessions/status answered something that is not a session list: {e}",
+                self.url
+            ),
+            other => refused(other),
+        })
     }
 
     pub async fn sessions(&self, agent: Option<&AgentId>) -> Result<Listing> {
@@ -116,58 +90,47 @@ impl Remote {
     }
 
     pub async fn end_session(&self, agent: &AgentId) -> Result<EndResult> {
-        let resp = self
-            .post(&format!("/agents/{agent}/end-session"))
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the broker: {e}"))?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        match self.client.end_session(agent.as_str()).await {
+            Ok(r) if r.ended => Ok(EndResult::Ended),
+            Ok(_) => Ok(EndResult::Gone),
             // The agent was deleted since the listing: its session went with it.
-            return Ok(EndResult::Gone);
+            Err(e) if e.status() == Some(404) => Ok(EndResult::Gone),
+            Err(ClientError::Transport(e)) => Err(anyhow!("cannot reach the broker: {e}")),
+            Err(e) => Err(refused(e)),
         }
-        let body: Value = check(resp).await?.json().await.unwrap_or(Value::Null);
-        Ok(if body["ended"] == Value::Bool(false) {
-            EndResult::Gone
-        } else {
-            EndResult::Ended
-        })
     }
 
     pub async fn delete_events(&self, days: u32) -> Result<u64> {
-        let resp = self
-            .post(&format!("/api/metrics/cleanup?days={days}"))
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the broker: {e}"))?;
-        let body: Value = check(resp)
-            .await?
-            .json()
-            .await
-            .context("the broker's answer to /api/metrics/cleanup is not JSON")?;
-        body["deleted"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("the broker's answer has no `deleted` count: {body}"))
+        match self.client.cleanup_events(days).await {
+            Ok(r) => Ok(r.deleted),
+            Err(ClientError::Transport(e)) => Err(anyhow!("cannot reach the broker: {e}")),
+            Err(e @ ClientError::Decode { .. }) => Err(anyhow!(
+                "the broker's answer to /api/metrics/cleanup does not have the documented shape: {e}"
+            )),
+            Err(e) => Err(refused(e)),
+        }
     }
 }
 
-/// Passes a 2xx through; turns anything else into an error carrying the broker's message. A
-/// refused token is [`Fatal`]: every later request would be refused the same way.
-async fn check(resp: Response) -> Result<Response> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let text = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| text.chars().take(300).collect());
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        return Err(Fatal(format!(
+/// Turns an error answer into an error carrying the broker's message. A refused token is
+/// [`Fatal`]: every later request would be refused the same way.
+fn refused(e: ClientError) -> anyhow::Error {
+    let (status, message) = match &e {
+        ClientError::Api { status, body, .. } => (*status, body.error.clone()),
+        ClientError::Unexpected { status, snippet } => (*status, snippet.clone()),
+        other => return anyhow!("{other}"),
+    };
+    let auth = matches!(
+        e.code(),
+        Some(ErrorCode::Unauthorized | ErrorCode::ForbiddenHost | ErrorCode::ForbiddenOrigin)
+    ) || status == 401
+        || status == 403;
+    if auth {
+        return Fatal(format!(
             "the broker refused the request ({status}: {message}); pass the broker's token \
              with --token-file"
         ))
-        .into());
+        .into();
     }
-    Err(anyhow!("the broker answered {status}: {message}"))
+    anyhow!("the broker answered {status}: {message}")
 }

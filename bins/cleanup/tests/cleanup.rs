@@ -700,6 +700,9 @@ fn start_broker(dir: &Path) -> Broker {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.join("broker-data"))
+        // The test registers the fake agent by path; the broker runs only allowed binaries.
+        .arg("--allow-binary")
+        .arg(dir.join("codex"))
         .env_remove("KOKINO_CONFIG")
         .env_remove("KOKINO_TOKEN_FILE")
         .env_remove("KOKINO_DATABASE_URL")

@@ -51,52 +51,54 @@ enum Answer {
     Failed(String, Option<u16>),
 }
 
+/// The broker, through `kokino-client`. The section readers below take the answers as JSON
+/// values, because a diagnosis must report a broker whose answers do not have the documented
+/// shape instead of failing to parse them.
 struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+    api: kokino_client::Client,
 }
 
 impl Client {
-    async fn get(&self, path: &str) -> Result<(StatusCode, String), reqwest::Error> {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        Ok((status, resp.text().await?))
-    }
-
     /// GETs `path` and sorts the answer. `accepted` are the statuses whose JSON body is an
     /// answer (the environment and integrity endpoints answer 503 when they find a problem).
     async fn fetch(&self, path: &str, accepted: &[StatusCode]) -> Answer {
-        let (status, body) = match self.get(path).await {
-            Ok(v) => v,
-            Err(e) => return Answer::Failed(format!("request failed: {e}"), None),
-        };
-        let json: Option<Value> = serde_json::from_str(&body).ok();
-        if status == StatusCode::NOT_FOUND {
-            return Answer::Missing;
+        let also_ok: Vec<u16> = accepted.iter().map(StatusCode::as_u16).collect();
+        match self.api.get_json(path, &also_ok).await {
+            Ok((code, v)) => Answer::Json(status_of(code), v),
+            Err(e) => sort_error(e),
         }
-        let code = Some(status.as_u16());
-        if status == StatusCode::UNAUTHORIZED {
-            return Answer::Failed(
-                "the broker wants a bearer token: pass --token-file".into(),
-                code,
-            );
-        }
-        match json {
-            Some(v) if accepted.contains(&status) => Answer::Json(status, v),
-            Some(v) => {
-                let msg = v
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unexpected answer");
-                Answer::Failed(format!("HTTP {status}: {msg}"), code)
-            }
-            None => Answer::Failed(format!("HTTP {status}, and the body is not JSON"), code),
-        }
+    }
+}
+
+fn status_of(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn sort_error(e: kokino_client::Error) -> Answer {
+    use kokino_client::Error as E;
+    let Some(code) = e.status() else {
+        return Answer::Failed(format!("{e}"), None);
+    };
+    let status = status_of(code);
+    if status == StatusCode::NOT_FOUND {
+        return Answer::Missing;
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Answer::Failed(
+            "the broker wants a bearer token: pass --token-file".into(),
+            Some(code),
+        );
+    }
+    match e {
+        E::Api { body, .. } => Answer::Failed(format!("HTTP {status}: {}", body.error), Some(code)),
+        E::Decode { .. } => Answer::Failed(
+            format!("HTTP {status}, and the body is not JSON"),
+            Some(code),
+        ),
+        _ => Answer::Failed(
+            format!("HTTP {status}, and the body is not JSON"),
+            Some(code),
+        ),
     }
 }
 
@@ -463,29 +465,32 @@ pub async fn run(args: &Args, url: &str, clis: &[CliType], token: Option<String>
     if !base.starts_with("http://") && !base.starts_with("https://") {
         bail!("--url must start with http:// (got {url:?})");
     }
-    let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_millis(args.http_timeout_ms))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("cannot build the HTTP client")?,
-        base: base.clone(),
-        token,
-    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(args.http_timeout_ms))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let mut api = kokino_client::Client::with_http(&base, http)?;
+    if let Some(t) = token {
+        api = api.with_token(t);
+    }
+    let client = Client { api };
     let ok_only = [StatusCode::OK];
     let ok_or_503 = [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE];
 
     // The broker must answer /health at all; if it does not, the doctor could not run.
-    let (code, body) = client.get("/health").await.map_err(|e| {
-        anyhow::Error::new(e).context(format!("cannot reach the broker at {base}; is it running?"))
-    })?;
-    let health_answer = match serde_json::from_str::<Value>(&body) {
-        Ok(v) if code == StatusCode::OK || code == StatusCode::SERVICE_UNAVAILABLE => {
-            Answer::Json(code, v)
+    let health_answer = match client.api.get_json("/health", &[503]).await {
+        Ok((code, v)) => Answer::Json(status_of(code), v),
+        Err(kokino_client::Error::Transport(e)) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot reach the broker at {base}; is it running?")))
         }
-        _ => Answer::Failed(
-            format!("HTTP {code} from /health; is {base} a Kokino broker?"),
-            Some(code.as_u16()),
+        Err(e) => Answer::Failed(
+            format!(
+                "HTTP {} from /health; is {base} a Kokino broker?",
+                e.status().map(status_of).unwrap_or(StatusCode::BAD_GATEWAY)
+            ),
+            e.status(),
         ),
     };
     let mut checks = vec![sorted("health", "/health", health_answer, "", health)];

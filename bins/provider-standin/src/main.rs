@@ -28,6 +28,8 @@
 //! The port (`--port`, default 0: any free port) is printed alone on the first line of stdout
 //! once the server listens.
 
+#![forbid(unsafe_code)]
+
 mod conversation;
 mod wire;
 

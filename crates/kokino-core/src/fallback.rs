@@ -19,7 +19,7 @@ use crate::breaker::ScopeError;
 use crate::{AgentId, CliType, CommMode};
 
 /// One override: why, since when, and whether the broker set it by itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Override {
     pub reason: String,
     pub since: DateTime<Utc>,
@@ -90,7 +90,7 @@ pub struct NoMode {
 }
 
 /// `GET /api/fallback/status` (http-api.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FallbackStatus {
     #[serde(rename = "disabledCLIs")]
     pub disabled_clis: Vec<DisabledCli>,
@@ -98,7 +98,7 @@ pub struct FallbackStatus {
     pub forced_fallbacks: Vec<ForcedFallback>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DisabledCli {
     pub cli_type: CliType,
@@ -107,7 +107,7 @@ pub struct DisabledCli {
     pub auto: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ForcedFallback {
     pub agent_id: AgentId,

@@ -13,6 +13,22 @@ use crate::CoreError;
 #[serde(transparent)]
 pub struct AgentId(String);
 
+/// The schema says what [`AgentId::parse`] accepts, so a schema-driven client or fuzzer
+/// generates valid ids and knows the invalid ones.
+impl utoipa::PartialSchema for AgentId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"))
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_LEN))
+            .description(Some("An agent id: 1 to 128 ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AgentId {}
+
 impl AgentId {
     pub const MAX_LEN: usize = 128;
 
@@ -106,6 +122,17 @@ macro_rules! string_enum {
                 s.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 pub(crate) use string_enum;

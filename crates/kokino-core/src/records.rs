@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{AgentId, CliType, CommMode, OutcomeClass, Usage};
 
 /// What a caller registers; the store adds timestamps to make an [`AgentRecord`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
     pub agent_id: AgentId,
@@ -41,7 +41,7 @@ pub struct AgentSpec {
 }
 
 /// Who handles a rate limit the CLI runs into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitPolicy {
     /// The broker stops the run at the first signal (the default): the agent is parked and the
@@ -74,7 +74,7 @@ impl std::str::FromStr for RateLimitPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentRecord {
     #[serde(flatten)]
@@ -85,7 +85,7 @@ pub struct AgentRecord {
 
 /// The CLI session an agent is attached to. `cli_session_id` is `None` until the CLI reported
 /// its id (or, for Claude, until we chose one for `--session-id`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRecord {
     pub agent_id: AgentId,
@@ -98,7 +98,7 @@ pub struct SessionRecord {
     pub last_activity_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionState {
     Running,
@@ -118,7 +118,7 @@ pub struct NewExecution {
     pub turn_metadata: serde_json::Value,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionRecord {
     pub execution_id: String,
@@ -144,7 +144,7 @@ pub struct ExecutionRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -171,7 +171,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Turn {
     pub turn_id: String,
@@ -183,7 +183,7 @@ pub struct Turn {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
     pub conversation_id: String,

@@ -7,7 +7,19 @@ use kokino_core::CliType;
 use serde::{Deserialize, Serialize};
 
 /// The five checks, in the order they are reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckName {
     Binary,
@@ -49,7 +61,7 @@ impl std::fmt::Display for CheckName {
 /// CLI itself may contradict when it really runs (a status command that does not know about API
 /// keys or custom providers, a `--version` that is slow on a loaded host). Only a few verdicts
 /// are facts that no agent setting and no retry can change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Certainty {
     /// A fact about the host: the CLI's binary is missing or not an executable file. Every run
@@ -64,7 +76,7 @@ pub enum Certainty {
 
 /// One check's verdict. A check that passed with a `warning` still passes; the warning is also
 /// listed in the report's `warnings`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
     pub name: CheckName,
@@ -141,7 +153,7 @@ impl Check {
 }
 
 /// The doctor's verdict for one CLI type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CliReport {
     pub cli_type: CliType,
@@ -203,7 +215,7 @@ impl CliReport {
 }
 
 /// The doctor's verdict for several CLI types (`GET /api/health/environment` without `cli`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentReport {
     /// Every CLI type passed.

@@ -11,6 +11,7 @@ mod access;
 mod error;
 mod extract;
 mod middleware;
+pub mod openapi;
 mod routes;
 mod serve;
 mod sse;

@@ -19,7 +19,11 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
         return next.run(req).await;
     };
     let path = req.uri().path();
-    let open = path == "/health" || (path == "/metrics" && state.public_metrics);
+    // The OpenAPI document describes the API and holds no data; a client reads it to learn how
+    // to authenticate, so it is public like the health check.
+    let open = path == "/health"
+        || path == "/openapi.json"
+        || (path == "/metrics" && state.public_metrics);
     if open {
         return next.run(req).await;
     }

@@ -1,7 +1,5 @@
 //! Routes and handlers.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +21,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
     let router = Router::new()
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
         .route("/agents/register", post(register))
         .route("/agents", get(list_agents))
@@ -109,6 +108,13 @@ async fn method_not_allowed() -> ApiError {
 
 // ---------------------------------------------------------------- service
 
+/// `GET /openapi.json`: built once, served as it is.
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOC.get_or_init(crate::openapi::document_text).clone();
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
 async fn health(State(s): State<AppState>) -> Response {
     let h = s.broker.health().await;
     let status = if h.status == "ok" {
@@ -135,29 +141,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 // ---------------------------------------------------------------- agents
 
-/// `POST /agents/register`. Strict about unknown fields (a misspelt field silently ignored is
-/// worse than a 400), but reads `metadata.commMode`, `metadata.cwd`, `metadata.role` and
-/// `metadata.systemPrompt` for the predecessor's clients when the top-level field is absent.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RegisterBody {
-    agent_id: String,
-    #[serde(rename = "type")]
-    cli_type: String,
-    comm_mode: Option<String>,
-    cwd: Option<String>,
-    model: Option<String>,
-    role: Option<String>,
-    system_prompt: Option<String>,
-    timeout_ms: Option<u64>,
-    #[serde(rename = "maxMemoryMB")]
-    max_memory_mb: Option<u64>,
-    env: Option<BTreeMap<String, String>>,
-    binary: Option<String>,
-    extra_args: Option<Vec<String>>,
-    metadata: Option<serde_json::Map<String, Value>>,
-    rate_limit: Option<kokino_core::RateLimitPolicy>,
-}
+/// `POST /agents/register`; the type is shared with the client (`kokino-api`).
+use kokino_api::RegisterRequest as RegisterBody;
 
 fn legacy_string(
     meta: &serde_json::Map<String, Value>,
@@ -173,60 +158,60 @@ fn legacy_string(
     }
 }
 
-impl RegisterBody {
-    fn into_spec(self) -> ApiResult<AgentSpec> {
-        let metadata = self.metadata.unwrap_or_default();
-        let agent_id = AgentId::parse(&self.agent_id)
-            .map_err(|e| ApiError::bad_request(Some("agentId"), e.to_string()))?;
-        let cli_type: CliType = self.cli_type.parse().map_err(|e: kokino_core::CoreError| {
-            ApiError::bad_request(Some("type"), e.to_string())
-        })?;
-        let comm_mode = match self.comm_mode.or(legacy_string(&metadata, "commMode")?) {
-            None => CommMode::Headless,
-            Some(m) => m.parse().map_err(|e: kokino_core::CoreError| {
-                ApiError::bad_request(Some("commMode"), e.to_string())
-            })?,
-        };
-        if let Some(b) = &self.binary {
-            if b.is_empty() || b.contains('\0') {
-                return Err(ApiError::bad_request(
-                    Some("binary"),
-                    "binary must be a non-empty command name or path",
-                ));
-            }
+/// The register body as the domain's agent spec, every field checked.
+fn register_spec(this: RegisterBody) -> ApiResult<AgentSpec> {
+    let metadata = this.metadata.unwrap_or_default();
+    let agent_id = AgentId::parse(&this.agent_id)
+        .map_err(|e| ApiError::bad_request(Some("agentId"), e.to_string()))?;
+    let cli_type: CliType = this
+        .cli_type
+        .parse()
+        .map_err(|e: kokino_core::CoreError| ApiError::bad_request(Some("type"), e.to_string()))?;
+    let comm_mode = match this.comm_mode.or(legacy_string(&metadata, "commMode")?) {
+        None => CommMode::Headless,
+        Some(m) => m.parse().map_err(|e: kokino_core::CoreError| {
+            ApiError::bad_request(Some("commMode"), e.to_string())
+        })?,
+    };
+    if let Some(b) = &this.binary {
+        if b.is_empty() || b.contains('\0') {
+            return Err(ApiError::bad_request(
+                Some("binary"),
+                "binary must be a non-empty command name or path",
+            ));
         }
-        if let Some(t) = self.timeout_ms {
-            in_range(t, "timeoutMs", 1, MAX_WAIT_MS)?;
-        }
-        if let Some(m) = self.max_memory_mb {
-            in_range(m, "maxMemoryMB", 1, MAX_MEMORY_MB)?;
-        }
-        Ok(AgentSpec {
-            agent_id,
-            cli_type,
-            comm_mode,
-            cwd: self.cwd.or(legacy_string(&metadata, "cwd")?),
-            model: self.model,
-            role: self.role.or(legacy_string(&metadata, "role")?),
-            system_prompt: self
-                .system_prompt
-                .or(legacy_string(&metadata, "systemPrompt")?),
-            timeout_ms: self.timeout_ms,
-            max_memory_mb: self.max_memory_mb,
-            env: self.env.unwrap_or_default(),
-            binary: self.binary,
-            extra_args: self.extra_args.unwrap_or_default(),
-            metadata,
-            rate_limit: self.rate_limit,
-        })
     }
+    if let Some(t) = this.timeout_ms {
+        in_range(t, "timeoutMs", 1, MAX_WAIT_MS)?;
+    }
+    if let Some(m) = this.max_memory_mb {
+        in_range(m, "maxMemoryMB", 1, MAX_MEMORY_MB)?;
+    }
+    Ok(AgentSpec {
+        agent_id,
+        cli_type,
+        comm_mode,
+        cwd: this.cwd.or(legacy_string(&metadata, "cwd")?),
+        model: this.model,
+        role: this.role.or(legacy_string(&metadata, "role")?),
+        system_prompt: this
+            .system_prompt
+            .or(legacy_string(&metadata, "systemPrompt")?),
+        timeout_ms: this.timeout_ms,
+        max_memory_mb: this.max_memory_mb,
+        env: this.env.unwrap_or_default(),
+        binary: this.binary,
+        extra_args: this.extra_args.unwrap_or_default(),
+        metadata,
+        rate_limit: this.rate_limit,
+    })
 }
 
 async fn register(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<RegisterBody>,
 ) -> ApiResult<Json<kokino_core::AgentRecord>> {
-    let spec = body.into_spec()?;
+    let spec = register_spec(body)?;
     Ok(Json(s.broker.register_agent(spec).await?))
 }
 
@@ -394,22 +379,24 @@ async fn fallback_status(State(s): State<AppState>) -> Json<kokino_core::fallbac
     Json(s.broker.fallback_status())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct CliBody {
+pub(crate) struct CliBody {
+    #[schema(value_type = kokino_core::CliType)]
     cli_type: String,
     reason: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ReasonBody {
+pub(crate) struct ReasonBody {
     reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct AgentReasonBody {
+pub(crate) struct AgentReasonBody {
+    #[schema(value_type = kokino_core::AgentId)]
     agent_id: String,
     reason: Option<String>,
 }
@@ -476,9 +463,10 @@ async fn fallback_agent_clear(
     Ok(Json(json!({"cleared": cleared, "agentId": id})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct AgentBody {
+pub(crate) struct AgentBody {
+    #[schema(value_type = kokino_core::AgentId)]
     agent_id: String,
 }
 
@@ -768,9 +756,10 @@ async fn shadow_decision(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(s.broker.shadow_decision().await?).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DisableAllBody {
+pub(crate) struct DisableAllBody {
+    #[schema(value_type = Option<String>, pattern = "^(headless|tmux)$")]
     to: Option<String>,
 }
 
@@ -801,9 +790,9 @@ struct DaysQuery {
     days: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RetentionBody {
+pub(crate) struct RetentionBody {
     retention_days: Option<u32>,
 }
 
@@ -845,5 +834,5 @@ fn parse_since(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 pub fn agent_spec_from_json(value: Value) -> Result<AgentSpec, String> {
     let body: RegisterBody =
         crate::extract::parse_json(value.to_string().as_bytes()).map_err(|e| e.message)?;
-    body.into_spec().map_err(|e| e.message)
+    register_spec(body).map_err(|e| e.message)
 }

@@ -44,7 +44,7 @@ pub struct AgentLogs {
     retention: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogStatus {
     pub agent_id: String,
@@ -55,7 +55,7 @@ pub struct LogStatus {
 }
 
 /// What a rotation or prune pass did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Maintenance {
     pub rotated: Vec<String>,

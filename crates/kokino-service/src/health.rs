@@ -20,12 +20,12 @@ pub(crate) async fn health(b: &Broker) -> Health {
         }
     }
     Health {
-        status: if reasons.is_empty() { "ok" } else { "degraded" },
-        version: env!("CARGO_PKG_VERSION"),
+        status: if reasons.is_empty() { "ok" } else { "degraded" }.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_seconds: inner.started.elapsed().as_secs(),
         agents,
         executing: inner.running_table().len(),
-        store: inner.store.kind(),
+        store: inner.store.kind().to_owned(),
         instance_id: inner.instance_id.clone(),
         reasons,
     }

@@ -13,7 +13,7 @@ use crate::telemetry::{self, event};
 use crate::{Broker, ServiceError};
 
 /// The result of one integrity check.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct IntegrityReport {
@@ -47,7 +47,7 @@ impl IntegrityReport {
 }
 
 /// Turns by role, over the whole store.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct TurnsByRole {
@@ -60,7 +60,7 @@ pub struct TurnsByRole {
 }
 
 /// Counts over the stored conversations.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct IntegrityStats {
@@ -77,7 +77,7 @@ pub struct IntegrityStats {
 }
 
 /// What a cleanup did.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct IntegrityCleanup {

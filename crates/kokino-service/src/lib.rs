@@ -45,3 +45,8 @@ pub use config::ServiceConfig;
 pub use environment::Freshness;
 pub use error::ServiceError;
 pub use model::*;
+
+/// Report types the API answers with, re-exported so that the HTTP layer can name them (for its
+/// OpenAPI document) without depending on the crates that produce them.
+pub use kokino_doctor::{CliReport, EnvironmentReport};
+pub use kokino_logs::LogStatus;

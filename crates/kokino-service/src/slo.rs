@@ -48,7 +48,7 @@ impl Default for SloTargets {
 pub const REJECTION_EVENTS: &[&str] = &["LOCK_TIMEOUT", "CIRCUIT_REJECTED"];
 
 /// Error-budget burn rates over three windows (1 spends the budget exactly over the SLO window).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct BurnRates {
     /// Over the last hour.
@@ -63,7 +63,7 @@ pub struct BurnRates {
 }
 
 /// The availability SLO over its window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct Availability {
@@ -88,7 +88,7 @@ pub struct Availability {
 }
 
 /// The latency SLO of successful executions.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct Latency {
@@ -109,7 +109,7 @@ pub struct Latency {
 }
 
 /// An SLO measured as a ratio against a target.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct Ratio {
@@ -122,7 +122,7 @@ pub struct Ratio {
 }
 
 /// The memory SLO.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct Resources {
@@ -137,7 +137,7 @@ pub struct Resources {
 }
 
 /// Every SLO at one instant.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct SloStatus {
@@ -304,7 +304,7 @@ pub async fn slo_status(
 }
 
 /// Failures of one CLI type in a window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct CliFailures {
@@ -321,7 +321,7 @@ pub struct CliFailures {
 }
 
 /// Failures of one agent in a window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct AgentFailures {
@@ -340,7 +340,7 @@ pub struct AgentFailures {
 }
 
 /// Durations of one agent's executions in a window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct AgentLatency {

@@ -44,7 +44,7 @@ const DIFF_LINE_CHARS: usize = 160;
 const DIFF_CONTEXT: usize = 2;
 
 /// How the similarity was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// The normalised texts are identical.
@@ -73,7 +73,7 @@ impl fmt::Display for Method {
 }
 
 /// The verdict on two answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Comparison {
     /// `similarity >= threshold` (always true for an exact match).

@@ -12,7 +12,7 @@ use crate::compare::Comparison;
 pub const LATENCY_REGRESSION_MS: u64 = 1_000;
 
 /// The telemetry events of shadow mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ShadowEvent {
     /// Both legs succeeded and their answers matched.

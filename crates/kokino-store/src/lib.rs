@@ -78,7 +78,7 @@ pub struct NewTurn {
 }
 
 /// A telemetry event (behavior.md, Telemetry events).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// The store-assigned id, increasing.
@@ -166,7 +166,7 @@ pub struct DurationStats {
 }
 
 /// A CLI version the environment doctor saw (`GET /api/health/cli-versions`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct CliVersionRow {
@@ -216,7 +216,7 @@ pub struct NewShadowResult {
 }
 
 /// A stored shadow result ([`NewShadowResult`] with its id and time).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct ShadowResult {
@@ -285,7 +285,7 @@ pub struct ShadowSummary {
 }
 
 /// One integrity problem found in the store.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IntegrityFinding {
     /// The kind of problem (`orphaned_turn`, `sequence_gap`, …).

@@ -131,7 +131,9 @@ async fn an_agent_with_its_own_api_key_makes_a_logged_out_cli_pass() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    let (status, report) = b.get("/api/health/environment?cli=claude-code&fresh=true").await;
+    let (status, report) = b
+        .get("/api/health/environment?cli=claude-code&fresh=true")
+        .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["passed"], true, "{report}");
     let (_, fb) = b.get("/api/fallback/status").await;

@@ -64,7 +64,7 @@ impl std::fmt::Display for Scope {
 }
 
 /// One entry of `GET /agents/circuits/status` (http-api.md).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitStatus {
     pub scope: &'static str,

@@ -12,7 +12,19 @@ use crate::OutcomeClass;
 const MAX_REASON_CHARS: usize = 500;
 
 /// The state of one breaker, as the status endpoint and the persisted snapshot name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -171,7 +183,7 @@ impl Transition {
 ///
 /// A probe in flight is deliberately not part of it: after a restart that probe's execution is
 /// `interrupted`, so a restored half-open breaker admits a new probe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerSnapshot {
     pub state: BreakerState,

@@ -10,7 +10,7 @@ use kokino_store::{ShadowResult, ShadowSummary};
 use serde::Serialize;
 
 /// Share of shadow runs in which each leg succeeded.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct SuccessRates {
     /// Share in which the tmux leg succeeded.
     pub tmux: f64,
@@ -19,7 +19,7 @@ pub struct SuccessRates {
 }
 
 /// Shadow runs by how their legs ended.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SummaryCounts {
     /// Both legs answered.
@@ -37,7 +37,7 @@ pub struct SummaryCounts {
 }
 
 /// The shadow-mode metrics over a number of days.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShadowMetrics {
     /// The window, in days.
@@ -94,7 +94,7 @@ pub fn metrics(days: u32, s: &ShadowSummary) -> ShadowMetrics {
 }
 
 /// A shadow run whose two answers differed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Mismatch {
     /// The stored result's id.
@@ -131,7 +131,7 @@ impl From<ShadowResult> for Mismatch {
 }
 
 /// One criterion of the switch-to-headless decision.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Criterion {
     /// Whether the criterion is met.
@@ -154,7 +154,7 @@ pub struct Criterion {
 }
 
 /// The criteria of the switch-to-headless decision.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Criteria {
     /// At least 30 days of shadow data.
@@ -170,7 +170,7 @@ pub struct Criteria {
 }
 
 /// Whether shadow agents are ready to switch to headless, and why (not).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
     /// Whether every criterion is met.
