@@ -14,6 +14,7 @@ mod middleware;
 mod routes;
 mod serve;
 mod sse;
+mod status;
 
 use std::sync::Arc;
 

@@ -11,7 +11,8 @@ use kokino_service::telemetry;
 use crate::{ApiError, AppState};
 
 /// When a token is configured, every endpoint needs it except `/health` (liveness for load
-/// balancers and supervisors; it reveals nothing) and, when the operator says so, `/metrics`.
+/// balancers and supervisors; it reveals nothing), the status page's static files, and, when the
+/// operator says so, `/metrics`.
 /// Reads need it too: conversations, turns, event previews, agents' system prompts and logs all
 /// hold prompts and answers.
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -19,7 +20,10 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
         return next.run(req).await;
     };
     let path = req.uri().path();
-    let open = path == "/health" || (path == "/metrics" && state.public_metrics);
+    // The status page's static files hold no data; the page then asks for the token itself.
+    let open = path == "/health"
+        || (path == "/metrics" && state.public_metrics)
+        || crate::status::is_public_asset(path);
     if open {
         return next.run(req).await;
     }

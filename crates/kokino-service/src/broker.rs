@@ -349,6 +349,12 @@ impl Broker {
         health::health(self).await
     }
 
+    /// Whether [`Broker::shutdown`] has begun. Long-lived readers (the status page's event
+    /// stream) end when it has, so that they do not hold the HTTP server's graceful shutdown open.
+    pub fn is_shutting_down(&self) -> bool {
+        shutdown::is_shutting_down(self)
+    }
+
     /// Stops accepting executions, cancels the running ones (recorded as `cancelled`) and waits
     /// for them to finish, so that no CLI outlives the broker.
     pub async fn shutdown(&self) {
