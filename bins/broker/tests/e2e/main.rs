@@ -19,5 +19,6 @@ mod resilience;
 mod runbooks;
 mod shadow_mode;
 mod slo;
+mod status_page;
 mod supervision;
 mod tmux_mode;

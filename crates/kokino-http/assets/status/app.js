@@ -118,17 +118,20 @@ function summarise(v) {
 }
 
 // The confirmation dialog: resolves true only when the operator chose the confirm button. Escape
-// and the other button decline; the browser gives focus back to the button that opened it.
+// and the other button decline.
 function confirmAction(text, yesLabel) {
   const dlg = $('confirm');
   $('confirm-text').textContent = text;
   $('confirm-yes').textContent = yesLabel;
+  // Focus goes back to the button that opened the dialog, so a keyboard user stays in place.
+  const opener = document.activeElement;
   return new Promise((resolve) => {
     const done = (ok) => {
       $('confirm-yes').onclick = null;
       $('confirm-no').onclick = null;
       dlg.onclose = null;
       if (dlg.open) dlg.close();
+      if (opener && opener.isConnected && typeof opener.focus === 'function') opener.focus();
       resolve(ok);
     };
     $('confirm-yes').onclick = () => done(true);
@@ -215,7 +218,8 @@ function executionText(a) {
     return ['idle', 'muted'];
   }
   const parts = [`running ${fmtDuration(Date.now() - x.startedAt)}`];
-  if (x.memoryMB != null) parts.push(`${x.memoryMB.toFixed(1)} MB`);
+  // The first memory sample comes a second after the start.
+  parts.push(x.memoryMB > 0 ? `${x.memoryMB.toFixed(1)} MB` : 'memory not sampled yet');
   if (x.pid != null) parts.push(`pid ${x.pid}`);
   if (a.queueLength > 0) parts.push(`${a.queueLength} queued`);
   return [parts.join(' · '), 'busy'];
@@ -251,49 +255,80 @@ function matchesFilter(a) {
   return !f || a.agentId.toLowerCase().includes(f) || a.type.includes(f);
 }
 
-function upsertAgents(rows, full) {
-  const body = agentBody();
-  let added = false;
-  if (full) {
-    state.agents.clear();
-    state.running.clear();
-    const frag = document.createDocumentFragment();
-    for (const a of rows) {
-      const entry = { data: a, row: newRow(a.agentId) };
-      fillRow(entry);
-      entry.row.hidden = !matchesFilter(a);
-      state.agents.set(a.agentId, entry);
-      frag.appendChild(entry.row);
-    }
-    body.replaceChildren(frag);
+// Rows of the first screen are built at once; the rest follow in slices between frames, so the
+// first render does not wait for a thousand rows (and the page stays responsive meanwhile).
+const FIRST_ROWS = 60;
+const SLICE_ROWS = 200;
+let pending = null; // { ids, next } while rows are still being built
+
+function buildRows(ids, from, to) {
+  const frag = document.createDocumentFragment();
+  for (let i = from; i < to; i++) {
+    const entry = state.agents.get(ids[i]);
+    if (!entry) continue;
+    if (!entry.row) entry.row = newRow(entry.data.agentId);
+    fillRow(entry);
+    entry.row.hidden = !matchesFilter(entry.data);
+    frag.appendChild(entry.row);
+  }
+  agentBody().appendChild(frag);
+}
+
+function buildNextSlice(job) {
+  if (pending !== job) return; // a newer full render replaced this one
+  const to = Math.min(job.next + SLICE_ROWS, job.ids.length);
+  buildRows(job.ids, job.next, to);
+  job.next = to;
+  if (to < job.ids.length) {
+    setTimeout(() => buildNextSlice(job), 0);
   } else {
-    for (const a of rows) {
-      let entry = state.agents.get(a.agentId);
-      if (!entry) {
-        entry = { data: a, row: newRow(a.agentId) };
-        state.agents.set(a.agentId, entry);
-        added = true;
-      }
-      entry.data = a;
+    pending = null;
+    performance.mark('kokino-all-rows');
+    window.kokinoAllRowsMs = performance.now();
+  }
+}
+
+// Replaces every row: the rows are built in the broker's order (sorted by id).
+function renderAllAgents() {
+  const ids = [...state.agents.keys()].sort();
+  agentBody().replaceChildren();
+  const job = { ids, next: Math.min(FIRST_ROWS, ids.length) };
+  pending = job;
+  buildRows(ids, 0, job.next);
+  // The rest after the first screen was painted.
+  requestAnimationFrame(() => setTimeout(() => buildNextSlice(job), 0));
+}
+
+function upsertAgents(rows, full) {
+  let added = false;
+  if (full) state.agents.clear();
+  for (const a of rows) {
+    let entry = state.agents.get(a.agentId);
+    if (!entry) {
+      entry = { data: a, row: null };
+      state.agents.set(a.agentId, entry);
+      added = true;
+    }
+    entry.data = a;
+    if (a.execution) state.running.add(a.agentId); else state.running.delete(a.agentId);
+    // A row not built yet gets the latest data when it is.
+    if (entry.row) {
       fillRow(entry);
       entry.row.hidden = !matchesFilter(a);
-      if (!entry.row.isConnected) body.appendChild(entry.row);
     }
   }
-  if (added) {
-    // Keep the rows sorted by id, as the broker sends them.
-    const sorted = [...state.agents.keys()].sort();
-    const frag = document.createDocumentFragment();
-    for (const id of sorted) frag.appendChild(state.agents.get(id).row);
-    body.replaceChildren(frag);
+  if (full) {
+    state.running = new Set(rows.filter((a) => a.execution).map((a) => a.agentId));
   }
+  // A new agent goes to its place in the sorted table; rebuilding keeps that simple.
+  if (full || added) renderAllAgents();
   countAgents();
 }
 
 function removeAgents(ids) {
   for (const id of ids) {
     const entry = state.agents.get(id);
-    if (entry) entry.row.remove();
+    if (entry && entry.row) entry.row.remove();
     state.agents.delete(id);
     state.running.delete(id);
   }
@@ -307,14 +342,16 @@ function countAgents() {
 }
 
 function applyFilter() {
-  for (const entry of state.agents.values()) entry.row.hidden = !matchesFilter(entry.data);
+  for (const entry of state.agents.values()) {
+    if (entry.row) entry.row.hidden = !matchesFilter(entry.data);
+  }
 }
 
 // Elapsed times tick here, between stream updates, for the running agents only.
 function tick() {
   for (const id of state.running) {
     const entry = state.agents.get(id);
-    if (!entry) continue;
+    if (!entry || !entry.row) continue;
     const [t, cls] = executionText(entry.data);
     setText(entry.row.cells[6], t, cls);
   }
@@ -338,7 +375,6 @@ function infoItem(key, label, value) {
 function renderBroker(b) {
   state.broker = b;
   infoItem('version', 'Version', b.version);
-  infoItem('status', 'Status', b.status);
   infoItem('store', 'Store', b.store);
   infoItem('tmux', 'tmux', b.tmuxAvailable ? 'available' : 'not available');
   infoItem('uptime', 'Up', fmtDuration(Date.now() - b.startedAt));
@@ -474,6 +510,7 @@ function renderProblems(list) {
 
 const handlers = {
   snapshot(s) {
+    if (!state.firstRender) performance.mark('kokino-snapshot-parsed');
     renderBroker(s.broker);
     upsertAgents(s.agents, true);
     renderExecutions(s.executions);
@@ -485,6 +522,7 @@ const handlers = {
     $('main').hidden = false;
     if (!state.firstRender) {
       state.firstRender = true;
+      performance.mark('kokino-snapshot-rendered');
       // After the browser has laid out and painted the first full render.
       requestAnimationFrame(() => setTimeout(() => {
         const ms = performance.now();
@@ -533,6 +571,7 @@ function dispatch(block) {
     else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
   }
   if (data.length === 0 || !handlers[name]) return;
+  if (name === 'snapshot' && !state.firstRender) performance.mark('kokino-snapshot-received');
   handlers[name](JSON.parse(data.join('\n')));
 }
 
@@ -549,6 +588,7 @@ async function readStream(signal) {
     try { why = (await resp.json()).error; } catch (_) { /* not JSON */ }
     throw new Error(`${resp.status} ${why}`);
   }
+  if (!state.firstRender) performance.mark('kokino-stream-open');
   setConn('Live');
   $('forget-token').hidden = !sessionStorage.getItem(TOKEN_KEY);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();

@@ -59,8 +59,6 @@ pub struct BrokerInfo {
     pub instance_id: String,
     /// `sqlite` or `postgres`.
     pub store: &'static str,
-    /// `ok` or `degraded`.
-    pub status: &'static str,
     /// When the broker started, epoch milliseconds (the page counts the uptime itself).
     pub started_at: i64,
     pub tmux_available: bool,
@@ -136,47 +134,59 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Reads everything. `slow` also recomputes the SLO status and the broker's health, which
-    /// cost several queries over the SLO windows and need not be fresher than a few seconds.
+    /// Reads everything. `slow` also recomputes the SLO status, which costs several queries over
+    /// the SLO windows and need not be fresher than a few seconds. A store that cannot be read
+    /// shows as a problem (the page's banner), the way `GET /health` would call it degraded.
+    /// The reads are independent and run concurrently: the first snapshot is on the page's
+    /// critical path, and with a thousand agents each of them takes a while.
     pub async fn collect(&mut self, b: &Broker, slow: bool) -> StatusSnapshot {
         let mut problems = Vec::new();
         let fallback = b.fallback_status();
         let circuits = b.circuits_status();
-        let agents = match agent_rows(b, &fallback, &circuits).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                problems.push(format!("agents could not be read: {e}"));
-                Vec::new()
+        let slow = slow || self.broker.is_none();
+        let newest_event = self.newest_event;
+        let (agents, events, slo) = tokio::join!(
+            agent_rows(b, &fallback, &circuits),
+            recent_events(b, newest_event),
+            async {
+                if slow {
+                    Some(b.slo_status().await)
+                } else {
+                    None
+                }
+            },
+        );
+        let agents = agents.unwrap_or_else(|e| {
+            problems.push(format!("agents could not be read: {e}"));
+            Vec::new()
+        });
+        match events {
+            Ok((events, executions)) => {
+                self.newest_event = events.first().map(|e| e.id);
+                self.events = events;
+                if let Some(executions) = executions {
+                    self.executions = executions;
+                }
             }
-        };
-        if let Err(e) = self.refresh_events(b).await {
-            problems.push(format!("events could not be read: {e}"));
+            Err(e) => problems.push(format!("events could not be read: {e}")),
         }
-        if slow || self.broker.is_none() {
-            match b.slo_status().await {
-                Ok(s) => self.slo = Some(s),
-                Err(e) => problems.push(format!("SLO status could not be computed: {e}")),
-            }
-            let h = b.health().await;
-            problems.extend(h.reasons.iter().cloned());
-            let started_at = Utc::now().timestamp_millis() - (h.uptime_seconds as i64) * 1000;
-            // The start time is derived from a whole-second uptime: keep the first value so the
-            // page does not see it jitter by a second on every refresh.
-            let started_at = match &self.broker {
-                Some(prev) if prev.instance_id == h.instance_id => prev.started_at,
-                _ => started_at,
-            };
+        match slo {
+            Some(Ok(s)) => self.slo = Some(s),
+            Some(Err(e)) => problems.push(format!("SLO status could not be computed: {e}")),
+            None => {}
+        }
+        if self.broker.is_none() {
+            // Fixed for the broker's life; the page counts the uptime from `startedAt`.
             self.broker = Some(BrokerInfo {
-                version: h.version,
-                instance_id: h.instance_id,
-                store: h.store,
-                status: h.status,
-                started_at,
+                version: env!("CARGO_PKG_VERSION"),
+                instance_id: b.instance_id().to_owned(),
+                store: b.store().kind(),
+                started_at: (Utc::now() - b.uptime()).timestamp_millis(),
                 tmux_available: b.tmux_available(),
             });
         }
         StatusSnapshot {
-            broker: self.broker.clone().expect("set above"),
+            broker: self.broker.clone().expect("read on the first call"),
             agents,
             executions: self.executions.clone(),
             circuits,
@@ -186,39 +196,40 @@ impl Collector {
             problems,
         }
     }
+}
 
-    /// The latest events; the finished executions are read again only when a new event arrived
-    /// (every finished execution writes one), which keeps an idle broker's page at one query.
-    async fn refresh_events(&mut self, b: &Broker) -> Result<(), kokino_store::StoreError> {
-        let store = b.store();
-        let events = store
-            .list_events(&EventFilter {
-                limit: RECENT_EVENTS,
-                ..EventFilter::default()
-            })
-            .await?;
-        let newest = events.first().map(|e| e.id);
-        if newest != self.newest_event || self.newest_event.is_none() {
-            let mut finished = Vec::new();
-            for kind in FINISH_EVENTS {
-                finished.extend(
-                    store
-                        .list_events(&EventFilter {
-                            event_type: Some((*kind).to_owned()),
-                            limit: RECENT_EXECUTIONS as u32,
-                            ..EventFilter::default()
-                        })
-                        .await?,
-                );
-            }
-            finished.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
-            finished.truncate(RECENT_EXECUTIONS);
-            self.executions = finished.iter().map(execution_row).collect();
-            self.newest_event = newest;
-        }
-        self.events = events;
-        Ok(())
+/// The latest events, and the finished executions when a new event arrived since `seen` (every
+/// finished execution writes one), which keeps an idle broker's page at one query per tick.
+async fn recent_events(
+    b: &Broker,
+    seen: Option<i64>,
+) -> Result<(Vec<Event>, Option<Vec<ExecutionRow>>), kokino_store::StoreError> {
+    let store = b.store();
+    let events = store
+        .list_events(&EventFilter {
+            limit: RECENT_EVENTS,
+            ..EventFilter::default()
+        })
+        .await?;
+    let newest = events.first().map(|e| e.id);
+    if seen.is_some() && newest == seen {
+        return Ok((events, None));
     }
+    let mut finished = Vec::new();
+    for kind in FINISH_EVENTS {
+        finished.extend(
+            store
+                .list_events(&EventFilter {
+                    event_type: Some((*kind).to_owned()),
+                    limit: RECENT_EXECUTIONS as u32,
+                    ..EventFilter::default()
+                })
+                .await?,
+        );
+    }
+    finished.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
+    finished.truncate(RECENT_EXECUTIONS);
+    Ok((events, Some(finished.iter().map(execution_row).collect())))
 }
 
 fn execution_row(e: &Event) -> ExecutionRow {
@@ -248,10 +259,9 @@ async fn agent_rows(
     fallback: &FallbackStatus,
     circuits: &[CircuitStatus],
 ) -> Result<Vec<AgentRow>, kokino_service::ServiceError> {
-    let records = b.list_agents(None, None).await?;
-    let sessions: HashMap<String, kokino_service::SessionStatus> = b
-        .sessions_status()
-        .await?
+    let (records, sessions) = tokio::join!(b.list_agents(None, None), b.sessions_status());
+    let records = records?;
+    let sessions: HashMap<String, kokino_service::SessionStatus> = sessions?
         .into_iter()
         .map(|s| (s.agent_id.clone(), s))
         .collect();
