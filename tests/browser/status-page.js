@@ -166,7 +166,7 @@ async function live(base, token, outDir) {
     const shot = api(base, token, 'POST', '/agents/gamma/execute', { prompt: 'fake:sleep=4 for the picture' });
     await cell(page, 'gamma', 6).filter({ hasText: /\d MB/ }).waitFor({ timeout: T });
     await page.waitForTimeout(1200); // a non-zero elapsed time on the picture
-    await page.screenshot({ path: path.join(outDir, 'status-page.png'), fullPage: true });
+    await page.screenshot({ path: path.join(outDir, 'status-page.png') });
     await confirmDialog(page,
       () => openRow.getByRole('button', { name: 'Reset the agent breaker of flaky' }).click(),
       'Reset the agent breaker of flaky');

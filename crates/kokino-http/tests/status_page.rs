@@ -92,7 +92,10 @@ async fn the_page_is_public_its_data_needs_the_token() {
     for path in ["/api/status", "/api/status/stream"] {
         let (s, _, body) = send(&app, get(path, &[])).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
-        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["code"], "UNAUTHORIZED");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["code"],
+            "UNAUTHORIZED"
+        );
         let wrong = [("authorization", "Bearer nope")];
         assert_eq!(send(&app, get(path, &wrong)).await.0, 401, "{path}");
     }

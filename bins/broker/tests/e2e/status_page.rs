@@ -85,7 +85,13 @@ async fn run_script(chromium: &Path, script: &Path, args: &[&str], out: &Path) -
     serde_json::from_str(line).unwrap()
 }
 
-async fn call(b: &Broker, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    b: &Broker,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = b
         .client
         .request(method.parse().unwrap(), format!("{}{path}", b.base))
@@ -96,7 +102,10 @@ async fn call(b: &Broker, token: &str, method: &str, path: &str, body: Option<Va
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test]
@@ -166,7 +175,9 @@ async fn the_status_page_shows_live_executions_and_its_buttons_cancel_and_reset(
     assert_eq!(result["cancelCode"], "EXECUTION_CANCELLED");
     let pid = result["cancelledPid"].as_i64().unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || agent_processes(&w, &b).is_empty()).await,
+        eventually(Duration::from_secs(10), || agent_processes(&w, &b)
+            .is_empty())
+        .await,
         "processes left after the page's cancel: {:?}",
         agent_processes(&w, &b)
     );
@@ -266,12 +277,20 @@ async fn the_status_page_renders_1000_agents_within_200_ms() {
     let budget: f64 = std::env::var("KOKINO_FIRST_RENDER_BUDGET_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 1000.0 } else { 200.0 });
+        .unwrap_or(if cfg!(debug_assertions) {
+            1000.0
+        } else {
+            200.0
+        });
     let _ = writeln!(
         std::io::stderr(),
         "status page with 1000 agents ({} broker): first render {times:?} ms (best {best} ms, \
          budget {budget} ms); all rows {} ms",
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         result["allRowsMs"]
     );
     assert!(

@@ -87,7 +87,10 @@ async fn index() -> Response {
         HeaderValue::from_static(CSP),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     resp
 }
 
@@ -162,7 +165,9 @@ async fn produce(s: AppState, tx: mpsc::Sender<Event>) {
             return;
         }
         ticks = ticks.wrapping_add(1);
-        let snap = collector.collect(broker, ticks % SLOW_EVERY == 0).await;
+        let snap = collector
+            .collect(broker, ticks.is_multiple_of(SLOW_EVERY))
+            .await;
         let mut out = Vec::new();
         if let Some(diff) = agents_diff(&mut sent.agents, &snap.agents) {
             out.push(Event::default().event("agents").data(diff));
@@ -234,7 +239,12 @@ mod tests {
         for p in ["/", "/status/app.js", "/status/app.css"] {
             assert!(is_public_asset(p), "{p}");
         }
-        for p in ["/api/status", "/api/status/stream", "/index.html", "/status/"] {
+        for p in [
+            "/api/status",
+            "/api/status/stream",
+            "/index.html",
+            "/status/",
+        ] {
             assert!(!is_public_asset(p), "{p}");
         }
     }

@@ -288,16 +288,14 @@ async fn agent_rows(
                     Ok(m) => (Some(m.mode), m.reason),
                     Err(no) => (None, Some(no.reason)),
                 };
-            let execution = session
-                .filter(|s| s.executing)
-                .map(|s| LiveExecution {
-                    execution_id: process.map(|p| p.execution_id.clone()),
-                    pid: s.pid,
-                    mode: s.mode,
-                    started_at: s.execution_started_at.unwrap_or_default(),
-                    memory_mb: process.map(|p| p.memory_mb),
-                    cpu_percent: process.map(|p| p.cpu_percent),
-                });
+            let execution = session.filter(|s| s.executing).map(|s| LiveExecution {
+                execution_id: process.map(|p| p.execution_id.clone()),
+                pid: s.pid,
+                mode: s.mode,
+                started_at: s.execution_started_at.unwrap_or_default(),
+                memory_mb: process.map(|p| p.memory_mb),
+                cpu_percent: process.map(|p| p.cpu_percent),
+            });
             AgentRow {
                 agent_id: key.clone(),
                 cli_type: a.spec.cli_type,
