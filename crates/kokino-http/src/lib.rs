@@ -15,6 +15,7 @@ pub mod openapi;
 mod routes;
 mod serve;
 mod sse;
+mod status;
 
 use std::sync::Arc;
 

@@ -11,7 +11,8 @@ use kokino_service::telemetry;
 use crate::{ApiError, AppState};
 
 /// When a token is configured, every endpoint needs it except `/health` (liveness for load
-/// balancers and supervisors; it reveals nothing) and, when the operator says so, `/metrics`.
+/// balancers and supervisors; it reveals nothing), the status page's static files, and, when the
+/// operator says so, `/metrics`.
 /// Reads need it too: conversations, turns, event previews, agents' system prompts and logs all
 /// hold prompts and answers.
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -20,10 +21,12 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
     };
     let path = req.uri().path();
     // The OpenAPI document describes the API and holds no data; a client reads it to learn how
-    // to authenticate, so it is public like the health check.
+    // to authenticate, so it is public like the health check. The status page's static files
+    // hold no data either; the page then asks for the token itself.
     let open = path == "/health"
         || path == "/openapi.json"
-        || (path == "/metrics" && state.public_metrics);
+        || (path == "/metrics" && state.public_metrics)
+        || crate::status::is_public_asset(path);
     if open {
         return next.run(req).await;
     }

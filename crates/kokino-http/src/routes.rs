@@ -72,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/integrity/check", get(integrity_check))
         .route("/api/integrity/stats", get(integrity_stats))
         .route("/api/integrity/cleanup", post(integrity_cleanup))
+        // The live status page (`GET /`) and its data (`/api/status`, `/api/status/stream`).
+        .merge(crate::status::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the request metric, so a panicking route is counted with its 500.

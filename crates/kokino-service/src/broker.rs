@@ -354,6 +354,22 @@ impl Broker {
         health::health(self).await
     }
 
+    /// This broker's id (changes at every start), as `GET /health` reports it.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// Time since the broker started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Whether [`Broker::shutdown`] has begun. Long-lived readers (the status page's event
+    /// stream) end when it has, so that they do not hold the HTTP server's graceful shutdown open.
+    pub fn is_shutting_down(&self) -> bool {
+        shutdown::is_shutting_down(self)
+    }
+
     /// Stops accepting executions, cancels the running ones (recorded as `cancelled`) and waits
     /// for them to finish, so that no CLI outlives the broker.
     pub async fn shutdown(&self) {

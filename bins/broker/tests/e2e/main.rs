@@ -20,5 +20,6 @@ mod resilience;
 mod runbooks;
 mod shadow_mode;
 mod slo;
+mod status_page;
 mod supervision;
 mod tmux_mode;
