@@ -73,11 +73,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/integrity/check", get(integrity_check))
         .route("/api/integrity/stats", get(integrity_stats))
         .route("/api/integrity/cleanup", post(integrity_cleanup))
+        .route("/agents/{id}/move", post(crate::forward::move_agent))
+        .route("/api/cluster", get(crate::forward::cluster))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the request metric, so a panicking route is counted with its 500.
         .route_layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panic_response,
+        ))
+        // Inside auth: only authenticated requests are forwarded to an agent's home.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::forward,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -157,6 +164,12 @@ struct RegisterBody {
     extra_args: Option<Vec<String>>,
     metadata: Option<serde_json::Map<String, Value>>,
     rate_limit: Option<kokino_core::RateLimitPolicy>,
+    /// Several brokers: the instance id of the broker that runs the agent (default: its home so
+    /// far, else the receiving broker).
+    home: Option<String>,
+    /// Several brokers: whether another broker may take the agent over where its `cwd` does
+    /// not exist.
+    portable: Option<bool>,
 }
 
 fn legacy_string(
@@ -224,10 +237,11 @@ impl RegisterBody {
 
 async fn register(
     State(s): State<AppState>,
-    JsonBody(body): JsonBody<RegisterBody>,
+    JsonBody(mut body): JsonBody<RegisterBody>,
 ) -> ApiResult<Json<kokino_core::AgentRecord>> {
+    let (home, portable) = (body.home.take(), body.portable.take());
     let spec = body.into_spec()?;
-    Ok(Json(s.broker.register_agent(spec).await?))
+    Ok(Json(s.broker.register_agent_at(spec, home, portable).await?))
 }
 
 #[derive(Debug, Deserialize)]

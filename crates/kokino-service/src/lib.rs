@@ -21,6 +21,7 @@
 mod agents;
 mod broker;
 pub mod cluster;
+pub mod homes;
 mod config;
 mod conversations;
 mod environment;
