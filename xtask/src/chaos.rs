@@ -223,7 +223,7 @@ fn single_broker(bins: &Path, rounds: usize, rng: &mut Rng) -> Result<Tally> {
             None => world.start_broker()?,
         };
         let mut pending = Vec::new();
-        for k in 0..1 + rng.below(3) as usize {
+        for k in 0..=(rng.below(3) as usize) {
             let secs = 0.1 + rng.below(900) as f64 / 1000.0;
             let agent = format!("c{}", rng.below(AGENTS as u64));
             pending.push(fire(

@@ -162,7 +162,9 @@ const CLAUDE_FLAGS: &[Flag] = &[
     f(&["--model"], true, "model"),
     f(&["--fallback-model"], true, "ignore"),
     f(&["--append-system-prompt"], true, "ignore"),
+    f(&["--append-system-prompt-file"], true, "ignore"),
     f(&["--system-prompt"], true, "ignore"),
+    f(&["--system-prompt-file"], true, "ignore"),
     f(&["--max-turns"], true, "max-turns"),
     f(&["--max-budget-usd"], true, "ignore"),
     f(

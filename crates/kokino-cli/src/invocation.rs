@@ -1,8 +1,9 @@
 //! Command lines for the four CLIs (spec: `cli-adapters.md`, "Headless invocation").
 //!
-//! The prompt is never put in argv: every CLI reads it from stdin, which keeps prompts out of `ps`
-//! and lets them exceed the argv size limit. Only the system prompt of Claude travels in argv,
-//! because Claude has a flag for it and no other channel.
+//! Neither the prompt nor the system prompt is ever put in argv: every CLI reads the prompt from
+//! stdin, which keeps prompts out of `ps` and lets them exceed the argv size limit; Claude reads
+//! the system prompt from a file (`--append-system-prompt-file`), the others get it at the head of
+//! their first prompt.
 
 use kokino_core::CliType;
 
@@ -32,9 +33,12 @@ pub fn build_args(req: &InvocationRequest<'_>) -> Vec<String> {
                 push("--model");
                 push(m);
             }
-            if let Some(s) = req.system_prompt {
-                push("--append-system-prompt");
-                push(s);
+            // The text itself would be readable by every local user in `/proc/*/cmdline`; the
+            // file is private to the broker's user. Without a file, the system prompt is not
+            // sent (the caller chose not to write one).
+            if let (Some(_), Some(file)) = (req.system_prompt, req.system_prompt_file) {
+                push("--append-system-prompt-file");
+                push(file);
             }
             args.extend(req.extra_args.iter().cloned());
         }
@@ -79,8 +83,11 @@ pub fn build_args(req: &InvocationRequest<'_>) -> Vec<String> {
         }
         CliType::FactoryDroid => {
             // Droid's autonomy level (`--auto low|medium|high`) is an operator decision, so it only
-            // comes through `extra_args`. There is no system-prompt flag. `-s` continues an
-            // existing session; a new session gets its id from the CLI.
+            // comes through `extra_args`. There is no system-prompt flag used here. A session is
+            // continued with `--fork <id>`, not `-s <id>`: `-s` fetches the session from Factory's
+            // servers and fails silently without a Factory login (bring-your-own-key models),
+            // while `--fork` works from the local session file and carries the whole history
+            // into a new session, whose id the stream reports and the broker records.
             for a in ["exec", "-o", "stream-json"] {
                 push(a);
             }
@@ -89,7 +96,7 @@ pub fn build_args(req: &InvocationRequest<'_>) -> Vec<String> {
                 push(m);
             }
             if let SessionArg::Resume { session_id } = req.session {
-                push("-s");
+                push("--fork");
                 push(session_id);
             }
             args.extend(req.extra_args.iter().cloned());
@@ -100,7 +107,8 @@ pub fn build_args(req: &InvocationRequest<'_>) -> Vec<String> {
 
 /// The prompt to send on the first turn of a session.
 ///
-/// Claude takes the system prompt as `--append-system-prompt`, so its prompt is unchanged. Codex,
+/// Claude reads the system prompt from a file (`--append-system-prompt-file`), so its prompt is
+/// unchanged. Codex,
 /// Gemini and Droid have no such flag in headless mode; the system prompt is put in front of the
 /// first prompt instead, separated by a blank line, and the CLI's own session keeps it in context
 /// for later turns. An empty or absent system prompt leaves the prompt unchanged.
@@ -112,8 +120,9 @@ pub fn first_prompt_with_system(cli: CliType, system_prompt: Option<&str>, promp
     }
 }
 
-/// Whether the system prompt reaches this CLI through argv (`build_args`) rather than through the
-/// first prompt (`first_prompt_with_system`).
+/// Whether the system prompt reaches this CLI through a file named in its arguments (`build_args`
+/// with [`InvocationRequest::system_prompt_file`]) rather than through the first prompt
+/// (`first_prompt_with_system`).
 pub fn system_prompt_in_args(cli: CliType) -> bool {
     matches!(cli, CliType::ClaudeCode)
 }
@@ -133,6 +142,7 @@ mod tests {
             cli,
             model,
             system_prompt,
+            system_prompt_file: system_prompt.map(|_| "/data/prompts/a.system.md"),
             extra_args,
             session,
         })
@@ -169,8 +179,8 @@ mod tests {
                 "11111111-1111-4111-8111-111111111111",
                 "--model",
                 "sonnet",
-                "--append-system-prompt",
-                "Be brief.",
+                "--append-system-prompt-file",
+                "/data/prompts/a.system.md",
                 "--max-turns",
                 "3",
             ])
@@ -281,8 +291,30 @@ mod tests {
         );
         assert_eq!(
             req(CliType::FactoryDroid, None, None, &[], RESUME),
-            v(&["exec", "-o", "stream-json", "-s", "sess-42"])
+            v(&["exec", "-o", "stream-json", "--fork", "sess-42"])
         );
+    }
+
+    #[test]
+    fn the_system_prompt_text_never_appears_in_argv() {
+        for cli in CliType::ALL {
+            for session in [NEW, RESUME] {
+                for file in [None, Some("/p/a.md")] {
+                    let args = build_args(&InvocationRequest {
+                        cli: *cli,
+                        model: None,
+                        system_prompt: Some("SYSTEM-SECRET"),
+                        system_prompt_file: file,
+                        extra_args: &[],
+                        session,
+                    });
+                    assert!(
+                        args.iter().all(|a| !a.contains("SYSTEM-SECRET")),
+                        "{cli:?}: {args:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

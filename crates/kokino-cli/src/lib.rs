@@ -23,6 +23,7 @@ mod droid;
 mod env;
 mod gemini;
 mod invocation;
+mod rehydrate;
 pub mod tui;
 
 pub use env::{
@@ -30,6 +31,9 @@ pub use env::{
     PROTECTED_VARS,
 };
 pub use invocation::{build_args, first_prompt_with_system, system_prompt_in_args};
+pub use rehydrate::{
+    rehydration_prompt, PastTurn, REHYDRATION_MAX_BYTES, REHYDRATION_TURN_MAX_BYTES,
+};
 pub use tui::{interactive_args, tui_for, Tui};
 
 /// Whether the next run creates the CLI session or resumes it.
@@ -55,8 +59,13 @@ pub struct InvocationRequest<'a> {
     pub cli: CliType,
     /// The model, when the agent names one (else the CLI's default).
     pub model: Option<&'a str>,
-    /// The agent's system prompt; only Claude takes it in argv (see [`build_args`]).
+    /// The agent's system prompt. It never goes in argv (every local user can read
+    /// `/proc/*/cmdline`): Claude reads it from [`InvocationRequest::system_prompt_file`], the
+    /// other CLIs get it at the head of the first prompt ([`first_prompt_with_system`]).
     pub system_prompt: Option<&'a str>,
+    /// A file holding the system prompt, for the CLIs that read one (Claude's
+    /// `--append-system-prompt-file`). The caller writes it (mode 0600) before the run.
+    pub system_prompt_file: Option<&'a str>,
     /// The agent's extra arguments, appended where the CLI accepts options.
     pub extra_args: &'a [String],
     /// Whether this run creates or resumes the CLI session.

@@ -119,6 +119,7 @@ async fn main() -> ExitCode {
     let args = build_args(&InvocationRequest {
         cli: opts.cli,
         model: None,
+        system_prompt_file: None,
         system_prompt: None,
         extra_args: &[],
         session: SessionArg::New {

@@ -161,7 +161,7 @@ async fn apply_verdict(b: &Broker, r: &CliReport, agents: &[AgentRecord]) {
         .iter()
         .any(|a| a.spec.cli_type == cli && a.spec.binary.is_none());
     let disable = r.disables_cli();
-    if !(used || !disable) {
+    if !used && disable {
         return;
     }
     let reason = r

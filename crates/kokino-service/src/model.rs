@@ -22,6 +22,11 @@ pub struct ExecuteRequest {
     pub conversation_id: Option<String>,
     /// Free-form metadata stored on the user turn (an object; anything else is ignored).
     pub metadata: Option<serde_json::Value>,
+    /// Start a new CLI session seeded with the stored conversation instead of resuming the
+    /// CLI's own session (what the broker also does by itself when the CLI cannot find its
+    /// session): for an operator who knows the CLI's session is gone or damaged.
+    #[serde(default)]
+    pub rehydrate: bool,
 }
 
 /// Details of a successful execution.
@@ -39,6 +44,10 @@ pub struct ExecuteMetadata {
     pub waited_ms: u64,
     /// The execution's id (also in the turns' metadata and the events).
     pub execution_id: String,
+    /// The CLI could not resume its session (or the request asked for it), so this answer
+    /// comes from a new CLI session seeded with the stored conversation.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rehydrated: bool,
 }
 
 /// The answer to a successful execution.

@@ -30,11 +30,29 @@ async fn every_cli_type_answers_and_resumes_its_session() {
         let (s2, second) = b.execute(&agent, "and again").await;
         assert_eq!(s2, 200, "{cli_type}: {second}");
         assert_eq!(second["content"], "echo: and again");
-        assert_eq!(
-            second["sessionId"],
-            session.as_str(),
-            "{cli_type}: the second run resumes the CLI session"
-        );
+        if cli_type == "factory-droid" {
+            // Droid continues a session with `--fork`, which works without Factory's servers
+            // and carries the history into a new session id (recorded for the next run).
+            assert_ne!(second["sessionId"], session.as_str(), "{cli_type}");
+            let (_, sessions) = b.get("/agents/sessions/status").await;
+            let stored = sessions
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["agentId"] == agent.as_str())
+                .unwrap()["sessionId"]
+                .clone();
+            assert_eq!(
+                stored, second["sessionId"],
+                "{cli_type}: the fork's id is recorded"
+            );
+        } else {
+            assert_eq!(
+                second["sessionId"],
+                session.as_str(),
+                "{cli_type}: the second run resumes the CLI session"
+            );
+        }
         assert_eq!(second["conversationId"], first["conversationId"]);
 
         let (_, conv) = b.get(&format!("/agents/{agent}/conversation")).await;
@@ -48,7 +66,7 @@ async fn every_cli_type_answers_and_resumes_its_session() {
         let seqs: Vec<i64> = turns.iter().map(|t| t["seq"].as_i64().unwrap()).collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert_eq!(turns[3]["content"], "echo: and again");
-        assert_eq!(conv["sessionId"], session.as_str());
+        assert_eq!(conv["sessionId"], second["sessionId"], "{cli_type}");
     }
     // The fake agent itself remembers the resumed sessions: resuming an unknown id would have
     // failed the second run of each type.

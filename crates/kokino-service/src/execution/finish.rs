@@ -107,6 +107,10 @@ fn finish_record(exec: &Execution, o: &Outcome) -> FinishExecution {
         "costUsd": r.parsed.cost_usd,
         "numTurns": r.parsed.num_turns,
     });
+    let mut turn_meta = turn_meta;
+    if let Some(previous) = &exec.rehydrated_from {
+        turn_meta["rehydratedFrom"] = json!(previous);
+    }
     let (role, content) = if outcome == OutcomeClass::Success {
         (Role::Assistant, r.parsed.answer.clone().unwrap_or_default())
     } else {
@@ -209,6 +213,7 @@ fn answer(b: &Broker, exec: &Execution, o: Outcome, turn: Option<Turn>) -> Resul
                 cli_type: exec.agent.spec.cli_type.as_str().to_owned(),
                 waited_ms: exec.waited_ms,
                 execution_id,
+                rehydrated: exec.rehydrated_from.is_some(),
             },
         }),
         OutcomeClass::Cancelled => Err(ServiceError::Cancelled {

@@ -11,6 +11,7 @@
 mod admit;
 mod finish;
 mod lock;
+mod rehydrate;
 pub(crate) mod run;
 pub(crate) mod runner;
 

@@ -57,6 +57,11 @@ pub(crate) struct Execution {
     pub timeout: Duration,
     /// The lock guard's token, which identifies this run in the running table.
     pub token: u64,
+    /// Set when this run starts a new CLI session seeded with the stored conversation (the CLI
+    /// could not resume its own, or the request asked for it): the session it replaces.
+    pub rehydrated_from: Option<String>,
+    /// The seeded first prompt of a rehydrated run.
+    pub seeded_prompt: Option<String>,
     pub progress: Option<mpsc::UnboundedSender<Progress>>,
     /// When the user turn was being stored, for the phase timings.
     pub phase: Instant,
@@ -76,7 +81,10 @@ impl Execution {
     /// The prompt the CLI receives: a new session carries the system prompt where the CLI
     /// has no flag for it.
     fn cli_prompt(&self) -> String {
-        if self.resume_id.is_some() {
+        if let Some(seeded) = &self.seeded_prompt {
+            let system = self.agent.spec.system_prompt.as_deref();
+            first_prompt_with_system(self.agent.spec.cli_type, system, seeded)
+        } else if self.resume_id.is_some() {
             self.prompt.clone()
         } else {
             let system = self.agent.spec.system_prompt.as_deref();
@@ -126,7 +134,11 @@ pub(super) async fn run(b: &Broker, admitted: Admitted) -> Result<ExecuteRespons
         lease: admitted.lease,
         renewal: None,
     };
-    let exec = begin(b, admitted.request, &holds).await?;
+    let rehydrate = admitted.request.req.rehydrate;
+    let mut exec = begin(b, admitted.request, &holds).await?;
+    if rehydrate && exec.resume_id.is_some() {
+        super::rehydrate::prepare(b, &mut exec, "requested").await?;
+    }
     let persisted_user_turn = exec.phase.elapsed();
     let cancel = CancellationToken::new();
     holds.renewal = spawn_renewal(b, &exec, holds.lease.as_ref(), &cancel);
@@ -137,7 +149,14 @@ pub(super) async fn run(b: &Broker, admitted: Admitted) -> Result<ExecuteRespons
         Some(mode) => Some(shadow_legs::start_secondary(b, &exec, mode, cancel.clone()).await),
         None => None,
     };
-    let result = run_primary(b, &exec, primary_mode, cancel).await;
+    let mut result = run_primary(b, &exec, primary_mode, cancel.clone()).await;
+    // The CLI no longer has the session it was asked to resume (its files were cleaned up,
+    // `HOME` was wiped, the agent moved machines): continue in a new CLI session seeded with
+    // the stored conversation rather than fail this and every later execute.
+    if result.parsed.session_not_found && exec.resume_id.is_some() && !cancel.is_cancelled() {
+        super::rehydrate::prepare(b, &mut exec, "session_not_found").await?;
+        result = run_primary(b, &exec, primary_mode, cancel).await;
+    }
     let primary_result = secondary.as_ref().map(|_| result.clone());
     let ran = exec.phase.elapsed();
     let answer = super::finish::finish(b, &exec, result, permit, holds.fence()).await;
@@ -240,6 +259,8 @@ async fn begin(b: &Broker, request: Request, holds: &Holds) -> Result<Execution>
         waited_ms: millis(holds.guard.waited()),
         timeout,
         token: holds.guard.token(),
+        rehydrated_from: None,
+        seeded_prompt: None,
         progress,
         phase,
     };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kokino_cli::interactive_args;
-use kokino_cli::{build_args, child_env, parser_for, InvocationRequest, SessionArg};
+use kokino_cli::{build_args, child_env, InvocationRequest, SessionArg};
 use kokino_core::{AgentRecord, CliType, CommMode, OutcomeClass};
 use kokino_exec::{
     run_headless, CancellationToken, ExecEvent, HeadlessCommand, Limits, RunResult, TmuxRequest,
@@ -20,14 +20,15 @@ const SIGHUP: i32 = 1;
 
 /// How one leg of an execution runs.
 pub(crate) enum Runner {
-    Headless(HeadlessCommand, Limits),
+    /// A headless run, with what its parser must know of it (a resume or a new session).
+    Headless(HeadlessCommand, Limits, kokino_cli::RunContext),
     Tmux(TmuxRequest, Limits),
 }
 
 impl Runner {
     pub(crate) fn limits(&self) -> &Limits {
         match self {
-            Runner::Headless(_, l) | Runner::Tmux(_, l) => l,
+            Runner::Headless(_, l, _) | Runner::Tmux(_, l) => l,
         }
     }
 }
@@ -101,14 +102,19 @@ pub(crate) async fn build(b: &Broker, leg: Leg<'_>) -> Result<Runner, CannotStar
         max_line_bytes: cfg.max_line_bytes,
         stop_on_rate_limit: agent.spec.rate_limit != Some(kokino_core::RateLimitPolicy::Cli),
     };
+    let prompt_file = system_prompt_file(b, agent)?;
+    let prompt_file = prompt_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
     if leg.mode == CommMode::Tmux {
-        let req = tmux_request(leg, program, env);
+        let req = tmux_request(leg, program, env, prompt_file.as_deref());
         return Ok(Runner::Tmux(req, limits));
     }
     let args = build_args(&InvocationRequest {
         cli,
         model: agent.spec.model.as_deref(),
         system_prompt: agent.spec.system_prompt.as_deref(),
+        system_prompt_file: prompt_file.as_deref(),
         extra_args: &agent.spec.extra_args,
         session: leg.session,
     });
@@ -120,18 +126,74 @@ pub(crate) async fn build(b: &Broker, leg: Leg<'_>) -> Result<Runner, CannotStar
         stdin: leg.prompt.into_bytes(),
         supervisor: cfg.supervisor(),
     };
-    Ok(Runner::Headless(cmd, limits))
+    Ok(Runner::Headless(
+        cmd,
+        limits,
+        kokino_cli::RunContext::for_session(leg.session),
+    ))
+}
+
+/// The file Claude reads the agent's system prompt from (`--append-system-prompt-file`), so
+/// that the text never appears in argv, where every local user could read it in
+/// `/proc/*/cmdline`. Written (mode 0600, in a 0700 directory of the data directory) whenever a
+/// leg is built, so it always holds the agent's current system prompt. `None` for the other CLIs
+/// (their first prompt carries it) and for agents without one.
+fn system_prompt_file(b: &Broker, agent: &AgentRecord) -> Result<Option<PathBuf>, CannotStart> {
+    let cli = agent.spec.cli_type;
+    let Some(text) = agent.spec.system_prompt.as_deref() else {
+        return Ok(None);
+    };
+    if !kokino_cli::system_prompt_in_args(cli) || text.trim().is_empty() {
+        return Ok(None);
+    }
+    let dir = b.inner.cfg.data_dir.join("prompts");
+    let path = dir.join(format!("{}.system.md", agent.spec.agent_id));
+    write_private(&dir, &path, text.as_bytes()).map_err(|e| {
+        CannotStart(format!(
+            "cannot write the system prompt file {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(path))
+}
+
+/// Writes `bytes` to `path` atomically, readable only by the broker's user.
+fn write_private(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", uuid::Uuid::new_v4().simple()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// The interactive command line of a tmux leg.
-fn tmux_request(leg: Leg<'_>, program: PathBuf, env: BTreeMap<String, String>) -> TmuxRequest {
+fn tmux_request(
+    leg: Leg<'_>,
+    program: PathBuf,
+    env: BTreeMap<String, String>,
+    system_prompt_file: Option<&str>,
+) -> TmuxRequest {
     let agent = leg.agent;
     let (cli, session) = (agent.spec.cli_type, leg.session);
     let mut args = interactive_args(cli, session, agent.spec.model.as_deref());
-    if let (CliType::ClaudeCode, Some(sp), SessionArg::New { .. }) =
-        (cli, agent.spec.system_prompt.as_deref(), session)
+    if let (CliType::ClaudeCode, Some(file), SessionArg::New { .. }) =
+        (cli, system_prompt_file, session)
     {
-        args.extend(["--append-system-prompt".to_owned(), sp.to_owned()]);
+        args.extend(["--append-system-prompt-file".to_owned(), file.to_owned()]);
     }
     args.extend(agent.spec.extra_args.iter().cloned());
     let claude_session_id = (cli == CliType::ClaudeCode).then(|| match session {
@@ -175,11 +237,12 @@ pub(crate) async fn run(
 ) -> RunResult {
     let (id, cli) = (&agent.spec.agent_id, agent.spec.cli_type);
     match runner {
-        Runner::Headless(cmd, limits) => {
+        Runner::Headless(cmd, limits, ctx) => {
             let log = out
                 .log
                 .then(|| Box::new(b.inner.logs.writer(id)) as Box<dyn kokino_core::LineSink>);
-            run_headless(cmd, parser_for(cli), limits, cancel, out.events, log).await
+            let parser = kokino_cli::parser_for_run(cli, ctx);
+            run_headless(cmd, parser, limits, cancel, out.events, log).await
         }
         Runner::Tmux(req, limits) => {
             let Some(tmux) = &b.inner.tmux else {
