@@ -157,7 +157,9 @@ async fn proxy(s: &AppState, req: Request, home: &str, url: &str) -> Response {
             let mut err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "AGENT_HOME_UNAVAILABLE",
-                format!("the agent's home broker {home} at {url} cannot be reached: {e}; retry later"),
+                format!(
+                    "the agent's home broker {home} at {url} cannot be reached: {e}; retry later"
+                ),
             )
             .with_details(json!({"home": home, "homeUrl": url}));
             err.retry_after = Some(Duration::from_secs(1));
@@ -179,7 +181,9 @@ async fn proxy(s: &AppState, req: Request, home: &str, url: &str) -> Response {
 /// One peer's answer to a status question, or `None` (it is left out, with a warning).
 async fn ask_peer(s: &AppState, url: &str, path: &str) -> Option<Value> {
     let mut req = Request::new(Body::empty());
-    *req.uri_mut() = format!("{}{path}", url.trim_end_matches('/')).parse().ok()?;
+    *req.uri_mut() = format!("{}{path}", url.trim_end_matches('/'))
+        .parse()
+        .ok()?;
     mark(s, &mut req);
     let answer = async {
         let resp = client().request(req).await.ok()?;

@@ -241,7 +241,9 @@ async fn register(
 ) -> ApiResult<Json<kokino_core::AgentRecord>> {
     let (home, portable) = (body.home.take(), body.portable.take());
     let spec = body.into_spec()?;
-    Ok(Json(s.broker.register_agent_at(spec, home, portable).await?))
+    Ok(Json(
+        s.broker.register_agent_at(spec, home, portable).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

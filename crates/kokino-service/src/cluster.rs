@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kokino_store::{Lease, Notice, Store, StoreError, HOME_CHANGED_CHANNEL, LEASE_RELEASED_CHANNEL};
+use kokino_store::{
+    Lease, Notice, Store, StoreError, HOME_CHANGED_CHANNEL, LEASE_RELEASED_CHANNEL,
+};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -217,11 +219,13 @@ pub(crate) async fn acquire(
         // time and the sleep this machine's, so a skewed clock can make the wait longer, but
         // never longer than one lease lifetime, after which the holder is looked at again.
         let expiry = match store.lease_holder(agent_id).await? {
-            Some(l) => (l.expires_at - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default()
-                .min(cfg.lease_ttl)
-                + Duration::from_millis(5),
+            Some(l) => {
+                (l.expires_at - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(cfg.lease_ttl)
+                    + Duration::from_millis(5)
+            }
             // Released or expired in between: try again at once.
             None => continue,
         };

@@ -236,7 +236,12 @@ async fn home_of(b: &Broker, h: &Homes, id: &AgentId) -> Result<Home> {
     }
     let home = match b.inner.store.home(id.as_str()).await? {
         Some(home) => home,
-        None => b.inner.store.claim_home(id.as_str(), &h.instance_id).await?,
+        None => {
+            b.inner
+                .store
+                .claim_home(id.as_str(), &h.instance_id)
+                .await?
+        }
     };
     h.remember(&home);
     Ok(home)
@@ -282,8 +287,7 @@ pub async fn route(b: &Broker, agent_id: &str, failover: bool) -> Result<Route> 
             });
         }
         h.forget(id.as_str());
-        if b
-            .inner
+        if b.inner
             .store
             .take_over_home(id.as_str(), &home.instance_id, &h.instance_id)
             .await?
@@ -329,7 +333,12 @@ pub(crate) async fn check_home(b: &Broker, id: &AgentId) -> Result<()> {
     };
     let home = match b.inner.store.home(id.as_str()).await? {
         Some(home) => home,
-        None => b.inner.store.claim_home(id.as_str(), &h.instance_id).await?,
+        None => {
+            b.inner
+                .store
+                .claim_home(id.as_str(), &h.instance_id)
+                .await?
+        }
     };
     if home.instance_id == h.instance_id {
         return Ok(());
@@ -411,7 +420,12 @@ pub(crate) async fn move_agent(
             format!("broker {to:?} is not alive (see GET /api/cluster)"),
         ));
     }
-    let from = b.inner.store.home(id.as_str()).await?.map(|h| h.instance_id);
+    let from = b
+        .inner
+        .store
+        .home(id.as_str())
+        .await?
+        .map(|h| h.instance_id);
     let cancelled = b.inner.running(&id).is_some();
     crate::sessions::cancel_and_wait(b, &id).await;
     if let Some(tmux) = &b.inner.tmux {
@@ -493,8 +507,7 @@ pub(crate) async fn peers(b: &Broker) -> Result<Vec<(String, String)>> {
     let Some(h) = homes(b) else {
         return Ok(Vec::new());
     };
-    Ok(b
-        .inner
+    Ok(b.inner
         .store
         .brokers()
         .await?

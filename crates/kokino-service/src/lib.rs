@@ -21,13 +21,13 @@
 mod agents;
 mod broker;
 pub mod cluster;
-pub mod homes;
 mod config;
 mod conversations;
 mod environment;
 mod error;
 mod execution;
 mod health;
+pub mod homes;
 pub mod integrity;
 mod maintenance;
 mod model;
