@@ -106,7 +106,8 @@ pub(crate) async fn woken_for(rx: &mut broadcast::Receiver<Arc<str>>, agent: &st
     loop {
         match rx.recv().await {
             Ok(a) if &*a == agent || &*a == EVERYONE => return,
-            Ok(_) => continue,
+            // Another agent's notice.
+            Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => return,
             Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }

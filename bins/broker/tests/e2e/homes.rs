@@ -593,3 +593,108 @@ async fn brokers_on_separate_hosts_forward_fail_over_and_never_run_an_agent_twic
         }
     }
 }
+
+/// Every runnable command of docs/ops/SCALING.md (the blocks marked `doc-test: homes`), run as
+/// written against two brokers on one PostgreSQL: register with a home, look at the cluster,
+/// move an agent, drain a broker, check health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scaling_guide_runs_as_written() {
+    let Ok(base) = std::env::var("KOKINO_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED (loudly): KOKINO_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let db = TestDb::create(&base);
+    let url = match base.rfind('/') {
+        Some(i) => format!("{}/{}", &base[..i], db.name),
+        None => panic!("unexpected URL {base}"),
+    };
+    let w = World::new();
+    let token = w.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let cfg = w.path().join("c.toml");
+    std::fs::write(&cfg, "[doctor]\nenabled = false\n").unwrap();
+    let brokers: Vec<Broker> = ["broker-a", "broker-b"]
+        .iter()
+        .map(|id| {
+            let bind = format!("127.0.0.1:{}", free_port());
+            let data = w.path().join(format!("data-{id}"));
+            w.start_at(
+                &[],
+                &bind,
+                &[
+                    "--config",
+                    &cfg.display().to_string(),
+                    "--database-url",
+                    &url,
+                    "--data-dir",
+                    &data.display().to_string(),
+                    "--instance-id",
+                    id,
+                    "--advertise-url",
+                    &format!("http://{bind}"),
+                    "--token-file",
+                    &token.display().to_string(),
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let api = Api {
+        client: reqwest::Client::new(),
+    };
+    let work = w.path().join("work-reviewer");
+    std::fs::create_dir_all(&work).unwrap();
+    let (s, body) = api
+        .post(
+            &brokers[1].base,
+            "/agents/register",
+            json!({"agentId": "drainme", "type": "codex", "cwd": w.work()}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+
+    let doc = std::fs::read_to_string(workspace_root().join("docs/ops/SCALING.md")).unwrap();
+    let blocks: Vec<String> = shell_blocks(&doc)
+        .into_iter()
+        .filter(|(c, _)| c.as_deref() == Some("<!-- doc-test: homes -->"))
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(blocks.len(), 4, "the guide's runnable blocks");
+    let mut outputs = Vec::new();
+    for block in &blocks {
+        let (ok, out, err) = run_doc_snippet_in(
+            &brokers[0],
+            block,
+            &[("/srv/kokino/work/reviewer", work.display().to_string())],
+            &[("KOKINO_TOKEN", TOKEN.to_owned())],
+            None,
+        );
+        assert!(ok, "{block}\nstdout: {out}\nstderr: {err}");
+        outputs.push(out);
+    }
+    assert!(outputs[0].starts_with("reviewer\n"), "{}", outputs[0]);
+    assert!(
+        outputs[0].contains(r#"{"instanceId":"broker-a","alive":true,"agents":0}"#)
+            && outputs[0].contains(r#"{"instanceId":"broker-b","alive":true,"agents":2}"#),
+        "{}",
+        outputs[0]
+    );
+    assert_eq!(outputs[1], "{\"from\":\"broker-b\",\"to\":\"broker-a\"}\n");
+    assert_eq!(outputs[2], "{\"agentId\":\"drainme\",\"to\":\"broker-a\"}\n");
+    assert_eq!(outputs[3], "{\"status\":\"ok\",\"store\":\"postgres\"}\n");
+    let (_, cluster) = api.get(&brokers[1].base, "/api/cluster").await;
+    assert!(
+        cluster["homes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["home"] == "broker-a"),
+        "broker-b is drained: {cluster}"
+    );
+    // And the drained agents run on broker-a, whichever broker is asked.
+    let (s, body) = api
+        .exec(&brokers[1].base, "reviewer", "after the drain")
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{body}");
+}
