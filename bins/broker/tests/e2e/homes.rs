@@ -680,7 +680,10 @@ async fn the_scaling_guide_runs_as_written() {
         outputs[0]
     );
     assert_eq!(outputs[1], "{\"from\":\"broker-b\",\"to\":\"broker-a\"}\n");
-    assert_eq!(outputs[2], "{\"agentId\":\"drainme\",\"to\":\"broker-a\"}\n");
+    assert_eq!(
+        outputs[2],
+        "{\"agentId\":\"drainme\",\"to\":\"broker-a\"}\n"
+    );
     assert_eq!(outputs[3], "{\"status\":\"ok\",\"store\":\"postgres\"}\n");
     let (_, cluster) = api.get(&brokers[1].base, "/api/cluster").await;
     assert!(
