@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::harness::{build_release, BenchDb, Broker, Client, World};
+use crate::harness::{build_release, BenchDb, Broker, Client, World, OWN_URL};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -34,6 +34,9 @@ struct Args {
     /// Executions per mode in the tmux-vs-headless run.
     #[arg(long, default_value_t = 40)]
     tmux_runs: usize,
+    /// Run only the several-machines figures (g, h), which need PostgreSQL.
+    #[arg(long)]
+    only_homes: bool,
 }
 
 pub fn run(args: Vec<String>) -> Result<()> {
@@ -42,6 +45,12 @@ pub fn run(args: Vec<String>) -> Result<()> {
     let root = crate::workspace_root();
     let bins = build_release()?;
     let world = World::new(&bins)?;
+    if args.only_homes {
+        let url = std::env::var("KOKINO_BENCH_DATABASE_URL")
+            .or_else(|_| std::env::var("KOKINO_TEST_DATABASE_URL"))
+            .map_err(|_| anyhow::anyhow!("--only-homes needs KOKINO_BENCH_DATABASE_URL"))?;
+        return homes(&world, &url, &args);
+    }
     let broker = world.start_broker()?;
 
     overhead(&world, &broker, args.overhead_runs)?;
@@ -52,7 +61,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
     match std::env::var("KOKINO_BENCH_DATABASE_URL")
         .or_else(|_| std::env::var("KOKINO_TEST_DATABASE_URL"))
     {
-        Ok(url) => postgres_throughput(&world, &url, &args)?,
+        Ok(url) => {
+            postgres_throughput(&world, &url, &args)?;
+            homes(&world, &url, &args)?;
+        }
         Err(_) => println!(
             "\n== (f) PostgreSQL: skipped (set KOKINO_BENCH_DATABASE_URL or KOKINO_TEST_DATABASE_URL)"
         ),
@@ -383,5 +395,141 @@ fn postgres_throughput(world: &World, admin_url: &str, args: &Args) -> Result<()
     }
     println!("  (where the time goes: each execution is two durable transactions plus a lease");
     println!("   acquire/renew/release on PostgreSQL; two brokers share the same two cores here)");
+    Ok(())
+}
+
+/// Brokers with homes (issue 15) on one PostgreSQL database, each announcing its own address.
+fn home_brokers(world: &World, db: &BenchDb, tag: &str, n: usize) -> Result<Vec<Broker>> {
+    (0..n)
+        .map(|i| {
+            world.start_broker_with(&[
+                "--data-dir".to_owned(),
+                world
+                    .dir
+                    .join(format!("data-{tag}-{i}"))
+                    .display()
+                    .to_string(),
+                "--instance-id".to_owned(),
+                format!("{tag}-{i}"),
+                "--database-url".to_owned(),
+                db.url.clone(),
+                "--advertise-url".to_owned(),
+                OWN_URL.to_owned(),
+                // The fake agent under the CLI names, which agents name as their binary.
+                "--allow-binary".to_owned(),
+                world
+                    .claude()
+                    .parent()
+                    .unwrap_or(&world.dir)
+                    .display()
+                    .to_string(),
+            ])
+        })
+        .collect()
+}
+
+/// (issue 15) (g) A forwarded execute (sent to a broker that is not the agent's home) beside a
+/// direct one, interleaved; (h) throughput of three brokers with homes beside one, the agents'
+/// homes spread over the brokers and every client talking to one broker (so two thirds of the
+/// requests are forwarded).
+fn homes(world: &World, admin_url: &str, args: &Args) -> Result<()> {
+    let runs = args.overhead_runs;
+    println!("\n== (g) forwarded vs direct execute ({runs} runs each, two brokers with homes)");
+    let db = BenchDb::create(admin_url)?;
+    let brokers = home_brokers(world, &db, "g", 2)?;
+    world.register(&brokers[0], "fwd")?;
+    let mut direct = Client::connect(&brokers[0].addr)?;
+    let mut forwarded = Client::connect(&brokers[1].addr)?;
+    let body = r#"{"prompt":"hello"}"#;
+    for _ in 0..20 {
+        direct.post("/agents/fwd/execute", body)?;
+        forwarded.post("/agents/fwd/execute", body)?;
+    }
+    let (mut d, mut f) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        for (client, times) in [(&mut direct, &mut d), (&mut forwarded, &mut f)] {
+            let t = Instant::now();
+            let (status, text) = client.post("/agents/fwd/execute", body)?;
+            times.push(t.elapsed());
+            if status != 200 {
+                bail!("execute failed: {status} {text}");
+            }
+        }
+    }
+    d.sort();
+    f.sort();
+    let (d50, d99, f50, f99) = (
+        percentile(&d, 0.5),
+        percentile(&d, 0.99),
+        percentile(&f, 0.5),
+        percentile(&f, 0.99),
+    );
+    println!(
+        "  direct (at the home)  median {:7.2} ms   p99 {:7.2} ms",
+        ms(d50),
+        ms(d99)
+    );
+    println!(
+        "  forwarded             median {:7.2} ms   p99 {:7.2} ms",
+        ms(f50),
+        ms(f99)
+    );
+    println!(
+        "  added by forwarding   median {:7.2} ms   p99 {:7.2} ms   (goal: ≤ 2 ms median)",
+        ms(f50) - ms(d50),
+        ms(f99) - ms(d99)
+    );
+    drop(brokers);
+    drop(db);
+
+    println!(
+        "\n== (h) throughput with homes: {} executions over {} agents, {} clients",
+        args.throughput_runs, args.agents, args.clients
+    );
+    for n in [1usize, 3] {
+        let db = BenchDb::create(admin_url)?;
+        let brokers = home_brokers(world, &db, &format!("h{n}"), n)?;
+        for i in 0..args.agents {
+            world.register(&brokers[i % n], &format!("home-{i}"))?;
+        }
+        let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
+        let next = Arc::new(Mutex::new(0usize));
+        let t = Instant::now();
+        let mut handles = Vec::new();
+        for c in 0..args.clients {
+            let next = next.clone();
+            let addr = addrs[c % addrs.len()].clone();
+            let (total, agents) = (args.throughput_runs, args.agents);
+            handles.push(std::thread::spawn(move || -> Result<()> {
+                let mut client = Client::connect(&addr)?;
+                loop {
+                    let i = {
+                        let mut n = next.lock().unwrap();
+                        if *n >= total {
+                            return Ok(());
+                        }
+                        *n += 1;
+                        *n - 1
+                    };
+                    let (status, text) = client.post(
+                        &format!("/agents/home-{}/execute", i % agents),
+                        r#"{"prompt":"hello"}"#,
+                    )?;
+                    if status != 200 {
+                        bail!("execute failed: {status} {text}");
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        }
+        let rate = args.throughput_runs as f64 / t.elapsed().as_secs_f64();
+        println!("  {n} broker(s) with homes      {rate:8.1} executions/s");
+        drop(brokers);
+        drop(db);
+    }
+    println!("  (all brokers share this machine's cores here, so three brokers cannot add CLI");
+    println!("   capacity; on separate machines each brings its own)");
     Ok(())
 }

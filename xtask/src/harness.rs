@@ -32,6 +32,9 @@ pub(crate) fn build_release() -> Result<PathBuf> {
     release_dir(&root)
 }
 
+/// Stands for the started broker's own `http://` address in [`World::start_broker_with`].
+pub(crate) const OWN_URL: &str = "@own-url@";
+
 pub(crate) fn release_dir(root: &Path) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -79,8 +82,19 @@ impl World {
     }
 
     /// A broker with extra flags (a database URL, its own data directory, an instance id).
+    /// [`OWN_URL`] in `extra` becomes the broker's own address (for `--advertise-url`).
     pub(crate) fn start_broker_with(&self, extra: &[String]) -> Result<Broker> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| {
+                if a == OWN_URL {
+                    format!("http://127.0.0.1:{port}")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
         let child = Command::new(self.bins.join("kokino-broker"))
             .args(["--bind", &format!("127.0.0.1:{port}")])
             // The agents name the fake agent in this world's bin directory as their binary.
@@ -94,7 +108,7 @@ impl World {
                     self.dir.join("data").display().to_string(),
                 ]
             })
-            .args(extra)
+            .args(&extra)
             .env("KOKINO_FAKE_STATE", self.dir.join("state"))
             .env("KOKINO_FAKE_LOG", self.dir.join("witness.log"))
             .env("KOKINO_LOG", "warn")

@@ -38,6 +38,11 @@ pub struct Args {
     /// directory).
     #[arg(long, env = "KOKINO_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Where the other brokers reach this one, e.g. `http://10.0.0.11:5050` (several brokers on
+    /// one PostgreSQL database). With it every agent has a home broker and requests are
+    /// forwarded there; without it every broker serves every agent.
+    #[arg(long, env = "KOKINO_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Broker log format.
     #[arg(long, env = "KOKINO_LOG_FORMAT", value_parser = ["human", "json"])]
     pub log_format: Option<String>,
@@ -171,6 +176,8 @@ pub struct Http {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct Cluster {
     pub instance_id: Option<String>,
+    /// Where the other brokers reach this one (agents get home brokers).
+    pub advertise_url: Option<String>,
     /// How long an agent's lease lives without renewal (renewed every quarter of it).
     pub lease_ttl_ms: Option<u64>,
 }
@@ -186,6 +193,7 @@ pub struct Settings {
     pub service: ServiceConfig,
     pub agents: Vec<AgentSpec>,
     pub instance_id: String,
+    pub advertise_url: Option<String>,
     pub lease_ttl: Duration,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
@@ -372,6 +380,10 @@ pub fn load(args: Args) -> Result<Settings> {
             format!("{host}:{}", dir.display())
         }
     };
+    let advertise_url = match args.advertise_url.or(file.cluster.advertise_url.clone()) {
+        Some(url) => Some(advertise(&url)?),
+        None => None,
+    };
     let lease_ttl = Duration::from_millis(match file.cluster.lease_ttl_ms {
         Some(v) if v >= 400 => v,
         Some(v) => bail!("cluster.lease_ttl_ms must be at least 400, not {v}"),
@@ -383,6 +395,7 @@ pub fn load(args: Args) -> Result<Settings> {
         public_metrics,
         serve,
         instance_id,
+        advertise_url,
         lease_ttl,
         bind,
         database_url,
@@ -392,6 +405,24 @@ pub fn load(args: Args) -> Result<Settings> {
         service,
         agents,
     })
+}
+
+/// An advertised address: `http://host:port` with nothing after it, so that a request path can
+/// be appended. TLS between brokers is a proxy's job (see docs/ops/SCALING.md).
+fn advertise(url: &str) -> Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    let Some(authority) = url.strip_prefix("http://") else {
+        bail!("advertise_url must start with http:// (got {url:?})");
+    };
+    if authority.is_empty() || authority.contains('/') {
+        bail!("advertise_url must be http://host:port with no path (got {url:?})");
+    }
+    Ok(url.to_owned())
+}
+
+/// The `Host` of an advertised address, which the broker must accept from forwarding peers.
+pub fn advertised_host(url: &str) -> Option<String> {
+    url.strip_prefix("http://").map(str::to_owned)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {

@@ -108,6 +108,7 @@ async fn run(args: config::Args) -> Result<()> {
             lease_ttl: settings.lease_ttl,
             guard_program: std::env::current_exe()
                 .context("cannot find the broker's own binary")?,
+            advertise_url: settings.advertise_url.clone(),
         });
         tracing::info!(instance = %settings.instance_id, "cluster mode: agents are leased through the database");
     }
@@ -124,6 +125,14 @@ async fn run(args: config::Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {}", settings.bind))?;
+    // Forwarding peers address this broker by its advertised host.
+    let mut allowed_hosts = settings.allowed_hosts.clone();
+    allowed_hosts.extend(
+        settings
+            .advertise_url
+            .as_deref()
+            .and_then(config::advertised_host),
+    );
     let state = kokino_http::AppState {
         broker: broker.clone(),
         metrics: Arc::new(move || handle.render()),
@@ -131,7 +140,7 @@ async fn run(args: config::Args) -> Result<()> {
         public_metrics: settings.public_metrics,
         access: Arc::new(kokino_http::AccessPolicy::new(
             listener.local_addr()?,
-            &settings.allowed_hosts,
+            &allowed_hosts,
             &settings.allowed_origins,
         )),
         body_limit: settings.body_limit,

@@ -63,6 +63,11 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 504: the execution timed out.
     ExecutionTimeout,
+    /// 503: the agent's home broker is gone and the agent cannot run here (its `cwd` does not
+    /// exist on this broker and it is not portable); see `Retry-After`.
+    AgentHomeUnavailable,
+    /// 409: the agent moved to another broker while the request waited; retry.
+    AgentMoved,
     /// 500: the store answered but the operation failed.
     StoreError,
     /// 500: a bug in the broker.
@@ -71,7 +76,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::ForbiddenHost,
@@ -92,6 +97,8 @@ impl ErrorCode {
         ErrorCode::StoreUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::ExecutionTimeout,
+        ErrorCode::AgentHomeUnavailable,
+        ErrorCode::AgentMoved,
         ErrorCode::StoreError,
         ErrorCode::Internal,
     ];
@@ -100,6 +107,8 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::AgentHomeUnavailable => "AGENT_HOME_UNAVAILABLE",
+            ErrorCode::AgentMoved => "AGENT_MOVED",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::ForbiddenHost => "FORBIDDEN_HOST",
             ErrorCode::ForbiddenOrigin => "FORBIDDEN_ORIGIN",
@@ -201,6 +210,14 @@ pub struct RegisterRequest {
     /// What to do when the provider rate-limits the CLI.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<kokino_core::RateLimitPolicy>,
+    /// Several brokers: the instance id of the broker that runs the agent (default: its home so
+    /// far, else the receiving broker).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    /// Several brokers: whether another broker may take the agent over where its `cwd` does not
+    /// exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portable: Option<bool>,
 }
 
 /// A conversation with its turns: `GET /agents/{id}/conversation` and

@@ -182,6 +182,26 @@ impl From<ServiceError> for ApiError {
                 e.retry_after = Some(retry_after);
                 e
             }
+            ServiceError::AgentHomeUnavailable {
+                agent_id,
+                home,
+                url,
+                retry_after,
+                ..
+            } => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "AGENT_HOME_UNAVAILABLE",
+                    message,
+                )
+                .with_details(json!({"agentId": agent_id, "home": home, "homeUrl": url}));
+                e.retry_after = Some(retry_after);
+                e
+            }
+            ServiceError::AgentMoved { agent_id, home } => {
+                ApiError::new(StatusCode::CONFLICT, "AGENT_MOVED", message)
+                    .with_details(json!({"agentId": agent_id, "home": home}))
+            }
             // `ServiceError::Internal`; and since `ServiceError` is non-exhaustive, any variant
             // added later is a 500 until it is mapped here.
             _ => {

@@ -10,6 +10,7 @@
 mod access;
 mod error;
 mod extract;
+mod forward;
 mod middleware;
 pub mod openapi;
 mod routes;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 pub use access::AccessPolicy;
 pub use error::ApiError;
+pub use forward::FORWARDED_BY;
 pub use middleware::catch_panics;
 pub use routes::{agent_spec_from_json, router};
 pub use serve::{serve, ServeConfig};

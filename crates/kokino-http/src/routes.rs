@@ -74,11 +74,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/integrity/cleanup", post(integrity_cleanup))
         // The live status page (`GET /`) and its data (`/api/status`, `/api/status/stream`).
         .merge(crate::status::routes())
+        .route("/agents/{id}/move", post(crate::forward::move_agent))
+        .route("/api/cluster", get(crate::forward::cluster))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the request metric, so a panicking route is counted with its 500.
         .route_layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panic_response,
+        ))
+        // Inside auth: only authenticated requests are forwarded to an agent's home.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::forward,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -211,10 +218,13 @@ fn register_spec(this: RegisterBody) -> ApiResult<AgentSpec> {
 
 async fn register(
     State(s): State<AppState>,
-    JsonBody(body): JsonBody<RegisterBody>,
+    JsonBody(mut body): JsonBody<RegisterBody>,
 ) -> ApiResult<Json<kokino_core::AgentRecord>> {
+    let (home, portable) = (body.home.take(), body.portable.take());
     let spec = register_spec(body)?;
-    Ok(Json(s.broker.register_agent(spec).await?))
+    Ok(Json(
+        s.broker.register_agent_at(spec, home, portable).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

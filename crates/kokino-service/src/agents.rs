@@ -11,7 +11,24 @@ type Result<T, E = ServiceError> = std::result::Result<T, E>;
 /// Registers (or updates) an agent after checking what the store cannot: the working
 /// directory exists, limits are positive, environment keys and values are valid.
 pub(crate) async fn register(b: &Broker, spec: AgentSpec) -> Result<AgentRecord> {
-    validate(&spec)?;
+    register_checked(b, spec, true).await
+}
+
+/// As [`register`]; `check_cwd` false skips the `cwd` check for an agent whose home is another
+/// broker (the directory is on that broker's machine).
+pub(crate) async fn register_checked(
+    b: &Broker,
+    spec: AgentSpec,
+    check_cwd: bool,
+) -> Result<AgentRecord> {
+    if check_cwd {
+        validate(&spec)?;
+    } else {
+        validate(&AgentSpec {
+            cwd: None,
+            ..spec.clone()
+        })?;
+    }
     b.inner.cfg.check_agent(&spec)?;
     Ok(b.inner.store.upsert_agent(&spec).await?)
 }
@@ -123,6 +140,7 @@ pub(crate) async fn delete(b: &Broker, agent_id: &str, purge: bool) -> Result<bo
     }
     b.inner.store.end_session(&id).await?;
     let existed = b.inner.store.delete_agent(&id, purge).await?;
+    crate::homes::forget(b, &id).await?;
     b.inner.locks.forget(&id);
     b.inner.resilience.forget_agent(&id).await;
     if purge {

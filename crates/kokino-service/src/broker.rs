@@ -52,6 +52,7 @@ impl Broker {
         let inner = Arc::new(Inner::open(store, cfg, clock).await?);
         let broker = Broker { inner };
         recovery::recover_interrupted(&broker).await?;
+        crate::homes::start_liveness(&broker).await?;
         Ok(broker)
     }
 
@@ -71,6 +72,50 @@ impl Broker {
     /// first execute would be later and more confusing.
     pub async fn register_agent(&self, spec: AgentSpec) -> Result<AgentRecord> {
         agents::register(self, spec).await
+    }
+
+    /// Registers (or updates) an agent with a home (several brokers): `home` names the broker
+    /// that runs it (default: the home it has, else this broker), `portable` declares that it
+    /// may be re-homed where its `cwd` does not exist.
+    pub async fn register_agent_at(
+        &self,
+        spec: AgentSpec,
+        home: Option<String>,
+        portable: Option<bool>,
+    ) -> Result<AgentRecord> {
+        crate::homes::register(self, spec, home, portable).await
+    }
+
+    /// Where a request for the agent is served (several brokers): here, or forwarded to its
+    /// home. `failover` (executions) takes over an agent whose home is dead when it can run here.
+    pub async fn route(&self, agent_id: &str, failover: bool) -> Result<crate::homes::Route> {
+        crate::homes::route(self, agent_id, failover).await
+    }
+
+    /// Moves the agent to another broker, cancelling what runs; see `POST /agents/{id}/move`.
+    pub async fn move_agent(
+        &self,
+        agent_id: &str,
+        to: &str,
+        end_session: bool,
+    ) -> Result<crate::homes::MoveResult> {
+        crate::homes::move_agent(self, agent_id, to, end_session).await
+    }
+
+    /// The brokers and the agents' homes.
+    pub async fn cluster_view(&self) -> Result<crate::homes::ClusterView> {
+        crate::homes::view(self).await
+    }
+
+    /// The other live brokers (instance id, address), for status endpoints that gather every
+    /// broker's live facts.
+    pub async fn peers(&self) -> Result<Vec<(String, String)>> {
+        crate::homes::peers(self).await
+    }
+
+    /// This broker's instance id when agents have homes (several brokers), else `None`.
+    pub fn home_instance(&self) -> Option<&str> {
+        self.inner.homes.as_ref().map(|h| h.instance_id.as_str())
     }
 
     /// Registered agents, optionally only those of one CLI type and/or mode.

@@ -128,6 +128,38 @@ pub enum ServiceError {
         /// When trying again may help, if known.
         retry_after: Option<Duration>,
     },
+    /// Several machines: the agent's home broker is gone (its liveness expired) and this broker
+    /// may not take the agent over, because the agent's `cwd` does not exist here and the agent
+    /// is not declared portable. Trying again once the home is back may succeed.
+    #[error(
+        "agent {agent_id} lives on broker {home}, which is unavailable, and cannot run here: \
+         {reason}; retry when {home} is back, or move the agent to a broker that has its files"
+    )]
+    AgentHomeUnavailable {
+        /// The agent.
+        agent_id: String,
+        /// The home broker's instance id.
+        home: String,
+        /// The home broker's advertised address, when known.
+        url: Option<String>,
+        /// Why this broker cannot take the agent over.
+        reason: String,
+        /// When the home may be back (its liveness ttl).
+        retry_after: Duration,
+    },
+    /// Several machines: this broker is no longer the agent's home (it moved, or another broker
+    /// took it over while this one was gone). Nothing ran; the request can be sent again to any
+    /// broker, which forwards it to the home.
+    #[error(
+        "agent {agent_id} now lives on broker {home}, not on this one; nothing ran, retry the \
+         request"
+    )]
+    AgentMoved {
+        /// The agent.
+        agent_id: String,
+        /// Its current home.
+        home: String,
+    },
     /// The store cannot be reached (connection refused or lost, pool exhausted, database busy).
     /// Trying again later may succeed.
     #[error("the store is unavailable: {0}")]

@@ -27,6 +27,7 @@ mod environment;
 mod error;
 mod execution;
 mod health;
+pub mod homes;
 pub mod integrity;
 mod maintenance;
 mod model;

@@ -27,6 +27,7 @@ pub(crate) async fn shutdown(b: &Broker) {
     if let Some(tmux) = &inner.tmux {
         tmux.kill_server().await;
     }
+    crate::homes::on_shutdown(b).await;
 }
 
 /// Whether shutdown has begun (new executions are refused).

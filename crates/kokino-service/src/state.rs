@@ -65,6 +65,10 @@ pub(crate) struct Inner {
     pub resilience: Resilience,
     /// The secondary leg's CLI session per shadow agent (separate from the primary's).
     pub shadow_sessions: Mutex<HashMap<AgentId, String>>,
+    /// Cluster mode: database notifications that wake lease waiters.
+    pub wakeups: Option<crate::cluster::Wakeups>,
+    /// Cluster mode with an advertised address: agents' home brokers.
+    pub homes: Option<crate::homes::Homes>,
 }
 
 impl Inner {
@@ -120,7 +124,11 @@ impl Inner {
         let resilience = Resilience::load(store.clone(), events.clone(), clock.clone()).await?;
         let logs = AgentLogs::new(cfg.logs_dir(), cfg.log_max_bytes, cfg.log_retention);
         let tmux = detect_tmux(&cfg).await;
+        let stop = CancellationToken::new();
+        let (wakeups, homes) = crate::homes::Homes::new(cfg.cluster.as_ref(), &store, &stop);
         Ok(Inner {
+            wakeups,
+            homes,
             store,
             cfg,
             locks: AgentLocks::new(),
@@ -134,7 +142,7 @@ impl Inner {
             instance_id: uuid::Uuid::new_v4().to_string(),
             logs,
             clock,
-            stop: CancellationToken::new(),
+            stop,
             tmux,
             last_integrity: Mutex::new(None),
             env_cache: Default::default(),

@@ -71,7 +71,7 @@ impl Fence<'_> {
 /// announced.
 impl Db {
     /// The condition "the lease row is unexpired now".
-    fn lease_live(&self) -> &'static str {
+    pub(crate) fn lease_live(&self) -> &'static str {
         match self {
             #[cfg(feature = "sqlite")]
             Db::Sqlite(_) => crate::db::sqlite::LEASE_LIVE,
@@ -92,7 +92,7 @@ impl Db {
     }
 
     /// "Now plus the ttl in milliseconds bound at `$param`".
-    fn lease_expiry(&self, param: u32) -> String {
+    pub(crate) fn lease_expiry(&self, param: u32) -> String {
         match self {
             #[cfg(feature = "sqlite")]
             Db::Sqlite(_) => crate::db::sqlite::lease_expiry(param),

@@ -25,6 +25,7 @@ mod db;
 mod error;
 mod events;
 mod executions;
+mod homes;
 mod integrity;
 mod leases;
 mod sessions;
@@ -32,6 +33,7 @@ mod shadow;
 mod versions;
 
 pub use error::StoreError;
+pub use homes::{BrokerRow, Home, Notice, Notifications, HOME_CHANGED_CHANNEL};
 
 /// The result of every store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

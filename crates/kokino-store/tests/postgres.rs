@@ -192,6 +192,9 @@ conformance!(
     lease_acquire_renew_release_cycle,
     lease_is_exclusive_until_it_expires,
     stale_lease_holder_cannot_write,
+    brokers_announce_and_expire,
+    homes_are_set_claimed_and_moved,
+    home_is_taken_over_only_from_a_dead_broker,
     concurrent_acquisitions_have_one_winner,
     running_executions_filter_by_instance,
     analytics_aggregates_match_the_executions,
@@ -696,4 +699,62 @@ async fn lease_release_notifies_listeners() {
     let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), listener.recv()).await;
     assert!(quiet.is_err(), "unexpected notification: {quiet:?}");
     listener.unlisten_all().await.ok();
+}
+
+/// Waiting brokers hear home changes and lease releases through `Store::listen`, only once the
+/// change committed, and a failed take-over announces nothing.
+#[tokio::test]
+async fn listen_hears_home_changes_and_releases() {
+    let Some((store, _db)) = pg_store().await else {
+        return;
+    };
+    let mut notes = store
+        .listen(&[
+            kokino_store::HOME_CHANGED_CHANNEL,
+            kokino_store::LEASE_RELEASED_CHANNEL,
+        ])
+        .await
+        .unwrap()
+        .expect("PostgreSQL listens");
+    let wait = std::time::Duration::from_secs(5);
+    store
+        .heartbeat_broker("b1", "http://b1", wait)
+        .await
+        .unwrap();
+    store.set_home("alpha", "b1", None).await.unwrap();
+    assert_eq!(
+        next(&mut notes, wait).await,
+        kokino_store::Notice::Message {
+            channel: "kokino_home_changed".into(),
+            payload: "alpha".into()
+        }
+    );
+    // b1 is alive: the take-over fails and says nothing; the release after it is the next notice.
+    assert!(!store.take_over_home("alpha", "b1", "b2").await.unwrap());
+    let lease = store
+        .acquire_lease("alpha", "b1", wait)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .release_lease("alpha", "b1", lease.token)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut notes, wait).await,
+        kokino_store::Notice::Message {
+            channel: "kokino_lease_released".into(),
+            payload: "alpha".into()
+        }
+    );
+}
+
+async fn next(
+    notes: &mut kokino_store::Notifications,
+    wait: std::time::Duration,
+) -> kokino_store::Notice {
+    tokio::time::timeout(wait, notes.recv())
+        .await
+        .expect("a notice within the wait")
+        .unwrap()
 }

@@ -12,6 +12,7 @@ mod docs;
 mod environment;
 mod execution;
 mod hardening;
+mod homes;
 mod lifecycle;
 mod logs;
 mod real_cli;

@@ -79,8 +79,12 @@ async fn lease(
         return Ok(None);
     };
     let deadline = tokio::time::Instant::now() + wait.saturating_sub(guard.waited());
-    match crate::cluster::acquire(&b.inner.store, id.as_str(), c, deadline).await? {
+    let wakeups = b.inner.wakeups.as_ref();
+    match crate::cluster::acquire(&b.inner.store, id.as_str(), c, deadline, wakeups).await? {
         Some((hold, lease)) => {
+            // Several machines: only the agent's home may run it; a broker that stopped being
+            // the home while the request waited refuses before anything runs.
+            crate::homes::check_home(b, id).await?;
             if let Some(previous) = lease.taken_over_from.filter(|p| p != &c.instance_id) {
                 crate::recovery::take_over(b, id, &previous, &hold).await;
             }

@@ -97,6 +97,19 @@ impl PgDb {
         Ok(Self { pool })
     }
 
+    /// A connection of its own listening on `channels`. It takes no pooled connection: a
+    /// listener holds its connection for the broker's life.
+    pub(crate) async fn listen(&self, channels: &[&str]) -> Result<sqlx::postgres::PgListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+        listener
+            .listen_all(channels.iter().copied())
+            .await
+            .map_err(from_sqlx)?;
+        Ok(listener)
+    }
+
     /// Starts a transaction with the given `BEGIN` statement.
     pub(super) async fn begin(&self, statement: &'static str) -> Result<Tx> {
         let tx = self.pool.begin_with(statement).await.map_err(from_sqlx)?;

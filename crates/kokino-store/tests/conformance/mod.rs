@@ -1728,3 +1728,150 @@ pub async fn analytics_aggregates_match_the_executions(store: &Store) {
     );
     assert!(store.event_counts(&[], since).await.unwrap().is_empty());
 }
+
+// ---- brokers and homes ----
+//
+// Liveness is judged by the database's clock like the leases, with the same margins.
+
+pub async fn brokers_announce_and_expire(store: &Store) {
+    assert!(store.brokers().await.unwrap().is_empty());
+    store
+        .heartbeat_broker("b1", "http://10.0.0.1:5050", LONG_TTL)
+        .await
+        .unwrap();
+    store
+        .heartbeat_broker("b2", "http://10.0.0.2:5050", SHORT_TTL)
+        .await
+        .unwrap();
+    let brokers = store.brokers().await.unwrap();
+    assert_eq!(brokers.len(), 2);
+    assert_eq!(
+        (
+            brokers[0].instance_id.as_str(),
+            brokers[0].url.as_str(),
+            brokers[0].alive
+        ),
+        ("b1", "http://10.0.0.1:5050", true)
+    );
+    assert!(brokers[1].alive);
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    let brokers = store.brokers().await.unwrap();
+    assert!(brokers[0].alive, "the long ttl still runs");
+    assert!(
+        !brokers[1].alive,
+        "b2 stopped announcing itself and expired"
+    );
+    // A heartbeat revives it, with a new address if it changed.
+    store
+        .heartbeat_broker("b2", "http://10.0.0.9:5050", LONG_TTL)
+        .await
+        .unwrap();
+    let b2 = store.brokers().await.unwrap().remove(1);
+    assert!(b2.alive);
+    assert_eq!(b2.url, "http://10.0.0.9:5050");
+    // A clean stop expires it at once; expiring again changes nothing.
+    assert!(store.expire_broker("b2").await.unwrap());
+    assert!(!store.expire_broker("b2").await.unwrap());
+    assert!(!store.brokers().await.unwrap()[1].alive);
+}
+
+pub async fn homes_are_set_claimed_and_moved(store: &Store) {
+    store
+        .heartbeat_broker("b1", "http://b1", LONG_TTL)
+        .await
+        .unwrap();
+    assert_eq!(store.home("alpha").await.unwrap(), None);
+    // Claiming gives a home only when there is none.
+    let claimed = store.claim_home("alpha", "b1").await.unwrap();
+    assert_eq!(
+        (
+            claimed.instance_id.as_str(),
+            claimed.generation,
+            claimed.portable
+        ),
+        ("b1", 1, false)
+    );
+    assert_eq!(claimed.url.as_deref(), Some("http://b1"));
+    assert!(claimed.alive);
+    let again = store.claim_home("alpha", "b2").await.unwrap();
+    assert_eq!(again, claimed, "a claim never moves an existing home");
+
+    // Setting is a change every time; `None` keeps the portability declared before.
+    let portable = store.set_home("alpha", "b1", Some(true)).await.unwrap();
+    assert_eq!((portable.generation, portable.portable), (2, true));
+    let moved = store.set_home("alpha", "b2", None).await.unwrap();
+    assert_eq!(
+        (moved.instance_id.as_str(), moved.generation, moved.portable),
+        ("b2", 3, true)
+    );
+    // b2 never announced itself: no address, not alive.
+    assert_eq!((moved.url, moved.alive), (None, false));
+    let fresh = store.set_home("beta", "b1", None).await.unwrap();
+    assert_eq!((fresh.generation, fresh.portable), (1, false));
+    let all: Vec<String> = store
+        .homes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.agent_id)
+        .collect();
+    assert_eq!(all, ["alpha", "beta"]);
+    assert!(store.forget_home("beta").await.unwrap());
+    assert!(!store.forget_home("beta").await.unwrap());
+    assert_eq!(store.home("beta").await.unwrap(), None);
+}
+
+pub async fn home_is_taken_over_only_from_a_dead_broker(store: &Store) {
+    store
+        .heartbeat_broker("b1", "http://b1", SHORT_TTL)
+        .await
+        .unwrap();
+    store
+        .heartbeat_broker("b2", "http://b2", LONG_TTL)
+        .await
+        .unwrap();
+    store.set_home("alpha", "b1", None).await.unwrap();
+    assert!(
+        !store.take_over_home("alpha", "b1", "b2").await.unwrap(),
+        "b1 is alive: its agents stay"
+    );
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert!(
+        !store.take_over_home("alpha", "b3", "b2").await.unwrap(),
+        "the home is not b3's"
+    );
+    assert!(store.take_over_home("alpha", "b1", "b2").await.unwrap());
+    let home = store.home("alpha").await.unwrap().unwrap();
+    assert_eq!((home.instance_id.as_str(), home.generation), ("b2", 2));
+    assert!(
+        !store.take_over_home("alpha", "b1", "b3").await.unwrap(),
+        "a second taker finds the home moved already"
+    );
+    // A broker that never announced itself counts as dead.
+    store.set_home("beta", "ghost", None).await.unwrap();
+    assert!(store.take_over_home("beta", "ghost", "b2").await.unwrap());
+    // Of racing takers exactly one wins.
+    store.set_home("gamma", "b1", None).await.unwrap();
+    let races = (0..8).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .take_over_home("gamma", "b1", &format!("t{i}"))
+                .await
+                .unwrap()
+        }
+    });
+    let won = futures_join(races).await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+}
+
+async fn futures_join<F: std::future::Future<Output = bool> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<bool> {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

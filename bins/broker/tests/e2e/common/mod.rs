@@ -89,9 +89,30 @@ impl World {
 
     /// Starts the broker with extra flags and environment, and waits until `/health` answers.
     pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Broker {
-        let port = free_port();
-        let mut cmd = Command::new(bin_dir().join("kokino-broker"));
-        cmd.arg("--bind").arg(format!("127.0.0.1:{port}"));
+        let bind = format!("127.0.0.1:{}", free_port());
+        self.start_at(&[], &bind, args, env)
+    }
+
+    /// Starts the broker listening on `bind`, through `wrapper` (a command that ends by running
+    /// its arguments, such as `ip netns exec NS`; empty for none), and waits until it accepts
+    /// connections.
+    pub fn start_at(
+        &self,
+        wrapper: &[&str],
+        bind: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Broker {
+        let broker = bin_dir().join("kokino-broker");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&broker);
+                cmd
+            }
+            None => Command::new(&broker),
+        };
+        cmd.arg("--bind").arg(bind);
         // A test that runs several brokers gives each its own data directory.
         if !args.contains(&"--data-dir") {
             cmd.arg("--data-dir").arg(self.data_dir());
@@ -122,7 +143,9 @@ impl World {
         }
         let mut child = cmd.spawn().expect("start kokino-broker");
         // Keep the broker's log for failure messages without blocking it on a full pipe.
-        let log_path = self.path().join(format!("broker-{port}.log"));
+        let log_path = self
+            .path()
+            .join(format!("broker-{}.log", bind.replace([':', '.'], "-")));
         let stderr = child.stderr.take().unwrap();
         let log_for_thread = log_path.clone();
         std::thread::spawn(move || {
@@ -132,7 +155,7 @@ impl World {
                 let _ = writeln!(f, "{line}");
             }
         });
-        let base = format!("http://127.0.0.1:{port}");
+        let base = format!("http://{bind}");
         let broker = Broker {
             child: Some(child),
             base,
