@@ -39,6 +39,7 @@ const SELECTION_GLYPHS: [char; 4] = ['❯', '›', '●', '>'];
 /// One option of a numbered menu: its number, whether the cursor is on it, its text.
 #[derive(Debug, PartialEq, Eq)]
 struct MenuOption<'a> {
+    number: u32,
     selected: bool,
     text: &'a str,
 }
@@ -54,23 +55,24 @@ fn menu_option(line: &str) -> Option<MenuOption<'_>> {
     if digits == 0 || digits > 2 {
         return None;
     }
+    let number = rest[..digits].parse().ok()?;
     let text = rest[digits..].strip_prefix(". ")?;
     Some(MenuOption {
+        number,
         selected,
         text: text.trim(),
     })
 }
 
-/// The options of the last numbered menu on the screen, in order.
+/// The options of the last numbered menu on the screen, in order: an option numbered 1
+/// starts a new menu (a menu drawn again below an earlier one, or an earlier list).
 fn menu(lines: &[String]) -> Vec<MenuOption<'_>> {
     let mut options: Vec<MenuOption<'_>> = Vec::new();
-    for l in lines {
-        match menu_option(l) {
-            Some(o) => options.push(o),
-            // A blank line or text between two menus starts a new one only when an option
-            // follows; keep collecting otherwise (options may have description lines).
-            None => {}
+    for o in lines.iter().filter_map(|l| menu_option(l)) {
+        if o.number == 1 {
+            options.clear();
         }
+        options.push(o);
     }
     options
 }

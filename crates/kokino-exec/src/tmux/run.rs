@@ -155,6 +155,12 @@ impl Sources {
             .map_or(0, |t| t.parser.malformed_lines())
     }
 
+    /// Whether the session record has shown the pasted prompt: from then on it, not the
+    /// screen, ends the turn.
+    fn transcript_has_prompt(&self) -> bool {
+        self.transcript.as_ref().is_some_and(|t| t.parser.prompt_seen())
+    }
+
     /// The CLI's session id as its record names it (a new Codex or Gemini session's).
     fn recorded_session_id(&self) -> Option<String> {
         self.transcript.as_ref().and_then(|t| t.parser.session_id())
@@ -303,7 +309,11 @@ impl<'a> TurnRun<'a> {
                 self.check_at = None;
                 match self.phase {
                     Phase::Starting => self.on_startup_check().await,
-                    Phase::Working if src.transcript.is_none() => self.on_working_check().await,
+                    // The screen is the fallback while the session record has not shown the
+                    // prompt: a CLI (or a version of it) that does not write the record there.
+                    Phase::Working if !src.transcript_has_prompt() => {
+                        self.on_working_check().await
+                    }
                     _ => Ok(()),
                 }
             }
