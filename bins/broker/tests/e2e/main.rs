@@ -15,6 +15,7 @@ mod hardening;
 mod lifecycle;
 mod logs;
 mod real_cli;
+mod real_tui;
 mod resilience;
 mod runbooks;
 mod shadow_mode;
