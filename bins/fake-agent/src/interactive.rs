@@ -350,7 +350,9 @@ impl Tui {
     /// Droid's login screen without a Factory account: it never goes away by itself; `Exit`
     /// (the second option) or end of input leaves.
     fn login_screen<R: FnMut() -> Option<u8>>(&self, keys: &mut KeyReader<R>) {
-        out("\n│ Welcome to Factory CLI\n\nPlease login with your Factory account to continue.\n\n");
+        out(
+            "\n│ Welcome to Factory CLI\n\nPlease login with your Factory account to continue.\n\n",
+        );
         out("> Login\n  Exit\n");
         loop {
             match keys.next_key() {

@@ -257,7 +257,12 @@ mod screens {
         );
     }
 
-    fn merge(cli: CliType, file: &str, existing: Option<&str>, env: &BTreeMap<String, String>) -> Option<String> {
+    fn merge(
+        cli: CliType,
+        file: &str,
+        existing: Option<&str>,
+        env: &BTreeMap<String, String>,
+    ) -> Option<String> {
         let home = Path::new("/h");
         let cwd = Path::new("/w/proj");
         let ctx = SetupContext::new(home, cwd, env);
@@ -291,7 +296,10 @@ mod screens {
             "projects":{"/w/proj":{"hasTrustDialogAccepted":false,"allowedTools":["Bash"]}},
             "customApiKeyResponses":{"approved":["other"],"rejected":["6789abcdefghijklmnop"]}}"#;
         // Everything is there, with the operator's values: nothing to write.
-        assert_eq!(merge(CliType::ClaudeCode, ".claude.json", Some(operator), &env), None);
+        assert_eq!(
+            merge(CliType::ClaudeCode, ".claude.json", Some(operator), &env),
+            None
+        );
         let partial = r#"{"theme":"dark","projects":{"/other":{"x":1}}}"#;
         let merged: serde_json::Value = serde_json::from_str(
             &merge(CliType::ClaudeCode, ".claude.json", Some(partial), &env).unwrap(),
@@ -299,7 +307,10 @@ mod screens {
         .unwrap();
         assert_eq!(merged["theme"], "dark");
         assert_eq!(merged["projects"]["/other"]["x"], 1);
-        assert_eq!(merged["projects"]["/w/proj"]["hasTrustDialogAccepted"], true);
+        assert_eq!(
+            merged["projects"]["/w/proj"]["hasTrustDialogAccepted"],
+            true
+        );
         // Once merged, merging again changes nothing.
         let again = merge(
             CliType::ClaudeCode,
@@ -317,14 +328,23 @@ mod screens {
         let merged = merge(CliType::Codex, "config.toml", Some(cfg), &env).unwrap();
         assert!(merged.starts_with(cfg));
         assert!(merged.contains("[projects.\"/w/proj\"]\ntrust_level = \"trusted\"\n"));
-        assert_eq!(merge(CliType::Codex, "config.toml", Some(&merged), &env), None);
+        assert_eq!(
+            merge(CliType::Codex, "config.toml", Some(&merged), &env),
+            None
+        );
         let distrusted = "[projects.\"/w/proj\"]\ntrust_level = \"untrusted\"\n";
-        assert_eq!(merge(CliType::Codex, "config.toml", Some(distrusted), &env), None);
+        assert_eq!(
+            merge(CliType::Codex, "config.toml", Some(distrusted), &env),
+            None
+        );
 
         let t = merge(CliType::Gemini, "trustedFolders.json", None, &env).unwrap();
         assert!(t.contains("\"/w/proj\": \"TRUST_FOLDER\""), "{t}");
         let own = r#"{"/w/proj":"DO_NOT_TRUST"}"#;
-        assert_eq!(merge(CliType::Gemini, "trustedFolders.json", Some(own), &env), None);
+        assert_eq!(
+            merge(CliType::Gemini, "trustedFolders.json", Some(own), &env),
+            None
+        );
         let p = merge(
             CliType::Gemini,
             "projects.json",

@@ -436,7 +436,10 @@ async fn the_trust_screen_is_answered() {
     let (run, _) = w.run(req).await;
     assert_success(&run);
     assert_eq!(answer(&run), "echo: hi there");
-    assert_eq!(run.timings.first_run_screens, vec!["claude trust this folder"]);
+    assert_eq!(
+        run.timings.first_run_screens,
+        vec!["claude trust this folder"]
+    );
     w.exec.kill_server().await;
 }
 
@@ -474,7 +477,8 @@ async fn codex_and_gemini_trust_screens_and_placeholders() {
         (CliType::Gemini, "trust this folder"),
     ] {
         let mut req = w.request(cli, cli.as_str(), "hello there");
-        req.env.insert("KOKINO_FAKE_FIRST_RUN".into(), "trust".into());
+        req.env
+            .insert("KOKINO_FAKE_FIRST_RUN".into(), "trust".into());
         let (run, _) = w.run(req).await;
         assert_success(&run);
         assert_eq!(answer(&run), "echo: hello there", "{cli:?}");
@@ -497,10 +501,15 @@ async fn droids_login_screen_is_an_auth_error_in_seconds() {
     }
     let w = World::new();
     let mut req = w.request(CliType::FactoryDroid, "droid", "hello");
-    req.env.insert("KOKINO_FAKE_FIRST_RUN".into(), "login".into());
+    req.env
+        .insert("KOKINO_FAKE_FIRST_RUN".into(), "login".into());
     let started = std::time::Instant::now();
     let (run, _) = w.run(req).await;
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(run.result.outcome, OutcomeClass::AuthError);
     let msg = run.result.error_message().unwrap_or_default();
     assert!(msg.contains("Factory account"), "{msg}");
@@ -526,21 +535,24 @@ async fn the_clis_configuration_is_prepared_and_merged() {
     std::fs::create_dir_all(home.join(".codex")).unwrap();
     std::fs::write(home.join(".codex/config.toml"), "model = \"m\"\n").unwrap();
     let mut req = w.claude("prep", SID, "hi");
-    req.env
-        .insert("ANTHROPIC_API_KEY".into(), "sk-0123456789abcdefghijXYZ".into());
+    req.env.insert(
+        "ANTHROPIC_API_KEY".into(),
+        "sk-0123456789abcdefghijXYZ".into(),
+    );
     let (run, _) = w.run(req).await;
     assert_success(&run);
     let cwd = std::fs::canonicalize(w.path("work")).unwrap();
     let cwd = cwd.to_string_lossy();
     let claude: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(home.join(".claude.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(home.join(".claude.json")).unwrap()).unwrap();
     assert_eq!(claude["theme"], "light");
     assert_eq!(claude["hasCompletedOnboarding"], true);
-    assert_eq!(claude["projects"][cwd.as_ref()]["hasTrustDialogAccepted"], true);
     assert_eq!(
-        claude["customApiKeyResponses"]["approved"][0],
-        "3456789abcdefghijXYZ",
+        claude["projects"][cwd.as_ref()]["hasTrustDialogAccepted"],
+        true
+    );
+    assert_eq!(
+        claude["customApiKeyResponses"]["approved"][0], "3456789abcdefghijXYZ",
         "the key's last 20 characters, as Claude Code records an approval"
     );
     let (run, _) = w.run(w.request(CliType::Codex, "prep-codex", "hi")).await;

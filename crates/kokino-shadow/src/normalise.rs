@@ -297,7 +297,9 @@ fn is_timing_note(line: &str) -> bool {
             g.chars().count() == 1
                 && !g.chars().all(char::is_alphanumeric)
                 && verb.chars().all(char::is_alphabetic)
-                && d.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '<')
+                && d.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit() || c == '<')
         }
         _ => false,
     }

@@ -245,7 +245,12 @@ impl Setup {
 
     /// Runs the CLI directly the way the broker does (prompt on stdin), for the timings.
     /// `resume` is the CLI's session id for a later turn. Returns (exit code, stdout, seconds).
-    pub(crate) fn direct(&self, prompt: &str, tools: bool, resume: Option<&str>) -> (i32, String, f64) {
+    pub(crate) fn direct(
+        &self,
+        prompt: &str,
+        tools: bool,
+        resume: Option<&str>,
+    ) -> (i32, String, f64) {
         let mut args: Vec<String> = Vec::new();
         match self.name {
             "claude" => {

@@ -134,7 +134,11 @@ impl Term {
     /// placeholder the real Codex and Gemini TUIs show there.
     fn wait_prompt(&self, s: &str, prompt: &str) -> String {
         self.wait_screen(s, "the prompt", |scr| {
-            let last = scr.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim);
+            let last = scr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::trim);
             last.is_some_and(|l| {
                 l == prompt
                     || l.strip_prefix(prompt).is_some_and(|rest| {
@@ -226,7 +230,12 @@ fn every_personality_draws_its_prompt_and_answers_a_paste() {
     // The empty prompt line as it is drawn: Codex and Gemini show their real placeholders.
     for (name, prompt, empty, answer_line) in [
         ("claude", "│ >", "│ >", "● echo: hello world"),
-        ("codex", "›", "› Ask Codex to do anything", "echo: hello world"),
+        (
+            "codex",
+            "›",
+            "› Ask Codex to do anything",
+            "echo: hello world",
+        ),
         (
             "gemini",
             ">",
@@ -403,7 +412,12 @@ fn the_real_first_run_screens_are_imitated() {
     t.keys("codex", &["Enter"]);
     t.wait_prompt("codex", "›");
 
-    t.start("gemini", "gemini", &[], &[("KOKINO_FAKE_FIRST_RUN", "trust")]);
+    t.start(
+        "gemini",
+        "gemini",
+        &[],
+        &[("KOKINO_FAKE_FIRST_RUN", "trust")],
+    );
     t.wait_screen("gemini", "gemini's trust screen", |s| {
         s.contains("Do you trust the files in this folder?") && s.contains("● 1. Trust folder")
     });
@@ -425,7 +439,9 @@ fn the_real_first_run_screens_are_imitated() {
 
     // A bare Enter takes "No": the TUI then has no credentials.
     t.start("keyno", "claude", &[], &key);
-    t.wait_screen("keyno", "the API-key question", |s| s.contains("this API key?"));
+    t.wait_screen("keyno", "the API-key question", |s| {
+        s.contains("this API key?")
+    });
     t.keys("keyno", &["Enter"]);
     t.wait_prompt("keyno", "│ >");
     t.paste("keyno", "hello");
@@ -438,7 +454,9 @@ fn the_real_first_run_screens_are_imitated() {
     });
     t.keys("droid", &["Enter"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(t.screen("droid").contains("Please login with your Factory account"));
+    assert!(t
+        .screen("droid")
+        .contains("Please login with your Factory account"));
 }
 
 #[test]

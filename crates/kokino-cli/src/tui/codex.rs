@@ -91,10 +91,7 @@ impl Tui for CodexTui {
         ctx: &SetupContext<'_>,
     ) -> Result<Option<String>, String> {
         let cwd = ctx.cwd.to_string_lossy();
-        let key = format!(
-            "\"{}\"",
-            cwd.replace('\\', "\\\\").replace('"', "\\\"")
-        );
+        let key = format!("\"{}\"", cwd.replace('\\', "\\\\").replace('"', "\\\""));
         let text = existing.unwrap_or("");
         let has_table = text.lines().any(|l| {
             let l = l.trim();
@@ -223,7 +220,10 @@ impl TranscriptParser for CodexRollout {
         }
         let answer = self.answer.clone().unwrap_or_default();
         let (class, error) = match (&self.error, answer.is_empty()) {
-            (Some(e), true) => (super::classify_exit_screen(e).unwrap_or(OutcomeClass::CliError), Some(e.clone())),
+            (Some(e), true) => (
+                super::classify_exit_screen(e).unwrap_or(OutcomeClass::CliError),
+                Some(e.clone()),
+            ),
             _ => (OutcomeClass::Success, None),
         };
         Some(TurnEnd {

@@ -128,7 +128,11 @@ pub trait Tui: Send + Sync + fmt::Debug {
         if self.find_prompt(&lines).is_some() {
             return StartupScreen::Ready;
         }
-        if let Some(b) = self.blocked_screens().iter().find(|b| screen.contains(b.marker)) {
+        if let Some(b) = self
+            .blocked_screens()
+            .iter()
+            .find(|b| screen.contains(b.marker))
+        {
             return StartupScreen::Blocked {
                 class: b.class,
                 reason: b.reason.to_owned(),
@@ -206,6 +210,27 @@ pub trait Tui: Send + Sync + fmt::Debug {
             }
         }
         Some(body.join("\n"))
+    }
+
+    /// Whether the input line at the bottom of the screen still holds `prompt`: the TUI took
+    /// the paste but not the Enter (Gemini CLI drops an Enter that follows a paste too closely).
+    fn input_holds(&self, lines: &[String], prompt: &str) -> bool {
+        let first: String = prompt
+            .split('\n')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(40)
+            .collect();
+        !first.is_empty()
+            && self.find_prompt(lines).is_none()
+            && lines
+                .iter()
+                .rev()
+                .filter(|l| !l.trim().is_empty())
+                .take(PROMPT_SEARCH_LINES)
+                .any(|l| echo_starts_with(l, &first))
     }
 
     /// The outcome class a dead pane's last words show, when they name one: the CLIs' own auth
@@ -344,7 +369,11 @@ impl<'a> TranscriptContext<'a> {
     }
 
     /// The same context at the time `now`, reading configuration files with `read`.
-    pub fn with_files(mut self, now: SystemTime, read: &'a dyn Fn(&Path) -> Option<String>) -> Self {
+    pub fn with_files(
+        mut self,
+        now: SystemTime,
+        read: &'a dyn Fn(&Path) -> Option<String>,
+    ) -> Self {
         self.now = now;
         self.read = Some(read);
         self
@@ -521,7 +550,9 @@ mod tests {
         assert_eq!(claude.extract_answer(&working, "hi\nthere"), None);
         let codex = v(&["› a", "echo: a", "›"]);
         assert_eq!(
-            tui_for(CliType::Codex).extract_answer(&codex, "a").as_deref(),
+            tui_for(CliType::Codex)
+                .extract_answer(&codex, "a")
+                .as_deref(),
             Some("echo: a")
         );
     }

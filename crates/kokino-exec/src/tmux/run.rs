@@ -158,7 +158,9 @@ impl Sources {
     /// Whether the session record has shown the pasted prompt: from then on it, not the
     /// screen, ends the turn.
     fn transcript_has_prompt(&self) -> bool {
-        self.transcript.as_ref().is_some_and(|t| t.parser.prompt_seen())
+        self.transcript
+            .as_ref()
+            .is_some_and(|t| t.parser.prompt_seen())
     }
 
     /// The CLI's session id as its record names it (a new Codex or Gemini session's).
@@ -311,9 +313,7 @@ impl<'a> TurnRun<'a> {
                     Phase::Starting => self.on_startup_check().await,
                     // The screen is the fallback while the session record has not shown the
                     // prompt: a CLI (or a version of it) that does not write the record there.
-                    Phase::Working if !src.transcript_has_prompt() => {
-                        self.on_working_check().await
-                    }
+                    Phase::Working if !src.transcript_has_prompt() => self.on_working_check().await,
                     _ => Ok(()),
                 }
             }
@@ -466,6 +466,14 @@ impl<'a> TurnRun<'a> {
                 error: None,
                 signal: CompletionSignal::PromptAfterQuiet,
             }),
+            None if !self.timings.submit_retried
+                && self.req.tui.input_holds(&lines, &self.prompt) =>
+            {
+                // The pane went quiet with the prompt still in its input line: the Enter was
+                // lost (the TUI's output was only its redraw of the paste). Press it again, once.
+                tracing::warn!(session = %self.session, "the prompt is still in the input line; pressing Enter again");
+                self.submit(true).await
+            }
             None => Ok(()),
         }
     }

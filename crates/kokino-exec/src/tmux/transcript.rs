@@ -6,11 +6,11 @@
 //! mean is the profile's business (`kokino_cli::tui::TranscriptParser`); this module only hands
 //! over the complete lines appended since the last read.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tokio::io::unix::AsyncFd;
