@@ -479,6 +479,13 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
         ],
     );
 
+    if t.rows.iter().any(|r| r.failure.is_some()) {
+        // The broker's own account of the failed runs, past the harness's capture.
+        let log = b.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let _ = std::io::stderr().write_all(format!("broker log tail:\n{}\n", tail.join("\n")).as_bytes());
+    }
     drop(b);
     t.finish();
 }

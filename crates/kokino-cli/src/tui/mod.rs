@@ -339,6 +339,9 @@ pub enum StartupScreen {
     NotYet,
 }
 
+/// Reads a file's text for a profile (`None` when it cannot be read).
+pub type FileReader<'a> = dyn Fn(&Path) -> Option<String> + 'a;
+
 /// What a [`Tui`] may use to find the CLI's session record.
 #[derive(Clone, Copy)]
 #[non_exhaustive]
@@ -353,7 +356,7 @@ pub struct TranscriptContext<'a> {
     pub now: SystemTime,
     /// A CLI configuration file's text, read for the profile (Gemini names its record's
     /// directory in `~/.gemini/projects.json`).
-    pub read: Option<&'a dyn Fn(&Path) -> Option<String>>,
+    pub read: Option<&'a FileReader<'a>>,
 }
 
 impl<'a> TranscriptContext<'a> {
