@@ -13,7 +13,7 @@
 //! table goes to stderr on green runs too; `cargo xtask bench` prints the same figures.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -178,12 +178,12 @@ fn short(v: &Value) -> String {
 /// One execute, timed, with the moment its answer appeared on the pane.
 async fn ask(
     b: &Broker,
-    socket: &PathBuf,
+    socket: &Path,
     agent: &str,
     prompt: &str,
     expect: &str,
 ) -> (u16, Value, f64, Option<f64>) {
-    let watch = PaneWatch::start(socket.clone(), agent, expect.to_owned());
+    let watch = PaneWatch::start(socket.to_path_buf(), agent, expect.to_owned());
     // Bounded well below the default so a stuck scenario cannot hold the suite for minutes.
     let body = json!({"prompt": prompt, "timeoutMs": 60000});
     let (st, _, v, secs) =
@@ -343,6 +343,12 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
 
     // 3. A restart of the broker: the TUI is gone with the old broker's tmux server; the next
     // prompt starts it again on the CLI's session.
+    if t.rows.iter().any(|r| r.failure.is_some()) {
+        let log = b.log_text();
+        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("http")).collect();
+        let tail = tail[tail.len().saturating_sub(40)..].join("\n");
+        let _ = std::io::stderr().write_all(format!("first broker's log:\n{tail}\n").as_bytes());
+    }
     b.stop();
     let gone_after_stop = eventually(Duration::from_secs(10), || s.processes().is_empty()).await;
     b = start();
@@ -484,7 +490,8 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
         let log = b.log_text();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        let _ = std::io::stderr().write_all(format!("broker log tail:\n{}\n", tail.join("\n")).as_bytes());
+        let _ = std::io::stderr()
+            .write_all(format!("broker log tail:\n{}\n", tail.join("\n")).as_bytes());
     }
     drop(b);
     t.finish();
