@@ -426,6 +426,20 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
         ],
     );
 
+    // The shadow agent's TUI stays for its next prompt; end it so that the process checks
+    // below see only the scenario's own TUI.
+    let (st, v) = b.post("/agents/shadow/end-session", json!({})).await;
+    let gone = eventually(Duration::from_secs(10), || s.processes().is_empty()).await;
+    t.add(
+        "shadow-end",
+        0.0,
+        None,
+        vec![
+            (st == 200, format!("status {st}: {}", short(&v))),
+            (gone, format!("left: {:?}", s.processes())),
+        ],
+    );
+
     // 6. Cancel: nothing of the CLI is left.
     w.register(
         &b,

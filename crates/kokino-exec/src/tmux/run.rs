@@ -376,6 +376,11 @@ impl<'a> TurnRun<'a> {
             t.parser.feed_line(&line, &mut parsed);
         }
         for ev in parsed {
+            // A session id the record names is reported with the answer only: a Gemini session
+            // cut off before its first answer cannot be resumed, so it must not be stored.
+            if matches!(ev, StreamEvent::SessionId(_)) {
+                continue;
+            }
             let _ = self.events.send(ExecEvent::Stream(ev));
         }
         if t.parser.prompt_seen() && matches!(self.phase, Phase::Submitted { .. }) {
@@ -383,12 +388,23 @@ impl<'a> TurnRun<'a> {
             self.phase_deadline = None;
         }
         match t.parser.turn_end() {
-            Some(end) => Err(End::Answer {
-                class: end.class,
-                answer: end.answer,
-                error: end.error,
-                signal: CompletionSignal::Transcript,
-            }),
+            Some(end) => {
+                if let Some(sid) = t
+                    .parser
+                    .session_id()
+                    .filter(|_| end.class == OutcomeClass::Success)
+                {
+                    let _ = self
+                        .events
+                        .send(ExecEvent::Stream(StreamEvent::SessionId(sid)));
+                }
+                Err(End::Answer {
+                    class: end.class,
+                    answer: end.answer,
+                    error: end.error,
+                    signal: CompletionSignal::Transcript,
+                })
+            }
             None => Ok(()),
         }
     }
