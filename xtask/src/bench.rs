@@ -56,6 +56,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
     overhead(&world, &broker, args.overhead_runs)?;
     throughput(&world, &broker, &args)?;
     tmux_vs_headless(&world, &broker, args.tmux_runs)?;
+    real_tuis(&root)?;
     comparison(&root)?;
     drop(broker);
     match std::env::var("KOKINO_BENCH_DATABASE_URL")
@@ -269,6 +270,55 @@ fn tmux_vs_headless(world: &World, broker: &Broker, runs: usize) -> Result<()> {
             "  {cli_type:<12} tmux − headless median {:+7.1} ms   (goal ≤ +150 ms)",
             ms(modes[1]) - ms(modes[0])
         );
+    }
+    Ok(())
+}
+
+/// (issue 14) The real TUIs in tmux mode, when installed: runs the real-TUI end-to-end test and
+/// prints its per-CLI tables (completion latency from the answer appearing on the pane to the
+/// broker's answer, and tmux − headless end-to-end time of a warm prompt).
+fn real_tuis(root: &Path) -> Result<()> {
+    println!("\n== (d2) the real TUIs in tmux mode");
+    let dir = std::env::var_os("KOKINO_REAL_CLI_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".real-clis"));
+    if !dir.join("node_modules/.bin/claude").exists() {
+        println!(
+            "  skipped: the real CLIs are not installed in {} \
+             (scripts/install-real-clis.sh && export KOKINO_REAL_CLI_DIR=$PWD/.real-clis)",
+            dir.display()
+        );
+        return Ok(());
+    }
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .env("KOKINO_REAL_CLI_DIR", &dir)
+        .args([
+            "test",
+            "-p",
+            "kokino-broker",
+            "--test",
+            "e2e",
+            "real_tui",
+            "--",
+            "--test-threads",
+            "1",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let mut in_table = false;
+    for line in text.lines() {
+        if line.starts_with("real CLI ") {
+            in_table = true;
+        } else if !line.starts_with("  ") {
+            in_table = false;
+        }
+        if in_table {
+            println!("  {line}");
+        }
+    }
+    if !out.status.success() {
+        println!("  (some real-TUI scenarios failed; see the tables)");
     }
     Ok(())
 }

@@ -33,9 +33,59 @@ pub fn prompt_line(p: Personality) -> &'static str {
     }
 }
 
-/// The first line of the trust screen, which the real claude shows in a folder it has not been
-/// told to trust (peer-systems.md §2, claude-squad's `CheckAndHandleTrustPrompt`).
-pub const TRUST_QUESTION: &str = "Do you trust the files in this folder?";
+/// The placeholder the real TUI shows in its empty input line (Codex 0.169, Gemini CLI 0.61);
+/// the first key typed or pasted replaces it.
+pub fn placeholder(p: Personality) -> Option<&'static str> {
+    match p {
+        Personality::Codex => Some("Ask Codex to do anything"),
+        Personality::Gemini => Some("  Type your message or @path/to/file"),
+        _ => None,
+    }
+}
+
+/// The question of the trust screen each real TUI shows in a folder it has not been told to
+/// trust, and its options in order (the first one trusts, and is where the cursor starts).
+fn trust_screen_text(p: Personality, cwd: &str) -> (String, &'static [&'static str]) {
+    match p {
+        Personality::Claude => (
+            format!(
+                "────────────────────────────────────────────────────────────\n \
+                 Accessing workspace:\n\n {cwd}\n\n \
+                 Quick safety check: Is this a project you created or one you trust? (Like your own \
+                 code, a well-known open source project, or work from your team). If not, take a \
+                 moment to review what's in this folder first.\n\n \
+                 Claude Code'll be able to read, edit, and execute files here.\n\n"
+            ),
+            &["Yes, I trust this folder", "No, exit"],
+        ),
+        Personality::Codex => (
+            format!(
+                "  Folder access\n  {cwd}\n\n  Trust this folder? Codex can read, edit, and run files \
+                 here, subject to your permission settings.\n\n"
+            ),
+            &["Trust and continue", "Back to Agent Command Center"],
+        ),
+        Personality::Gemini => (
+            " ╭──────────────────────────────────────────────────────────╮\n \
+             │ Do you trust the files in this folder?\n \
+             │\n"
+                .to_owned(),
+            &["Trust folder (work)", "Trust parent folder", "Don't trust"],
+        ),
+        // Droid has no trust screen; it asks for a Factory login instead.
+        Personality::Droid => (String::new(), &[]),
+    }
+}
+
+/// The glyph the real TUI puts before the selected option of a menu.
+fn menu_glyph(p: Personality) -> &'static str {
+    match p {
+        Personality::Claude => "❯",
+        Personality::Codex => "›",
+        Personality::Gemini => "●",
+        Personality::Droid => ">",
+    }
+}
 
 /// Prefix of the answer line. The real claude marks assistant text with `● `.
 fn answer_prefix(p: Personality) -> &'static str {
@@ -88,13 +138,28 @@ pub fn run(personality: Personality, opts: Opts, env_logged_out: bool) -> i32 {
     tty::enter_raw_mode();
     sys::raw(tty::BRACKETED_PASTE_ON);
     let mut keys = KeyReader::new(tty::read_stdin_byte);
-    if personality == Personality::Claude && first_run_requested() && !tui.trust_screen(&mut keys) {
+    let screens = first_run_requested();
+    if screens.iter().any(|s| s == "login") && personality == Personality::Droid {
+        tui.login_screen(&mut keys);
+    }
+    if screens.iter().any(|s| s == "1" || s == "trust")
+        && personality != Personality::Droid
+        && !tui.trust_screen(&mut keys)
+    {
         out("\n");
         leave(1);
+    }
+    if screens.iter().any(|s| s == "apikey") && personality == Personality::Claude {
+        tui.api_key_screen(&mut keys);
     }
     tui.banner();
     loop {
         out(prompt_line(personality));
+        if let Some(p) = placeholder(personality) {
+            // Drawn after the glyph, with the cursor put back before it: the first key erases it.
+            sys::raw(p.as_bytes());
+            out(&format!("\r{}", prompt_line(personality)));
+        }
         let Some(prompt) = read_submission(&mut keys) else {
             out("\n");
             leave(0);
@@ -110,9 +175,61 @@ pub fn run(personality: Personality, opts: Opts, env_logged_out: bool) -> i32 {
     }
 }
 
-/// `KOKINO_FAKE_FIRST_RUN=1`: claude starts with the trust screen.
-fn first_run_requested() -> bool {
-    matches!(std::env::var("KOKINO_FAKE_FIRST_RUN"), Ok(v) if !v.is_empty() && v != "0")
+/// `KOKINO_FAKE_FIRST_RUN=trust,apikey,login` (or `1` for `trust`): the first-run screens to
+/// show before the prompt, as the real TUIs do with a fresh configuration: the trust screen
+/// (claude, codex, gemini), Claude's API-key question, Droid's Factory login.
+fn first_run_requested() -> Vec<String> {
+    match std::env::var("KOKINO_FAKE_FIRST_RUN") {
+        Ok(v) if !v.is_empty() && v != "0" => v.split(',').map(|s| s.trim().to_owned()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Draws a numbered menu with the cursor on option `selected` (0-based).
+fn draw_menu(p: Personality, options: &[&str], selected: usize) {
+    for (i, o) in options.iter().enumerate() {
+        let mark = if i == selected { menu_glyph(p) } else { " " };
+        out(&format!(" {mark} {}. {o}\n", i + 1));
+    }
+}
+
+/// Redraws a menu in place: the cursor is below its hint line (a blank line and the hint
+/// follow the options), as the real TUIs redraw theirs.
+fn redraw_menu(p: Personality, options: &[&str], selected: usize) {
+    sys::raw(format!("\x1b[{}A\r", options.len() + 2).as_bytes());
+    draw_menu(p, options, selected);
+    out("\n  Enter to confirm · Esc to cancel\n");
+}
+
+/// Waits for a menu answer: the arrows move the cursor (the menu is redrawn below), a digit
+/// chooses its option, Enter the one under the cursor. `None` at end of input.
+fn read_menu<R: FnMut() -> Option<u8>>(
+    p: Personality,
+    keys: &mut KeyReader<R>,
+    options: &[&str],
+    mut selected: usize,
+) -> Option<usize> {
+    loop {
+        match keys.next_key() {
+            Some(Key::Enter) => return Some(selected),
+            Some(Key::Up) if selected > 0 => {
+                selected -= 1;
+                redraw_menu(p, options, selected);
+            }
+            Some(Key::Down) if selected + 1 < options.len() => {
+                selected += 1;
+                redraw_menu(p, options, selected);
+            }
+            Some(Key::Text(b)) if b.len() == 1 && b[0].is_ascii_digit() => {
+                let n = usize::from(b[0] - b'0');
+                if (1..=options.len()).contains(&n) {
+                    return Some(n - 1);
+                }
+            }
+            None | Some(Key::EndOfInput) => return None,
+            Some(_) => {}
+        }
+    }
 }
 
 /// Reads keys until Enter on a non-empty input, echoing what was typed or pasted. Returns `None`
@@ -121,7 +238,12 @@ fn first_run_requested() -> bool {
 fn read_submission<R: FnMut() -> Option<u8>>(keys: &mut KeyReader<R>) -> Option<String> {
     let mut input: Vec<u8> = Vec::new();
     loop {
-        match keys.next_key()? {
+        let key = keys.next_key()?;
+        if input.is_empty() && matches!(key, Key::Text(_) | Key::Paste(_)) {
+            // Erase a placeholder drawn after the prompt glyph.
+            sys::raw(b"\x1b[K");
+        }
+        match key {
             Key::Text(bytes) => {
                 sys::raw(&bytes);
                 input.extend_from_slice(&bytes);
@@ -146,7 +268,7 @@ fn read_submission<R: FnMut() -> Option<u8>>(keys: &mut KeyReader<R>) -> Option<
                 }
             }
             Key::EndOfInput if input.is_empty() => return None,
-            Key::EndOfInput | Key::Other => {}
+            Key::EndOfInput | Key::Other | Key::Up | Key::Down => {}
         }
     }
 }
@@ -195,34 +317,49 @@ impl Tui {
         out(&text);
     }
 
-    /// The first-run trust screen. `1` or Enter accepts (the default choice), `2` refuses.
+    /// The first-run trust screen in the real TUI's wording. The first option (under the
+    /// cursor at the start) trusts the folder; any other exits.
     fn trust_screen<R: FnMut() -> Option<u8>>(&self, keys: &mut KeyReader<R>) -> bool {
-        out(&format!(
-            "╭──────────────────────────────────────────────────────────╮\n\
-             │ {TRUST_QUESTION}\n\
-             │\n\
-             │ {}\n\
-             │\n\
-             │ Claude Code may read, write, or execute files contained in this directory.\n\
-             │\n\
-             │ ❯ 1. Yes, proceed\n\
-             │   2. No, exit\n\
-             ╰──────────────────────────────────────────────────────────╯\n\
-             \x20  Enter to confirm · Esc to exit\n",
-            self.cwd
-        ));
-        loop {
-            match keys.next_key() {
-                Some(Key::Enter) => break,
-                Some(Key::Text(b)) if b == b"1" => break,
-                Some(Key::Text(b)) if b == b"2" => return false,
-                None | Some(Key::EndOfInput) => return false,
-                Some(_) => {}
-            }
+        let (text, options) = trust_screen_text(self.personality, &self.cwd);
+        out(&text);
+        draw_menu(self.personality, options, 0);
+        out("\n  Enter to confirm · Esc to cancel\n");
+        if read_menu(self.personality, keys, options, 0) != Some(0) {
+            return false;
         }
         // The real TUI redraws the whole screen once the folder is trusted.
         sys::raw(b"\x1b[2J\x1b[H");
         true
+    }
+
+    /// Claude Code's question about an API key found in the environment. Its cursor starts on
+    /// "No (recommended)"; choosing it leaves the TUI without credentials, as in the real one.
+    fn api_key_screen<R: FnMut() -> Option<u8>>(&mut self, keys: &mut KeyReader<R>) {
+        let options: &[&str] = &["Yes", "No (recommended)"];
+        out("  Detected a custom API key in your environment\n\n  ANTHROPIC_API_KEY: sk-ant-...standin\n\n  Do you want to use this API key?\n\n");
+        draw_menu(self.personality, options, 1);
+        out("\n  Enter to confirm · Esc to cancel\n");
+        match read_menu(self.personality, keys, options, 1) {
+            Some(0) => {}
+            Some(_) => self.env_logged_out = true,
+            None => leave(1),
+        }
+        sys::raw(b"\x1b[2J\x1b[H");
+    }
+
+    /// Droid's login screen without a Factory account: it never goes away by itself; `Exit`
+    /// (the second option) or end of input leaves.
+    fn login_screen<R: FnMut() -> Option<u8>>(&self, keys: &mut KeyReader<R>) {
+        out(
+            "\n│ Welcome to Factory CLI\n\nPlease login with your Factory account to continue.\n\n",
+        );
+        out("> Login\n  Exit\n");
+        loop {
+            match keys.next_key() {
+                Some(Key::Down) | None | Some(Key::EndOfInput) => leave(1),
+                Some(_) => {}
+            }
+        }
     }
 
     /// One submitted prompt. Returns `Some(code)` when the process must exit.

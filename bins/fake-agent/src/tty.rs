@@ -22,6 +22,9 @@ pub enum Key {
     Paste(String),
     Enter,
     Backspace,
+    /// The arrow keys that move a menu's cursor (`ESC [ A`, `ESC [ B`).
+    Up,
+    Down,
     /// Ctrl-D: end of input, as a shell treats it on an empty line.
     EndOfInput,
     /// Any other escape sequence or control byte; ignored by the prompt.
@@ -108,10 +111,11 @@ impl<R: FnMut() -> Option<u8>> KeyReader<R> {
             }
             params.push(b);
         }
-        if params == b"200~" {
-            self.paste()
-        } else {
-            Key::Other
+        match params.as_slice() {
+            b"200~" => self.paste(),
+            b"A" => Key::Up,
+            b"B" => Key::Down,
+            _ => Key::Other,
         }
     }
 
@@ -172,7 +176,13 @@ mod tests {
 
     #[test]
     fn other_sequences_are_ignored() {
-        let k = keys(b"\x1b[A\x7f\x04");
+        let k = keys(b"\x1b[C\x7f\x04");
         assert_eq!(k, vec![Key::Other, Key::Backspace, Key::EndOfInput]);
+    }
+
+    #[test]
+    fn arrows_up_and_down_are_keys() {
+        let k = keys(b"\x1b[A\x1b[B");
+        assert_eq!(k, vec![Key::Up, Key::Down]);
     }
 }

@@ -304,6 +304,66 @@ fn cases() -> Vec<Case> {
             "the interactive TUI's session transcript (tmux mode), not headless stdout; \
              tests/tui.rs reads it with `tui::ClaudeTranscript`",
         ),
+        Case::skipped(
+            "claude/tui-fresh-home.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "claude/tui-trust.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "claude/tui-apikey.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "claude/tui-ready.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "claude/tui-answer.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "codex/tui-ready.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "codex/tui-trust.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "codex/tui-two-turns.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "codex/tui-rollout.jsonl",
+            "an interactive TUI's session record (tmux mode), not headless stdout; tests/tui.rs reads it",
+        ),
+        Case::skipped(
+            "gemini/tui-trust.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "gemini/tui-ready.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "gemini/tui-two-turns.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "gemini/tui-chat.jsonl",
+            "an interactive TUI's session record (tmux mode), not headless stdout; tests/tui.rs reads it",
+        ),
+        Case::skipped(
+            "droid/tui-login.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
+        Case::skipped(
+            "droid/tui-invalid-factory-key.txt",
+            "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
+        ),
         // ---- codex ----
         Case::stream("codex/codex-success.jsonl", Success)
             .answer("FAKE_CODEX_ANSWER: 4")

@@ -436,7 +436,137 @@ async fn the_trust_screen_is_answered() {
     let (run, _) = w.run(req).await;
     assert_success(&run);
     assert_eq!(answer(&run), "echo: hi there");
-    assert_eq!(run.timings.first_run_screens, vec!["trust this folder"]);
+    assert_eq!(
+        run.timings.first_run_screens,
+        vec!["claude trust this folder"]
+    );
+    w.exec.kill_server().await;
+}
+
+/// Claude's API-key question starts on "No (recommended)": the executor moves onto "Yes"
+/// before pressing Enter, so the key is used and the turn is answered (with "No" the fake, like
+/// the real TUI, has no credentials and answers "Not logged in").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_question_is_answered_yes_explicitly() {
+    if !tmux_available() {
+        return;
+    }
+    let w = World::new();
+    let mut req = w.claude("keyed", SID, "hi there");
+    req.env
+        .insert("KOKINO_FAKE_FIRST_RUN".into(), "trust,apikey".into());
+    let (run, _) = w.run(req).await;
+    assert_success(&run);
+    assert_eq!(answer(&run), "echo: hi there");
+    assert_eq!(
+        run.timings.first_run_screens,
+        vec!["claude trust this folder", "claude use this API key"]
+    );
+    w.exec.kill_server().await;
+}
+
+/// Codex's and Gemini's trust questions, and their prompts with placeholder text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_and_gemini_trust_screens_and_placeholders() {
+    if !tmux_available() {
+        return;
+    }
+    let w = World::new();
+    for (cli, screen) in [
+        (CliType::Codex, "codex trust this folder"),
+        (CliType::Gemini, "trust this folder"),
+    ] {
+        let mut req = w.request(cli, cli.as_str(), "hello there");
+        req.env
+            .insert("KOKINO_FAKE_FIRST_RUN".into(), "trust".into());
+        let (run, _) = w.run(req).await;
+        assert_success(&run);
+        assert_eq!(answer(&run), "echo: hello there", "{cli:?}");
+        assert_eq!(run.timings.first_run_screens, vec![screen], "{cli:?}");
+        // The second prompt reuses the session, whose prompt shows the placeholder again.
+        let (run, _) = w.run(w.request(cli, cli.as_str(), "again")).await;
+        assert_success(&run);
+        assert_eq!(answer(&run), "echo: again", "{cli:?}");
+        assert!(!run.timings.session_created);
+    }
+    w.exec.kill_server().await;
+}
+
+/// Droid's login screen (the built-in profile) fails the run at once with `auth_error` and the
+/// screen's words, and leaves no process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn droids_login_screen_is_an_auth_error_in_seconds() {
+    if !tmux_available() {
+        return;
+    }
+    let w = World::new();
+    let mut req = w.request(CliType::FactoryDroid, "droid", "hello");
+    req.env
+        .insert("KOKINO_FAKE_FIRST_RUN".into(), "login".into());
+    let started = std::time::Instant::now();
+    let (run, _) = w.run(req).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.result.outcome, OutcomeClass::AuthError);
+    let msg = run.result.error_message().unwrap_or_default();
+    assert!(msg.contains("Factory account"), "{msg}");
+    assert!(
+        msg.contains("Please login with your Factory account to continue."),
+        "{msg}"
+    );
+    assert!(!group_alive(run.result.pid.unwrap()));
+    w.exec.kill_server().await;
+}
+
+/// Before a new session starts, the CLI's own configuration is prepared (merged, not
+/// overwritten): Claude's onboarding, folder trust and API-key approval; Codex's and Gemini's
+/// folder trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clis_configuration_is_prepared_and_merged() {
+    if !tmux_available() {
+        return;
+    }
+    let w = World::new();
+    let home = w.path("home");
+    std::fs::write(home.join(".claude.json"), r#"{"theme":"light"}"#).unwrap();
+    std::fs::create_dir_all(home.join(".codex")).unwrap();
+    std::fs::write(home.join(".codex/config.toml"), "model = \"m\"\n").unwrap();
+    let mut req = w.claude("prep", SID, "hi");
+    req.env.insert(
+        "ANTHROPIC_API_KEY".into(),
+        "sk-0123456789abcdefghijXYZ".into(),
+    );
+    let (run, _) = w.run(req).await;
+    assert_success(&run);
+    let cwd = std::fs::canonicalize(w.path("work")).unwrap();
+    let cwd = cwd.to_string_lossy();
+    let claude: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join(".claude.json")).unwrap()).unwrap();
+    assert_eq!(claude["theme"], "light");
+    assert_eq!(claude["hasCompletedOnboarding"], true);
+    assert_eq!(
+        claude["projects"][cwd.as_ref()]["hasTrustDialogAccepted"],
+        true
+    );
+    assert_eq!(
+        claude["customApiKeyResponses"]["approved"][0], "3456789abcdefghijXYZ",
+        "the key's last 20 characters, as Claude Code records an approval"
+    );
+    let (run, _) = w.run(w.request(CliType::Codex, "prep-codex", "hi")).await;
+    assert_success(&run);
+    let toml = std::fs::read_to_string(home.join(".codex/config.toml")).unwrap();
+    assert!(toml.starts_with("model = \"m\"\n"), "{toml}");
+    assert!(
+        toml.contains(&format!("[projects.\"{cwd}\"]\ntrust_level = \"trusted\"")),
+        "{toml}"
+    );
+    let (run, _) = w.run(w.request(CliType::Gemini, "prep-gemini", "hi")).await;
+    assert_success(&run);
+    let trusted = std::fs::read_to_string(home.join(".gemini/trustedFolders.json")).unwrap();
+    assert!(trusted.contains("TRUST_FOLDER"), "{trusted}");
     w.exec.kill_server().await;
 }
 

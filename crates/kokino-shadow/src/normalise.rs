@@ -272,12 +272,37 @@ fn is_vertical_frame_char(c: char) -> bool {
     matches!(c, '│' | '┃' | '║' | '▌' | '▐' | '┆' | '┇' | '┊' | '┋')
 }
 
+/// The glyphs the four TUIs put before a prompt, an answer or a tool's output: Claude Code's
+/// `❯ ● ⏺ ⎿`, Codex's `› •`, Gemini's `> ✦`, Droid's `>`.
 fn is_prompt_marker(c: char) -> bool {
-    matches!(c, '>' | '❯' | '›' | '●' | '⏺' | '⎿')
+    matches!(c, '>' | '❯' | '›' | '●' | '⏺' | '⎿' | '•' | '✦')
 }
 
 fn line_has_decoration(line: &str) -> bool {
-    line.trim_start().starts_with(is_prompt_marker) || line.chars().any(is_frame_char)
+    line.trim_start().starts_with(is_prompt_marker)
+        || line.chars().any(is_frame_char)
+        || is_timing_note(line)
+}
+
+/// The note a TUI prints under a finished turn: Codex's `Worked for <1s • 9:54 PM`, Claude
+/// Code's `✻ Cooked for 0s` (a glyph, a verb, "for", a duration). Not part of the answer.
+fn is_timing_note(line: &str) -> bool {
+    let t = line.trim();
+    if t.starts_with("Worked for ") {
+        return true;
+    }
+    let mut w = t.split_whitespace();
+    match (w.next(), w.next(), w.next(), w.next(), w.next()) {
+        (Some(g), Some(verb), Some("for"), Some(d), None) => {
+            g.chars().count() == 1
+                && !g.chars().all(char::is_alphanumeric)
+                && verb.chars().all(char::is_alphabetic)
+                && d.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit() || c == '<')
+        }
+        _ => false,
+    }
 }
 
 impl Normaliser for StripTuiDecorations {
@@ -297,6 +322,9 @@ impl Normaliser for StripTuiDecorations {
         let mut first = true;
         for line in s.split('\n') {
             let line = line.strip_suffix('\r').unwrap_or(line);
+            if is_timing_note(line) {
+                continue;
+            }
             let cleaned: Cow<'_, str> = if line_has_decoration(line) {
                 let only_frame = line.chars().all(|c| is_frame_char(c) || c.is_whitespace());
                 if only_frame
@@ -472,6 +500,17 @@ mod tests {
         let pane =
             "╭──────────╮\n│ > hello  │\n│          │\n│ world    │\n╰──────────╯\n● Done.\n  ⎿ ok";
         assert_eq!(StripTuiDecorations.apply(pane), "hello\n\nworld\nDone.\nok");
+        // The answer decorations of the four real TUIs (captures in kokino-cli's
+        // tests/captures/<cli>/tui-*.txt) all come down to the answer text.
+        for pane in [
+            "● FAKE_ANSWER: 0 earlier user turns\n\n✻ Cooked for 0s",
+            "• FAKE_ANSWER: 0 earlier user turns\n  Worked for <1s • 9:54 PM",
+            "✦ FAKE_ANSWER: 0 earlier user turns",
+            "> FAKE_ANSWER: 0 earlier user turns",
+        ] {
+            let out = StripTuiDecorations.apply(pane);
+            assert_eq!(out.trim(), "FAKE_ANSWER: 0 earlier user turns", "{pane:?}");
+        }
         assert!(matches!(
             StripTuiDecorations.apply("no frame here\nat all"),
             Cow::Borrowed(_)

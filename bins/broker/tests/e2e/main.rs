@@ -16,6 +16,7 @@ mod homes;
 mod lifecycle;
 mod logs;
 mod real_cli;
+mod real_tui;
 mod rehydration;
 mod resilience;
 mod runbooks;

@@ -38,7 +38,7 @@ fn real_cli_dir() -> PathBuf {
 }
 
 /// The real CLI's launcher, or a loud skip message.
-fn real_cli(name: &str) -> Option<PathBuf> {
+pub(crate) fn real_cli(name: &str) -> Option<PathBuf> {
     let path = real_cli_dir().join("node_modules/.bin").join(name);
     if path.exists() {
         return Some(path);
@@ -57,14 +57,14 @@ fn real_cli(name: &str) -> Option<PathBuf> {
 }
 
 /// The stand-in, built on demand like the fake agent, on a free port, recording to a file.
-struct Standin {
+pub(crate) struct Standin {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     record: PathBuf,
 }
 
 impl Standin {
-    fn start(dir: &Path) -> Standin {
+    pub(crate) fn start(dir: &Path) -> Standin {
         let bin = bin_dir().join("kokino-provider-standin");
         if !bin.exists() {
             let status = Command::new(env!("CARGO"))
@@ -103,7 +103,7 @@ impl Standin {
     }
 
     /// Recorded model requests (not probes or token counts) whose body mentions `needle`.
-    fn model_requests_with(&self, needle: &str) -> Vec<Value> {
+    pub(crate) fn model_requests_with(&self, needle: &str) -> Vec<Value> {
         self.requests()
             .into_iter()
             .filter(|r| {
@@ -126,11 +126,11 @@ impl Drop for Standin {
 
 /// How one CLI is pointed at the stand-in: environment, files in its `HOME`, and the flags for
 /// the direct runs that the broker's timings are compared with.
-struct Setup {
-    name: &'static str,
-    binary: PathBuf,
-    work: PathBuf,
-    env: BTreeMap<String, String>,
+pub(crate) struct Setup {
+    pub(crate) name: &'static str,
+    pub(crate) binary: PathBuf,
+    pub(crate) work: PathBuf,
+    pub(crate) env: BTreeMap<String, String>,
     /// Extra arguments that let the CLI run a shell tool without asking.
     tool_args: Vec<&'static str>,
     /// Marks every process started for this CLI (the env is inherited by node wrappers and
@@ -139,7 +139,7 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(name: &'static str, binary: PathBuf, dir: &Path, port: u16) -> Setup {
+    pub(crate) fn new(name: &'static str, binary: PathBuf, dir: &Path, port: u16) -> Setup {
         let home = dir.join(format!("home-{name}"));
         let work = dir.join(format!("work-{name}"));
         std::fs::create_dir_all(&home).unwrap();
@@ -227,7 +227,7 @@ impl Setup {
     }
 
     /// The registration body of an agent of this CLI.
-    fn agent(&self, tools: bool, extra: Value) -> Value {
+    pub(crate) fn agent(&self, tools: bool, extra: Value) -> Value {
         let mut body = json!({
             "binary": self.binary.display().to_string(),
             "cwd": self.work.display().to_string(),
@@ -245,7 +245,12 @@ impl Setup {
 
     /// Runs the CLI directly the way the broker does (prompt on stdin), for the timings.
     /// `resume` is the CLI's session id for a later turn. Returns (exit code, stdout, seconds).
-    fn direct(&self, prompt: &str, tools: bool, resume: Option<&str>) -> (i32, String, f64) {
+    pub(crate) fn direct(
+        &self,
+        prompt: &str,
+        tools: bool,
+        resume: Option<&str>,
+    ) -> (i32, String, f64) {
         let mut args: Vec<String> = Vec::new();
         match self.name {
             "claude" => {
@@ -314,7 +319,7 @@ impl Setup {
 
     /// Live (non-zombie) processes carrying this CLI's mark: the CLI, its node wrapper, its
     /// native child, its tools.
-    fn processes(&self) -> Vec<(i32, String)> {
+    pub(crate) fn processes(&self) -> Vec<(i32, String)> {
         let needle = format!("KOKINO_REALCLI_MARK={}", self.mark);
         let mut out = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -464,7 +469,7 @@ async fn execute_timed(b: &Broker, agent: &str, body: Value) -> (u16, Option<Str
 }
 
 /// Owned arguments, so an execution can run in a task while the test watches /proc.
-async fn execute_on(
+pub(crate) async fn execute_on(
     client: reqwest::Client,
     base: String,
     agent: String,

@@ -130,13 +130,23 @@ impl Term {
     }
 
     /// The screen ends with the personality's empty prompt line.
+    /// Waits for the empty prompt: `prompt` alone on the last line, or followed by the
+    /// placeholder the real Codex and Gemini TUIs show there.
     fn wait_prompt(&self, s: &str, prompt: &str) -> String {
         self.wait_screen(s, "the prompt", |scr| {
-            scr.lines()
+            let last = scr
+                .lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
-                .map(str::trim)
-                == Some(prompt)
+                .map(str::trim);
+            last.is_some_and(|l| {
+                l == prompt
+                    || l.strip_prefix(prompt).is_some_and(|rest| {
+                        let rest = rest.trim();
+                        rest == "Ask Codex to do anything"
+                            || rest == "Type your message or @path/to/file"
+                    })
+            })
         })
     }
 
@@ -217,11 +227,22 @@ fn transcript(t: &Term) -> Vec<Value> {
 #[test]
 fn every_personality_draws_its_prompt_and_answers_a_paste() {
     let Some(t) = Term::new() else { return };
-    for (name, prompt, answer_line) in [
-        ("claude", "│ >", "● echo: hello world"),
-        ("codex", "›", "echo: hello world"),
-        ("gemini", ">", "echo: hello world"),
-        ("droid", ">", "echo: hello world"),
+    // The empty prompt line as it is drawn: Codex and Gemini show their real placeholders.
+    for (name, prompt, empty, answer_line) in [
+        ("claude", "│ >", "│ >", "● echo: hello world"),
+        (
+            "codex",
+            "›",
+            "› Ask Codex to do anything",
+            "echo: hello world",
+        ),
+        (
+            "gemini",
+            ">",
+            ">   Type your message or @path/to/file",
+            "echo: hello world",
+        ),
+        ("droid", ">", ">", "echo: hello world"),
     ] {
         t.start(name, name, &[], &[]);
         t.wait_prompt(name, prompt);
@@ -234,7 +255,7 @@ fn every_personality_draws_its_prompt_and_answers_a_paste() {
         );
         t.keys(name, &["Enter"]);
         let screen = t.wait_screen(name, "the answer", |s| s.contains("echo: hello"));
-        let screen = if screen.trim_end().ends_with(prompt) {
+        let screen = if screen.trim_end().ends_with(empty) {
             screen
         } else {
             t.wait_prompt(name, prompt)
@@ -252,7 +273,7 @@ fn every_personality_draws_its_prompt_and_answers_a_paste() {
             "{name}"
         );
         assert_eq!(lines[at + 1], "world", "{name}");
-        assert_eq!(lines[at + 2].trim(), prompt, "{name}");
+        assert_eq!(lines[at + 2].trim(), empty, "{name}");
         // Enter on an empty prompt does nothing.
         t.keys(name, &["Enter"]);
         std::thread::sleep(Duration::from_millis(100));
@@ -351,8 +372,8 @@ fn trust_screen_needs_an_answer() {
     let first_run = [("KOKINO_FAKE_FIRST_RUN", "1")];
     t.start("yes", "claude", &[], &first_run);
     t.wait_screen("yes", "the trust screen", |s| {
-        s.contains("Do you trust the files in this folder?")
-            && s.contains("1. Yes, proceed")
+        s.contains("Is this a project you created or one you trust?")
+            && s.contains("❯ 1. Yes, I trust this folder")
             && s.contains("2. No, exit")
     });
     // Pasted text is not an answer; Enter (the default, "Yes") is.
@@ -360,14 +381,82 @@ fn trust_screen_needs_an_answer() {
     t.wait_prompt("yes", "│ >");
 
     t.start("one", "claude", &[], &first_run);
-    t.wait_screen("one", "the trust screen", |s| s.contains("Do you trust"));
+    t.wait_screen("one", "the trust screen", |s| s.contains("one you trust"));
     t.keys("one", &["1"]);
     t.wait_prompt("one", "│ >");
 
     t.start("no", "claude", &[], &first_run);
-    t.wait_screen("no", "the trust screen", |s| s.contains("Do you trust"));
+    t.wait_screen("no", "the trust screen", |s| s.contains("one you trust"));
     t.keys("no", &["2"]);
     assert_eq!(t.wait_exit("no"), "1");
+
+    // Down moves the cursor onto "No, exit" (redrawn in place), and Enter takes it.
+    t.start("down", "claude", &[], &first_run);
+    t.wait_screen("down", "the trust screen", |s| s.contains("one you trust"));
+    t.keys("down", &["Down"]);
+    t.wait_screen("down", "the cursor on No", |s| s.contains("❯ 2. No, exit"));
+    assert!(!t.screen("down").contains("❯ 1."));
+    t.keys("down", &["Enter"]);
+    assert_eq!(t.wait_exit("down"), "1");
+}
+
+/// The real TUIs' other first-run screens: Codex's and Gemini's trust questions, Claude's
+/// API-key question (whose cursor starts on "No"), Droid's Factory login (which never lets go).
+#[test]
+fn the_real_first_run_screens_are_imitated() {
+    let Some(t) = Term::new() else { return };
+    t.start("codex", "codex", &[], &[("KOKINO_FAKE_FIRST_RUN", "trust")]);
+    t.wait_screen("codex", "codex's trust screen", |s| {
+        s.contains("Trust this folder?") && s.contains("› 1. Trust and continue")
+    });
+    t.keys("codex", &["Enter"]);
+    t.wait_prompt("codex", "›");
+
+    t.start(
+        "gemini",
+        "gemini",
+        &[],
+        &[("KOKINO_FAKE_FIRST_RUN", "trust")],
+    );
+    t.wait_screen("gemini", "gemini's trust screen", |s| {
+        s.contains("Do you trust the files in this folder?") && s.contains("● 1. Trust folder")
+    });
+    t.keys("gemini", &["Enter"]);
+    t.wait_prompt("gemini", ">");
+
+    let key = [("KOKINO_FAKE_FIRST_RUN", "apikey")];
+    t.start("keyyes", "claude", &[], &key);
+    t.wait_screen("keyyes", "the API-key question", |s| {
+        s.contains("Do you want to use this API key?") && s.contains("❯ 2. No (recommended)")
+    });
+    t.keys("keyyes", &["Up"]);
+    t.wait_screen("keyyes", "the cursor on Yes", |s| s.contains("❯ 1. Yes"));
+    t.keys("keyyes", &["Enter"]);
+    t.wait_prompt("keyyes", "│ >");
+    t.paste("keyyes", "hello");
+    t.keys("keyyes", &["Enter"]);
+    t.wait_screen("keyyes", "the answer", |s| s.contains("echo: hello"));
+
+    // A bare Enter takes "No": the TUI then has no credentials.
+    t.start("keyno", "claude", &[], &key);
+    t.wait_screen("keyno", "the API-key question", |s| {
+        s.contains("this API key?")
+    });
+    t.keys("keyno", &["Enter"]);
+    t.wait_prompt("keyno", "│ >");
+    t.paste("keyno", "hello");
+    t.keys("keyno", &["Enter"]);
+    t.wait_screen("keyno", "the login error", |s| s.contains("Not logged in"));
+
+    t.start("droid", "droid", &[], &[("KOKINO_FAKE_FIRST_RUN", "login")]);
+    t.wait_screen("droid", "the login screen", |s| {
+        s.contains("Please login with your Factory account to continue.") && s.contains("> Login")
+    });
+    t.keys("droid", &["Enter"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(t
+        .screen("droid")
+        .contains("Please login with your Factory account"));
 }
 
 #[test]

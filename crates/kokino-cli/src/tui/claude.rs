@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use kokino_core::{CliType, OutcomeClass};
 use serde_json::Value;
 
-use super::{TranscriptContext, TranscriptParser, TranscriptSource, Tui, TurnEnd};
+use super::prepare::{add_missing, json_object, json_text, object_at};
+use super::{
+    BlockedScreen, FirstRunScreen, SetupContext, TranscriptContext, TranscriptParser,
+    TranscriptSource, Tui, TurnEnd, COMMON_FIRST_RUN_SCREENS,
+};
 use crate::{SessionArg, StreamEvent};
 
 /// Claude Code's TUI.
@@ -38,12 +42,79 @@ impl Tui for ClaudeTui {
         args
     }
 
-    /// The real TUI draws the input inside a box (`│ >      │`), so a right-hand border is
-    /// ignored; the fake agent and older versions draw a bare `>` or `❯`.
+    /// Claude Code 2.x draws `❯` followed by a no-break space between two rules, and on a
+    /// fresh session a suggestion as placeholder (`❯ Try "fix lint errors"`); older versions
+    /// and the fake agent draw the input inside a box (`│ >      │`), whose right-hand border
+    /// is ignored.
     fn is_prompt_line(&self, line: &str) -> bool {
         let t = line.trim();
         let inner = t.strip_suffix('│').map(str::trim_end).unwrap_or(t);
-        inner == "│ >" || inner == ">" || inner == "❯"
+        if inner == "│ >" || inner == ">" || inner == "❯" {
+            return true;
+        }
+        inner
+            .strip_prefix('❯')
+            .map(str::trim_start)
+            .is_some_and(|rest| rest.starts_with("Try \""))
+    }
+
+    /// The trust question of Claude Code 2.x ("Quick safety check") and its API-key question,
+    /// whose default is "No (recommended)": both answered by choosing the option explicitly.
+    fn first_run_screens(&self) -> &'static [FirstRunScreen] {
+        CLAUDE_FIRST_RUN_SCREENS
+    }
+
+    fn blocked_screens(&self) -> &'static [BlockedScreen] {
+        CLAUDE_BLOCKED
+    }
+
+    fn config_files(&self, ctx: &SetupContext<'_>) -> Vec<PathBuf> {
+        vec![ctx.home.join(".claude.json")]
+    }
+
+    /// `~/.claude.json`: `hasCompletedOnboarding`, `projects[cwd].hasTrustDialogAccepted`, and
+    /// the agent's `ANTHROPIC_API_KEY` (its last 20 characters, as Claude Code records it) in
+    /// `customApiKeyResponses.approved` unless the operator rejected it.
+    fn merge_config(
+        &self,
+        _path: &Path,
+        existing: Option<&str>,
+        ctx: &SetupContext<'_>,
+    ) -> Result<Option<String>, String> {
+        let mut root = json_object(existing)?;
+        let mut changed = add_missing(&mut root, "hasCompletedOnboarding", Value::Bool(true));
+        if let Some(projects) = object_at(&mut root, "projects") {
+            let before = projects.len();
+            if let Some(project) = object_at(projects, &ctx.cwd.to_string_lossy()) {
+                changed |= add_missing(project, "hasTrustDialogAccepted", Value::Bool(true));
+            }
+            changed |= projects.len() != before;
+        }
+        if let Some(key) = ctx.env.get("ANTHROPIC_API_KEY").filter(|k| !k.is_empty()) {
+            let chars: Vec<char> = key.chars().collect();
+            let tail: String = chars[chars.len().saturating_sub(20)..].iter().collect();
+            let before = root.contains_key("customApiKeyResponses");
+            if let Some(responses) = object_at(&mut root, "customApiKeyResponses") {
+                let listed = |name: &str, r: &serde_json::Map<String, Value>| {
+                    r.get(name)
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(tail.as_str())))
+                };
+                if !listed("approved", responses) && !listed("rejected", responses) {
+                    changed |= add_missing(responses, "rejected", Value::Array(Vec::new()));
+                    if let Some(approved) = responses
+                        .entry("approved")
+                        .or_insert_with(|| Value::Array(Vec::new()))
+                        .as_array_mut()
+                    {
+                        approved.push(Value::String(tail.clone()));
+                        changed = true;
+                    }
+                }
+                changed |= !before;
+            }
+        }
+        Ok(json_text(root, changed))
     }
 
     fn prompt_output_suffix(&self) -> &'static [u8] {
@@ -64,6 +135,22 @@ impl Tui for ClaudeTui {
         ))
     }
 }
+
+/// Claude Code's first-run screens, then the common ones.
+const CLAUDE_FIRST_RUN_SCREENS: &[FirstRunScreen] = &[
+    FirstRunScreen::choose(
+        "claude trust this folder",
+        "Is this a project you created or one you trust?",
+        "Yes, I trust this folder",
+    ),
+    FirstRunScreen::choose(
+        "claude use this API key",
+        "Do you want to use this API key?",
+        "Yes",
+    ),
+    COMMON_FIRST_RUN_SCREENS[0],
+    COMMON_FIRST_RUN_SCREENS[1],
+];
 
 /// The directory name Claude Code uses for a project: every character that is not an ASCII
 /// letter or digit becomes `-` (`/home/u/my.proj` → `-home-u-my-proj`).
@@ -217,6 +304,13 @@ impl TranscriptParser for ClaudeTranscript {
         self.malformed
     }
 }
+
+/// The screens that stop this TUI for good.
+const CLAUDE_BLOCKED: &[BlockedScreen] = &[BlockedScreen::new(
+    "Select login method",
+    OutcomeClass::AuthError,
+    "Claude Code asks for a login (set ANTHROPIC_API_KEY in the agent's env, or log in as the broker's user)",
+)];
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use kokino_core::{CliType, OutcomeClass};
 
@@ -26,10 +27,15 @@ mod codex;
 mod droid;
 mod gemini;
 
+mod prepare;
+mod screen;
+
 pub use claude::{project_key, transcript_path, ClaudeTranscript, ClaudeTui};
-pub use codex::CodexTui;
+pub use codex::{CodexRollout, CodexTui};
 pub use droid::DroidTui;
-pub use gemini::GeminiTui;
+pub use gemini::{GeminiChat, GeminiTui};
+pub use prepare::SetupContext;
+pub use screen::{choose_option, is_chrome_line, BlockedScreen};
 
 /// One CLI's interactive TUI, as the tmux executor needs to know it.
 ///
@@ -58,10 +64,45 @@ pub trait Tui: Send + Sync + fmt::Debug {
         None
     }
 
-    /// The first-run screens this TUI may show before its first prompt, each with the keys
-    /// that answer it.
+    /// The first-run screens this TUI may show before its first prompt, each with the option
+    /// (or the keys) that answers it.
     fn first_run_screens(&self) -> &'static [FirstRunScreen] {
         COMMON_FIRST_RUN_SCREENS
+    }
+
+    /// Screens the CLI cannot get past without a person (a login screen): the run fails at once
+    /// with the screen's words instead of waiting for the startup timeout.
+    fn blocked_screens(&self) -> &'static [BlockedScreen] {
+        &[]
+    }
+
+    /// Whether `line` is the TUI's own furniture (borders, hints, status lines, timing notes)
+    /// rather than answer text, when it sits around the answer on the screen.
+    fn is_chrome_line(&self, line: &str) -> bool {
+        is_chrome_line(line)
+    }
+
+    /// The CLI configuration files to prepare before the TUI starts (onboarding done, the
+    /// agent's folder trusted, the agent's API key approved), so that no first-run screen needs
+    /// answering. The executor reads each file, asks [`Tui::merge_config`] for its new text and
+    /// writes it back; nothing here touches a file.
+    fn config_files(&self, ctx: &SetupContext<'_>) -> Vec<PathBuf> {
+        let _ = ctx;
+        Vec::new()
+    }
+
+    /// The new text of the configuration file `path` (one of [`Tui::config_files`]), given its
+    /// current text (`None` when it does not exist). `Ok(None)` leaves it as it is; `Err` says
+    /// why it cannot be merged (it is not the format the CLI writes), and the file is left too.
+    /// Merging only adds: a value the operator set is never changed.
+    fn merge_config(
+        &self,
+        path: &Path,
+        existing: Option<&str>,
+        ctx: &SetupContext<'_>,
+    ) -> Result<Option<String>, String> {
+        let _ = (path, existing, ctx);
+        Ok(None)
     }
 
     /// The index of the prompt line if the screen shows the CLI waiting for input: a prompt
@@ -82,46 +123,114 @@ pub trait Tui: Send + Sync + fmt::Debug {
     /// first-run screen to answer, a screen that blocks the CLI for good, or nothing yet.
     fn read_startup_screen(&self, screen: &str) -> StartupScreen {
         let lines: Vec<String> = screen.lines().map(str::to_owned).collect();
+        // The prompt at the bottom wins: an answered question can stay drawn above it (Gemini
+        // leaves its trust dialog on the screen when it restarts to apply the trust).
         if self.find_prompt(&lines).is_some() {
             return StartupScreen::Ready;
         }
-        match self
+        if let Some(b) = self
+            .blocked_screens()
+            .iter()
+            .find(|b| screen.contains(b.marker))
+        {
+            return StartupScreen::Blocked {
+                class: b.class,
+                reason: b.reason.to_owned(),
+            };
+        }
+        if let Some(s) = self
             .first_run_screens()
             .iter()
             .find(|s| screen.contains(s.marker))
         {
-            Some(s) => StartupScreen::FirstRun(*s),
+            return screen::answer(s, &lines);
+        }
+        match screen::unknown_menu(&lines) {
+            Some(reason) => StartupScreen::Blocked {
+                class: OutcomeClass::CliError,
+                reason,
+            },
             None => StartupScreen::NotYet,
         }
     }
 
-    /// Extracts the answer from the pane text captured from the line where the prompt was
-    /// pasted.
+    /// Extracts the answer from the pane text captured from a little above the line where the
+    /// prompt was pasted.
     ///
-    /// `lines[0..echo_lines]` are the echoed prompt (`capture-pane -J` joins wrapped lines, so
-    /// one prompt line is one captured line); the answer runs from there to the new prompt line.
-    /// Returns `None` while no new prompt has appeared below the echo: the CLI is still working.
-    fn extract_answer(&self, lines: &[String], echo_lines: usize) -> Option<String> {
+    /// The echo of `prompt` is the last line above the new prompt line that starts with the
+    /// prompt's first line (after the TUI's prompt glyph); `capture-pane -J` joins wrapped lines,
+    /// so one prompt line is one captured line. Without a recognisable echo the capture is taken
+    /// to start at it. The answer runs from below the echo to the new prompt line, without the
+    /// TUI's furniture around it ([`Tui::is_chrome_line`]) or its answer prefix. Returns `None`
+    /// while no new prompt has appeared below the echo: the CLI is still working.
+    fn extract_answer(&self, lines: &[String], prompt: &str) -> Option<String> {
         let prompt_at = self.find_prompt(lines)?;
-        if prompt_at < echo_lines {
+        let echo_lines = echo_lines(prompt);
+        let first: String = prompt
+            .split('\n')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(40)
+            .collect();
+        let echo_at = (!first.is_empty())
+            .then(|| {
+                lines[..prompt_at]
+                    .iter()
+                    .rposition(|l| echo_starts_with(l, &first))
+            })
+            .flatten();
+        let body_from = match echo_at {
+            Some(i) => i + echo_lines,
+            None => echo_lines,
+        };
+        if prompt_at < body_from {
             return None;
         }
-        let mut body: Vec<&str> = lines[echo_lines..prompt_at]
+        let mut body: Vec<&str> = lines[body_from..prompt_at]
             .iter()
             .map(|l| l.trim_end())
             .collect();
-        while body.first().is_some_and(|l| l.is_empty()) {
+        while body
+            .first()
+            .is_some_and(|l| l.trim().is_empty() || self.is_chrome_line(l))
+        {
             body.remove(0);
         }
-        while body.last().is_some_and(|l| l.is_empty()) {
+        while body
+            .last()
+            .is_some_and(|l| l.trim().is_empty() || self.is_chrome_line(l))
+        {
             body.pop();
         }
         if let (Some(prefix), Some(first)) = (self.answer_prefix(), body.first_mut()) {
-            if let Some(rest) = first.strip_prefix(prefix) {
+            if let Some(rest) = first.trim_start().strip_prefix(prefix) {
                 *first = rest;
             }
         }
         Some(body.join("\n"))
+    }
+
+    /// Whether the input line at the bottom of the screen still holds `prompt`: the TUI took
+    /// the paste but not the Enter (Gemini CLI drops an Enter that follows a paste too closely).
+    fn input_holds(&self, lines: &[String], prompt: &str) -> bool {
+        let first: String = prompt
+            .split('\n')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(40)
+            .collect();
+        !first.is_empty()
+            && self.find_prompt(lines).is_none()
+            && lines
+                .iter()
+                .rev()
+                .filter(|l| !l.trim().is_empty())
+                .take(PROMPT_SEARCH_LINES)
+                .any(|l| echo_starts_with(l, &first))
     }
 
     /// The outcome class a dead pane's last words show, when they name one: the CLIs' own auth
@@ -143,12 +252,13 @@ pub trait Tui: Send + Sync + fmt::Debug {
 /// How many non-blank lines at the bottom of the screen may follow the prompt line.
 const PROMPT_SEARCH_LINES: usize = 6;
 
-/// The first-run screens every CLI's TUI is checked for.
+/// The first-run screens every CLI's TUI is checked for. The trust question is answered by
+/// choosing its "trust" option explicitly, wherever the cursor starts.
 pub const COMMON_FIRST_RUN_SCREENS: &[FirstRunScreen] = &[
-    FirstRunScreen::new(
+    FirstRunScreen::choose(
         "trust this folder",
         "Do you trust the files in this folder?",
-        &["Enter"],
+        "Trust folder",
     ),
     FirstRunScreen::new(
         "press Enter to continue",
@@ -165,8 +275,11 @@ pub struct FirstRunScreen {
     pub name: &'static str,
     /// Text that appears on the screen when it is shown.
     pub marker: &'static str,
-    /// Keys for `tmux send-keys`, in order, that answer it.
+    /// Keys for `tmux send-keys`, in order, that answer it (when no option is chosen).
     pub keys: &'static [&'static str],
+    /// The text of the numbered option to choose: the cursor is moved onto it and Enter
+    /// pressed, so a wrong default (Claude's API-key question defaults to "No") is never taken.
+    pub option: Option<&'static str>,
 }
 
 impl FirstRunScreen {
@@ -176,8 +289,34 @@ impl FirstRunScreen {
         marker: &'static str,
         keys: &'static [&'static str],
     ) -> Self {
-        FirstRunScreen { name, marker, keys }
+        FirstRunScreen {
+            name,
+            marker,
+            keys,
+            option: None,
+        }
     }
+
+    /// A menu recognised by `marker`, answered by choosing the option whose text contains
+    /// `option`.
+    pub const fn choose(name: &'static str, marker: &'static str, option: &'static str) -> Self {
+        FirstRunScreen {
+            name,
+            marker,
+            keys: &[],
+            option: Some(option),
+        }
+    }
+}
+
+/// The keys that answer a first-run screen shown right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScreenAnswer {
+    /// The screen's name ([`FirstRunScreen::name`]).
+    pub name: &'static str,
+    /// Keys for `tmux send-keys`, in order.
+    pub keys: Vec<String>,
 }
 
 /// What a screen shown while a session starts means.
@@ -186,8 +325,8 @@ impl FirstRunScreen {
 pub enum StartupScreen {
     /// The CLI shows its empty prompt: the prompt can be pasted.
     Ready,
-    /// A first-run screen that the given keys answer.
-    FirstRun(FirstRunScreen),
+    /// A first-run screen, and the keys that answer it as it is shown.
+    FirstRun(ScreenAnswer),
     /// A screen the CLI cannot get past without a person (a login screen, say): the run fails
     /// at once with `class` and `reason` instead of waiting for the startup timeout.
     Blocked {
@@ -200,8 +339,11 @@ pub enum StartupScreen {
     NotYet,
 }
 
+/// Reads a file's text for a profile (`None` when it cannot be read).
+pub type FileReader<'a> = dyn Fn(&Path) -> Option<String> + 'a;
+
 /// What a [`Tui`] may use to find the CLI's session record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 #[non_exhaustive]
 pub struct TranscriptContext<'a> {
     /// The `HOME` the CLI runs with.
@@ -210,6 +352,11 @@ pub struct TranscriptContext<'a> {
     pub cwd: &'a Path,
     /// The CLI's session id, when the caller knows it before the run.
     pub session_id: Option<&'a str>,
+    /// The time of the run (Codex files its records by date).
+    pub now: SystemTime,
+    /// A CLI configuration file's text, read for the profile (Gemini names its record's
+    /// directory in `~/.gemini/projects.json`).
+    pub read: Option<&'a FileReader<'a>>,
 }
 
 impl<'a> TranscriptContext<'a> {
@@ -219,7 +366,35 @@ impl<'a> TranscriptContext<'a> {
             home,
             cwd,
             session_id,
+            now: SystemTime::UNIX_EPOCH,
+            read: None,
         }
+    }
+
+    /// The same context at the time `now`, reading configuration files with `read`.
+    pub fn with_files(
+        mut self,
+        now: SystemTime,
+        read: &'a dyn Fn(&Path) -> Option<String>,
+    ) -> Self {
+        self.now = now;
+        self.read = Some(read);
+        self
+    }
+
+    fn read(&self, path: &Path) -> Option<String> {
+        self.read.and_then(|r| r(path))
+    }
+}
+
+impl fmt::Debug for TranscriptContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TranscriptContext")
+            .field("home", &self.home)
+            .field("cwd", &self.cwd)
+            .field("session_id", &self.session_id)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,6 +404,10 @@ impl<'a> TranscriptContext<'a> {
 pub struct TranscriptSource {
     /// The file the CLI appends the session's entries to (JSON lines).
     pub path: PathBuf,
+    /// Directories whose `.jsonl` files are all followed instead, each from where it was when
+    /// the prompt was pasted (new files from their start): for CLIs that name the record's file
+    /// only once the session has started (Codex, Gemini). Empty when `path` is the record.
+    pub dirs: Vec<PathBuf>,
     /// Reads the lines appended from the moment before the prompt is pasted.
     pub parser: Box<dyn TranscriptParser>,
 }
@@ -236,7 +415,20 @@ pub struct TranscriptSource {
 impl TranscriptSource {
     /// Follow `path` with `parser`.
     pub fn new(path: PathBuf, parser: Box<dyn TranscriptParser>) -> Self {
-        TranscriptSource { path, parser }
+        TranscriptSource {
+            path,
+            dirs: Vec::new(),
+            parser,
+        }
+    }
+
+    /// Follow every `.jsonl` file in `dirs` with `parser`.
+    pub fn in_dirs(dirs: Vec<PathBuf>, parser: Box<dyn TranscriptParser>) -> Self {
+        TranscriptSource {
+            path: dirs.first().cloned().unwrap_or_default(),
+            dirs,
+            parser,
+        }
     }
 }
 
@@ -250,6 +442,11 @@ pub trait TranscriptParser: Send + fmt::Debug {
     fn prompt_seen(&self) -> bool;
     /// The end of the turn, once the record has shown it.
     fn turn_end(&self) -> Option<TurnEnd>;
+    /// The CLI's session id, when the record names it (a new Codex or Gemini session's first
+    /// entry does): the broker stores it and resumes the session by it after a restart.
+    fn session_id(&self) -> Option<String> {
+        None
+    }
     /// Lines that were not the JSON objects the record is made of.
     fn malformed_lines(&self) -> u64;
 }
@@ -284,6 +481,17 @@ pub fn interactive_args(cli: CliType, session: SessionArg<'_>, model: Option<&st
 /// How many captured lines the echo of `prompt` takes: one per line of the prompt.
 pub fn echo_lines(prompt: &str) -> usize {
     prompt.split('\n').count().max(1)
+}
+
+/// Whether `line` is the echo of a prompt starting with `first`: the prompt's text right after
+/// a prompt glyph (`>`, `›`, `❯`, `*`, `!`, a box's `│`), or at the start of the line.
+fn echo_starts_with(line: &str, first: &str) -> bool {
+    let t = line.trim_start().trim_start_matches('│').trim_start();
+    let t = t
+        .strip_prefix(['>', '›', '❯', '*', '!'])
+        .map(str::trim_start)
+        .unwrap_or(t);
+    t.starts_with(first)
 }
 
 /// A crude reading of a dead pane's last words: the auth and quota messages the four CLIs print.
@@ -338,14 +546,16 @@ mod tests {
         let claude = tui_for(CliType::ClaudeCode);
         let screen = v(&["│ > hi", "there", "● echo: hi", "there", "│ >", "", ""]);
         assert_eq!(
-            claude.extract_answer(&screen, 2).as_deref(),
+            claude.extract_answer(&screen, "hi\nthere").as_deref(),
             Some("echo: hi\nthere")
         );
         let working = v(&["│ > hi", "there", "", ""]);
-        assert_eq!(claude.extract_answer(&working, 2), None);
+        assert_eq!(claude.extract_answer(&working, "hi\nthere"), None);
         let codex = v(&["› a", "echo: a", "›"]);
         assert_eq!(
-            tui_for(CliType::Codex).extract_answer(&codex, 1).as_deref(),
+            tui_for(CliType::Codex)
+                .extract_answer(&codex, "a")
+                .as_deref(),
             Some("echo: a")
         );
     }
@@ -353,10 +563,12 @@ mod tests {
     #[test]
     fn startup_screens() {
         let claude = tui_for(CliType::ClaudeCode);
-        match claude.read_startup_screen("│ Do you trust the files in this folder?\n❯ 1. Yes") {
+        match claude.read_startup_screen(
+            "│ Do you trust the files in this folder?\n❯ 1. No\n  2. Trust folder",
+        ) {
             StartupScreen::FirstRun(s) => {
                 assert_eq!(s.name, "trust this folder");
-                assert_eq!(s.keys, ["Enter"]);
+                assert_eq!(s.keys, ["Down", "Enter"]);
             }
             other => panic!("not a first-run screen: {other:?}"),
         }

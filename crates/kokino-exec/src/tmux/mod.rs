@@ -42,6 +42,7 @@
 mod client;
 mod control;
 mod pane;
+mod prepare;
 mod process;
 mod run;
 mod transcript;
@@ -430,6 +431,7 @@ impl TmuxExecutor {
             pane = None;
         }
         if pane.is_none() {
+            prepare::prepare_config(req);
             self.create_session(name, req)
                 .await
                 .map_err(|e| format!("cannot start the tmux session: {e}"))?;

@@ -28,6 +28,9 @@ use crate::procfs;
 /// How many first-run screens one start may answer before the run gives up on them.
 const MAX_FIRST_RUN_SCREENS: usize = 5;
 
+/// How far above the paste's line the screen is read for the echo of the prompt.
+const ECHO_MARGIN_LINES: i64 = 12;
+
 /// How the wait for the turn ended.
 pub(super) enum End {
     /// The turn is over: the transcript said so, or the prompt came back on the screen.
@@ -104,9 +107,16 @@ impl Transcript {
     pub(super) fn open(req: &TmuxRequest, max_line: usize) -> Option<Transcript> {
         let home = req.env.get("HOME").filter(|h| !h.is_empty())?;
         let cwd = std::fs::canonicalize(&req.cwd).unwrap_or_else(|_| req.cwd.clone());
-        let ctx = TranscriptContext::new(Path::new(home), &cwd, req.session_id.as_deref());
+        let read = |p: &Path| std::fs::read_to_string(p).ok();
+        let ctx = TranscriptContext::new(Path::new(home), &cwd, req.session_id.as_deref())
+            .with_files(SystemTime::now(), &read);
         let source = req.tui.transcript(&ctx)?;
-        match Follower::new(source.path.clone(), max_line) {
+        let follower = if source.dirs.is_empty() {
+            Follower::new(source.path.clone(), max_line)
+        } else {
+            Follower::in_dirs(source.dirs.clone(), max_line)
+        };
+        match follower {
             Ok(follower) => Some(Transcript {
                 follower,
                 parser: source.parser,
@@ -144,6 +154,19 @@ impl Sources {
             .as_ref()
             .map_or(0, |t| t.parser.malformed_lines())
     }
+
+    /// Whether the session record has shown the pasted prompt: from then on it, not the
+    /// screen, ends the turn.
+    fn transcript_has_prompt(&self) -> bool {
+        self.transcript
+            .as_ref()
+            .is_some_and(|t| t.parser.prompt_seen())
+    }
+
+    /// The CLI's session id as its record names it (a new Codex or Gemini session's).
+    fn recorded_session_id(&self) -> Option<String> {
+        self.transcript.as_ref().and_then(|t| t.parser.session_id())
+    }
 }
 
 /// The state of one prompt's run in one pane.
@@ -158,9 +181,8 @@ pub(super) struct TurnRun<'a> {
     deadline: Instant,
     startup_deadline: Instant,
     attach_deadline: Instant,
-    /// The prompt with `\r\n` made `\n`, and how many screen lines its echo takes.
+    /// The prompt with `\r\n` made `\n`.
     prompt: String,
-    echo_lines: usize,
     timings: TmuxTimings,
     peak_rss: u64,
     last_activity: Instant,
@@ -216,7 +238,6 @@ impl<'a> TurnRun<'a> {
         let prompt = ctx.req.prompt.replace("\r\n", "\n");
         let now = Instant::now();
         TurnRun {
-            echo_lines: kokino_cli::tui::echo_lines(&prompt),
             prompt,
             deadline: started + ctx.limits.timeout,
             startup_deadline: started + ctx.exec.config.startup_timeout,
@@ -290,7 +311,9 @@ impl<'a> TurnRun<'a> {
                 self.check_at = None;
                 match self.phase {
                     Phase::Starting => self.on_startup_check().await,
-                    Phase::Working if src.transcript.is_none() => self.on_working_check().await,
+                    // The screen is the fallback while the session record has not shown the
+                    // prompt: a CLI (or a version of it) that does not write the record there.
+                    Phase::Working if !src.transcript_has_prompt() => self.on_working_check().await,
                     _ => Ok(()),
                 }
             }
@@ -353,6 +376,11 @@ impl<'a> TurnRun<'a> {
             t.parser.feed_line(&line, &mut parsed);
         }
         for ev in parsed {
+            // A session id the record names is reported with the answer only: a Gemini session
+            // cut off before its first answer cannot be resumed, so it must not be stored.
+            if matches!(ev, StreamEvent::SessionId(_)) {
+                continue;
+            }
             let _ = self.events.send(ExecEvent::Stream(ev));
         }
         if t.parser.prompt_seen() && matches!(self.phase, Phase::Submitted { .. }) {
@@ -360,12 +388,23 @@ impl<'a> TurnRun<'a> {
             self.phase_deadline = None;
         }
         match t.parser.turn_end() {
-            Some(end) => Err(End::Answer {
-                class: end.class,
-                answer: end.answer,
-                error: end.error,
-                signal: CompletionSignal::Transcript,
-            }),
+            Some(end) => {
+                if let Some(sid) = t
+                    .parser
+                    .session_id()
+                    .filter(|_| end.class == OutcomeClass::Success)
+                {
+                    let _ = self
+                        .events
+                        .send(ExecEvent::Stream(StreamEvent::SessionId(sid)));
+                }
+                Err(End::Answer {
+                    class: end.class,
+                    answer: end.answer,
+                    error: end.error,
+                    signal: CompletionSignal::Transcript,
+                })
+            }
             None => Ok(()),
         }
     }
@@ -388,13 +427,15 @@ impl<'a> TurnRun<'a> {
             StartupScreen::FirstRun(s) => {
                 if self.timings.first_run_screens.len() >= MAX_FIRST_RUN_SCREENS {
                     return Err(End::unusable(format!(
-                        "the first-run screen \"{}\" did not go away after it was answered",
-                        s.name
+                        "the first-run screen \"{}\" did not go away after it was answered; it shows: {}",
+                        s.name,
+                        last_lines(&text, 5)
                     )));
                 }
-                tracing::info!(session = %self.session, screen = s.name, "answering a first-run screen");
+                tracing::info!(session = %self.session, screen = s.name, keys = ?s.keys, "answering a first-run screen");
                 self.timings.first_run_screens.push(s.name);
-                self.send_keys(s.keys).await?;
+                let keys: Vec<&str> = s.keys.iter().map(String::as_str).collect();
+                self.send_keys(&keys).await?;
                 self.check_at = Some(Instant::now() + self.exec.config.quiescence);
             }
             StartupScreen::Blocked { class, reason } => {
@@ -428,15 +469,27 @@ impl<'a> TurnRun<'a> {
     /// While working, without a session record: the answer is on the screen once the prompt is
     /// back below the echo.
     async fn on_working_check(&mut self) -> Step {
-        let text = self.capture(Some(self.start_line)).await?;
+        // TUIs that draw their input box at the bottom (Gemini, Codex) move the echo of the
+        // prompt above the line the cursor was on when it was pasted; the profile finds the echo
+        // in a capture that starts a little higher.
+        let from = self.start_line - ECHO_MARGIN_LINES;
+        let text = self.capture(Some(from.max(0))).await?;
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        match self.req.tui.extract_answer(&lines, self.echo_lines) {
+        match self.req.tui.extract_answer(&lines, &self.prompt) {
             Some(answer) => Err(End::Answer {
                 class: OutcomeClass::Success,
                 answer,
                 error: None,
                 signal: CompletionSignal::PromptAfterQuiet,
             }),
+            None if !self.timings.submit_retried
+                && self.req.tui.input_holds(&lines, &self.prompt) =>
+            {
+                // The pane went quiet with the prompt still in its input line: the Enter was
+                // lost (the TUI's output was only its redraw of the paste). Press it again, once.
+                tracing::warn!(session = %self.session, "the prompt is still in the input line; pressing Enter again");
+                self.submit(true).await
+            }
             None => Ok(()),
         }
     }
@@ -509,6 +562,12 @@ impl<'a> TurnRun<'a> {
                 error,
                 signal,
             } => self.finish_answer(class, answer, error, signal, &src),
+            End::Died(known) if src.recorded_session_id().is_some() => {
+                let sid = src.recorded_session_id();
+                let mut e = self.finish_died(known, src.malformed_lines()).await;
+                e.parsed.session_id = e.parsed.session_id.or(sid);
+                e
+            }
             End::Died(known) => self.finish_died(known, src.malformed_lines()).await,
             End::Stop(reason) => self.finish_stop(reason, &mut src).await,
             End::Unusable { class, message } => self.finish_unusable(class, message).await,
@@ -561,7 +620,9 @@ impl<'a> TurnRun<'a> {
             ParsedOutcome {
                 class: Some(class),
                 answer: Some(answer),
-                session_id: self.req.session_id.clone(),
+                session_id: src
+                    .recorded_session_id()
+                    .or_else(|| self.req.session_id.clone()),
                 error_message: error,
                 malformed_lines: src.malformed_lines(),
                 ..ParsedOutcome::default()

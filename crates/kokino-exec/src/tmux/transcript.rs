@@ -1,28 +1,102 @@
-//! Following a CLI's session record (Claude Code's transcript) as the completion signal.
+//! Following a CLI's session record (Claude Code's transcript, Codex's rollout, Gemini's chat
+//! recording) as the completion signal.
 //!
 //! The file is followed with inotify (an event per write, no polling) from the offset it had
 //! before the prompt was pasted, so earlier turns are never mistaken for this one. What its lines
 //! mean is the profile's business (`kokino_cli::tui::TranscriptParser`); this module only hands
 //! over the complete lines appended since the last read.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tokio::io::unix::AsyncFd;
 
-/// Follows one transcript file: wakes on inotify events for its directory and returns the
-/// complete lines appended since the last read.
-pub(crate) struct Follower {
-    path: PathBuf,
-    inotify: AsyncFd<OwnedFd>,
+/// Where a file is being read from, and the line being assembled.
+#[derive(Default)]
+struct FileState {
     offset: u64,
     partial: Vec<u8>,
     /// Set while an over-long line is being skipped up to its newline.
     skipping: bool,
+}
+
+impl FileState {
+    fn at_end_of(path: &Path) -> FileState {
+        FileState {
+            offset: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            ..FileState::default()
+        }
+    }
+
+    /// Appends to `lines` the complete lines written to `path` since the last read. A line
+    /// still being written stays in the buffer until its newline arrives; a line longer than
+    /// `max_line` is dropped.
+    fn read(&mut self, path: &Path, max_line: usize, lines: &mut Vec<String>) {
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            // Replaced or truncated: start over from the top of the new file.
+            *self = FileState::default();
+        }
+        if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut fresh = Vec::new();
+        let Ok(n) = f.take(len - self.offset).read_to_end(&mut fresh) else {
+            return;
+        };
+        self.offset += n as u64;
+        for chunk in fresh.split_inclusive(|&b| b == b'\n') {
+            let complete = chunk.last() == Some(&b'\n');
+            if !self.skipping {
+                self.partial.extend_from_slice(chunk);
+            }
+            if self.partial.len() > max_line {
+                self.partial.clear();
+                self.skipping = true;
+            }
+            if complete {
+                if !self.skipping {
+                    let line = std::mem::take(&mut self.partial);
+                    lines.push(String::from_utf8_lossy(&line).trim_end().to_owned());
+                }
+                self.skipping = false;
+            }
+        }
+    }
+}
+
+/// What is followed: one file, or every `.jsonl` file of some directories.
+enum Target {
+    File(PathBuf),
+    Dirs(Vec<PathBuf>),
+}
+
+/// Follows a session record: wakes on inotify events for its directory (or directories) and
+/// returns the complete lines appended since the last read.
+pub(crate) struct Follower {
+    target: Target,
+    inotify: AsyncFd<OwnedFd>,
+    files: BTreeMap<PathBuf, FileState>,
     max_line: usize,
+}
+
+/// The `.jsonl` files directly in `dir`.
+fn jsonl_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Follower {
@@ -32,31 +106,35 @@ impl Follower {
     pub fn new(path: PathBuf, max_line: usize) -> std::io::Result<Follower> {
         let dir = path
             .parent()
-            .ok_or_else(|| std::io::Error::other("transcript path has no directory"))?;
-        std::fs::create_dir_all(dir)?;
-        // SAFETY: inotify_init1 has no preconditions; the fd is owned by OwnedFd from here on.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let cdir = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
-        // SAFETY: a valid inotify fd and a NUL-terminated path.
-        if unsafe { libc::inotify_add_watch(owned.as_raw_fd(), cdir.as_ptr(), mask) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
-        // the same for the AsyncFd's whole life.
-        let inotify = unsafe { AsyncFd::register(owned) }.map_err(std::io::Error::from)?;
+            .ok_or_else(|| std::io::Error::other("transcript path has no directory"))?
+            .to_path_buf();
+        let inotify = watch(&[dir])?;
+        let mut files = BTreeMap::new();
+        files.insert(path.clone(), FileState::at_end_of(&path));
         Ok(Follower {
-            path,
+            target: Target::File(path),
             inotify,
-            offset,
-            partial: Vec::new(),
-            skipping: false,
+            files,
+            max_line,
+        })
+    }
+
+    /// Starts following every `.jsonl` file in `dirs`: those there now from their current
+    /// ends, those created later from their starts (a CLI that names its record only once the
+    /// session has started: Codex's rollouts, Gemini's chats).
+    pub fn in_dirs(dirs: Vec<PathBuf>, max_line: usize) -> std::io::Result<Follower> {
+        let inotify = watch(&dirs)?;
+        let mut files = BTreeMap::new();
+        for d in &dirs {
+            for f in jsonl_files(d) {
+                let st = FileState::at_end_of(&f);
+                files.insert(f, st);
+            }
+        }
+        Ok(Follower {
+            target: Target::Dirs(dirs),
+            inotify,
+            files,
             max_line,
         })
     }
@@ -87,47 +165,44 @@ impl Follower {
         guard.clear_ready();
     }
 
-    /// The complete lines appended since the last call. A line still being written stays in the
-    /// buffer until its newline arrives; a line longer than `max_line` is dropped.
+    /// The complete lines appended since the last call.
     pub fn read_lines(&mut self) -> Vec<String> {
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
-            return Vec::new();
+        let paths: Vec<PathBuf> = match &self.target {
+            Target::File(p) => vec![p.clone()],
+            Target::Dirs(dirs) => dirs.iter().flat_map(|d| jsonl_files(d)).collect(),
         };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if len < self.offset {
-            // Replaced or truncated: start over from the top of the new file.
-            self.offset = 0;
-            self.partial.clear();
-            self.skipping = false;
-        }
-        if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
-            return Vec::new();
-        }
-        let mut fresh = Vec::new();
-        let Ok(n) = f.take(len - self.offset).read_to_end(&mut fresh) else {
-            return Vec::new();
-        };
-        self.offset += n as u64;
         let mut lines = Vec::new();
-        for chunk in fresh.split_inclusive(|&b| b == b'\n') {
-            let complete = chunk.last() == Some(&b'\n');
-            if !self.skipping {
-                self.partial.extend_from_slice(chunk);
-            }
-            if self.partial.len() > self.max_line {
-                self.partial.clear();
-                self.skipping = true;
-            }
-            if complete {
-                if !self.skipping {
-                    let line = std::mem::take(&mut self.partial);
-                    lines.push(String::from_utf8_lossy(&line).trim_end().to_owned());
-                }
-                self.skipping = false;
-            }
+        for p in paths {
+            self.files
+                .entry(p.clone())
+                .or_default()
+                .read(&p, self.max_line, &mut lines);
         }
         lines
     }
+}
+
+/// An inotify descriptor watching `dirs` (created if missing) for writes and new files.
+fn watch(dirs: &[PathBuf]) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: inotify_init1 has no preconditions; the fd is owned by OwnedFd from here on.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+    for dir in dirs {
+        std::fs::create_dir_all(dir)?;
+        let cdir = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: a valid inotify fd and a NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(owned.as_raw_fd(), cdir.as_ptr(), mask) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
+    // the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register(owned) }.map_err(std::io::Error::from)
 }
 
 #[cfg(test)]
@@ -151,5 +226,26 @@ mod tests {
         file.write_all(b"o\nthis line is too long\nthree\n")
             .unwrap();
         assert_eq!(f.read_lines(), vec!["two", "three"]);
+    }
+
+    #[tokio::test]
+    async fn dirs_follow_old_files_from_their_end_and_new_ones_from_their_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("chats");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("old.jsonl"), "earlier\n").unwrap();
+        std::fs::write(d.join("notes.txt"), "ignored\n").unwrap();
+        let mut f = Follower::in_dirs(vec![d.clone(), dir.path().join("later")], 100).unwrap();
+        assert!(f.read_lines().is_empty());
+        std::fs::write(d.join("new.jsonl"), "first\n").unwrap();
+        let mut old = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("old.jsonl"))
+            .unwrap();
+        std::io::Write::write_all(&mut old, b"appended\n").unwrap();
+        let mut lines = f.read_lines();
+        lines.sort();
+        assert_eq!(lines, vec!["appended", "first"]);
+        assert!(dir.path().join("later").is_dir());
     }
 }

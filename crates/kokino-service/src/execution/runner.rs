@@ -196,10 +196,14 @@ fn tmux_request(
         args.extend(["--append-system-prompt-file".to_owned(), file.to_owned()]);
     }
     args.extend(agent.spec.extra_args.iter().cloned());
-    let claude_session_id = (cli == CliType::ClaudeCode).then(|| match session {
-        SessionArg::New { preassigned_id } => preassigned_id.to_owned(),
-        SessionArg::Resume { session_id } => session_id.to_owned(),
-    });
+    // Claude Code takes the new session's id from the broker; the other CLIs name theirs in
+    // their session record, which the executor reports, and are resumed by it.
+    let session_id = match session {
+        SessionArg::New { preassigned_id } => {
+            (cli == CliType::ClaudeCode).then(|| preassigned_id.to_owned())
+        }
+        SessionArg::Resume { session_id } => Some(session_id.to_owned()),
+    };
     let cwd = agent
         .spec
         .cwd
@@ -215,7 +219,7 @@ fn tmux_request(
         env,
         cwd,
         prompt: leg.prompt,
-        session_id: claude_session_id,
+        session_id,
     }
 }
 
