@@ -102,6 +102,16 @@ pub const OPERATIONS: &[Operation] = &[
         query: NONE, body: None, ok: (200, "text"), errors: &[]),
     op!("get" "/openapi.json", "openapi", "service", "This document (never needs the token).",
         query: NONE, body: None, ok: (200, "object"), errors: &[]),
+    op!("get" "/", "statusPage", "status", "The live status page (HTML; never needs the token, its data does).",
+        query: NONE, body: None, ok: (200, "html"), errors: &[]),
+    op!("get" "/status/app.js", "statusPageScript", "status", "The status page's script.",
+        query: NONE, body: None, ok: (200, "js"), errors: &[]),
+    op!("get" "/status/app.css", "statusPageStyle", "status", "The status page's style sheet.",
+        query: NONE, body: None, ok: (200, "css"), errors: &[]),
+    op!("get" "/api/status", "status", "status", "One snapshot of what the status page shows: broker, agents, latest executions, breakers, fallback, SLOs, events.",
+        query: NONE, body: None, ok: (200, "object"), errors: &[]),
+    op!("get" "/api/status/stream", "statusStream", "status", "The status snapshot, then what changed, as Server-Sent Events.",
+        query: NONE, body: None, ok: (200, "status-sse"), errors: &[]),
     op!("post" "/agents/register", "registerAgent", "agents", "Register or update an agent.",
         query: NONE, body: Some(("RegisterRequest", true)), ok: (200, "AgentRecord"), errors: &[400, 413, 503]),
     op!("get" "/agents", "listAgents", "agents", "List agents, optionally by type and mode.",
@@ -361,6 +371,13 @@ fn success_response(op: &Operation) -> Value {
     let content = match body {
         "" => return resp,
         "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
+        "html" => json!({"text/html": {"schema": {"type": "string"}}}),
+        "js" => json!({"text/javascript": {"schema": {"type": "string"}}}),
+        "css" => json!({"text/css": {"schema": {"type": "string"}}}),
+        "status-sse" => json!({"text/event-stream": {"schema": {
+            "type": "string",
+            "description": "Server-Sent Events: `snapshot` first (the `GET /api/status` body), then only what changed (`agents` upserts and removals, whole sections), every 500 ms; the stream lasts until the client or the broker goes away.",
+        }}}),
         "sse" => json!({"text/event-stream": {"schema": {
             "type": "object",
             "description": "One Server-Sent Event: its name and its JSON data are one `StreamEvent` (the name is the `event` tag, the data the other fields).",
@@ -481,7 +498,8 @@ mod tests {
     /// The routes `routes.rs` registers, as (method, path) with the `{param}` names the
     /// document uses. Parsed from the source, because axum cannot list a router's routes.
     fn registered_routes() -> Vec<(String, String)> {
-        let src = include_str!("routes.rs");
+        // The status page registers its routes in its own module.
+        let src = concat!(include_str!("routes.rs"), include_str!("status/mod.rs"));
         let mut out = Vec::new();
         let mut rest = src;
         while let Some(i) = rest.find(".route(") {
