@@ -180,6 +180,20 @@ fn write_private(
     std::fs::rename(&tmp, path)
 }
 
+/// Variables that make the CLIs' TUIs (ink-based, `is-ci` style checks) believe they run
+/// without a terminal.
+const INTERACTIVE_CONFUSING_VARS: &[&str] = &[
+    "CI",
+    "CONTINUOUS_INTEGRATION",
+    "BUILD_NUMBER",
+    "RUN_ID",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "BUILDKITE",
+    "TEAMCITY_VERSION",
+    "JENKINS_URL",
+];
+
 /// The interactive command line of a tmux leg.
 fn tmux_request(
     leg: Leg<'_>,
@@ -188,6 +202,15 @@ fn tmux_request(
     system_prompt_file: Option<&str>,
 ) -> TmuxRequest {
     let agent = leg.agent;
+    let mut env = env;
+    // A TUI that sees a CI variable in its environment (the broker itself may run under CI or
+    // a service manager that sets one) decides it is not interactive and exits: Gemini says
+    // "No input provided via stdin", Droid draws nothing. Only the agent may set them.
+    for var in INTERACTIVE_CONFUSING_VARS {
+        if !agent.spec.env.contains_key(*var) {
+            env.remove(*var);
+        }
+    }
     let (cli, session) = (agent.spec.cli_type, leg.session);
     let mut args = interactive_args(cli, session, agent.spec.model.as_deref());
     if let (CliType::ClaudeCode, Some(file), SessionArg::New { .. }) =
