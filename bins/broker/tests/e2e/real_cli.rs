@@ -455,10 +455,11 @@ impl Report {
     }
 }
 
-fn short(v: &Value) -> String {
+/// A JSON value for a report line, cut to 600 characters (never inside a character).
+pub(crate) fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 600 {
-        format!("{}…", &s[..600])
+    if s.chars().count() > 600 {
+        format!("{}…", s.chars().take(600).collect::<String>())
     } else {
         s
     }
@@ -495,10 +496,19 @@ pub(crate) async fn execute_on(
 
 // --------------------------------------------------------------------------------- scenarios
 
+/// The real CLIs are heavy (node, a native binary, their TUIs): at most two of their tests run
+/// at once, so that on a 2-core machine their start-up times stay within the timeouts the tests
+/// hold them to, whatever else the suite runs beside them.
+pub(crate) static REAL_CLI_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 async fn run_cli(cli_type: &'static str, name: &'static str) {
     let Some(binary) = real_cli(name) else {
         return;
     };
+    let _slot = REAL_CLI_SLOTS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let w = World::new();
     let standin = Standin::start(w.path());
     let s = Setup::new(name, binary, w.path(), standin.port);

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{eventually, require_tmux, Broker, World};
-use crate::real_cli::{execute_on, real_cli, Setup, Standin};
+use crate::real_cli::{execute_on, real_cli, short, Setup, Standin};
 use serde_json::{json, Value};
 
 /// Polls the agent's pane until `needle` is on it, and notes when.
@@ -170,11 +170,6 @@ impl Table {
     }
 }
 
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    s.chars().take(700).collect()
-}
-
 /// One execute, timed, with the moment its answer appeared on the pane.
 async fn ask(
     b: &Broker,
@@ -199,6 +194,10 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
     let Some(binary) = real_cli(name) else {
         return;
     };
+    let _slot = crate::real_cli::REAL_CLI_SLOTS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let w = World::new();
     let standin = Standin::start(w.path());
     let s = Setup::new(name, binary, w.path(), standin.port);
