@@ -408,38 +408,7 @@ fn postgres_throughput(world: &World, admin_url: &str, args: &Args) -> Result<()
             world.register(&started[0], &format!("pg-{i}"))?;
         }
         let addrs: Vec<String> = started.iter().map(|b| b.addr.clone()).collect();
-        let next = Arc::new(Mutex::new(0usize));
-        let t = Instant::now();
-        let mut handles = Vec::new();
-        for c in 0..args.clients {
-            let next = next.clone();
-            let addr = addrs[c % addrs.len()].clone();
-            let (total, agents) = (args.throughput_runs, args.agents);
-            handles.push(std::thread::spawn(move || -> Result<()> {
-                let mut client = Client::connect(&addr)?;
-                loop {
-                    let i = {
-                        let mut n = next.lock().unwrap();
-                        if *n >= total {
-                            return Ok(());
-                        }
-                        *n += 1;
-                        *n - 1
-                    };
-                    let (status, text) = client.post(
-                        &format!("/agents/pg-{}/execute", i % agents),
-                        r#"{"prompt":"hello"}"#,
-                    )?;
-                    if status != 200 {
-                        bail!("execute failed: {status} {text}");
-                    }
-                }
-            }));
-        }
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-        }
-        let rate = args.throughput_runs as f64 / t.elapsed().as_secs_f64();
+        let rate = spread_executions(&addrs, "pg", args)?;
         println!("  {label:<28} {rate:8.1} executions/s");
         drop(started);
     }
@@ -543,38 +512,7 @@ fn homes(world: &World, admin_url: &str, args: &Args) -> Result<()> {
             world.register(&brokers[i % n], &format!("home-{i}"))?;
         }
         let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
-        let next = Arc::new(Mutex::new(0usize));
-        let t = Instant::now();
-        let mut handles = Vec::new();
-        for c in 0..args.clients {
-            let next = next.clone();
-            let addr = addrs[c % addrs.len()].clone();
-            let (total, agents) = (args.throughput_runs, args.agents);
-            handles.push(std::thread::spawn(move || -> Result<()> {
-                let mut client = Client::connect(&addr)?;
-                loop {
-                    let i = {
-                        let mut n = next.lock().unwrap();
-                        if *n >= total {
-                            return Ok(());
-                        }
-                        *n += 1;
-                        *n - 1
-                    };
-                    let (status, text) = client.post(
-                        &format!("/agents/home-{}/execute", i % agents),
-                        r#"{"prompt":"hello"}"#,
-                    )?;
-                    if status != 200 {
-                        bail!("execute failed: {status} {text}");
-                    }
-                }
-            }));
-        }
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-        }
-        let rate = args.throughput_runs as f64 / t.elapsed().as_secs_f64();
+        let rate = spread_executions(&addrs, "home", args)?;
         println!("  {n} broker(s) with homes      {rate:8.1} executions/s");
         drop(brokers);
         drop(db);
@@ -582,4 +520,41 @@ fn homes(world: &World, admin_url: &str, args: &Args) -> Result<()> {
     println!("  (all brokers share this machine's cores here, so three brokers cannot add CLI");
     println!("   capacity; on separate machines each brings its own)");
     Ok(())
+}
+
+/// `args.throughput_runs` executions over agents `<prefix>-0…` by `args.clients` keep-alive
+/// clients spread over `addrs`, as fast as they answer; returns executions per second.
+fn spread_executions(addrs: &[String], prefix: &str, args: &Args) -> Result<f64> {
+    let next = Arc::new(Mutex::new(0usize));
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..args.clients {
+        let next = next.clone();
+        let addr = addrs[c % addrs.len()].clone();
+        let (total, agents, prefix) = (args.throughput_runs, args.agents, prefix.to_owned());
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            let mut client = Client::connect(&addr)?;
+            loop {
+                let i = {
+                    let mut n = next.lock().unwrap();
+                    if *n >= total {
+                        return Ok(());
+                    }
+                    *n += 1;
+                    *n - 1
+                };
+                let (status, text) = client.post(
+                    &format!("/agents/{prefix}-{}/execute", i % agents),
+                    r#"{"prompt":"hello"}"#,
+                )?;
+                if status != 200 {
+                    bail!("execute failed: {status} {text}");
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    Ok(args.throughput_runs as f64 / t.elapsed().as_secs_f64())
 }
