@@ -144,6 +144,11 @@ impl World {
     /// The baseline: spawn the same fake agent the broker would, with the same flags, feed it the
     /// prompt on stdin and read its output to the end.
     pub(crate) fn direct_spawn(&self) -> Result<Duration> {
+        self.direct_spawn_with("hello")
+    }
+
+    /// [`World::direct_spawn`] with another prompt (`fake:` tokens script the fake agent).
+    pub(crate) fn direct_spawn_with(&self, prompt: &str) -> Result<Duration> {
         let started = Instant::now();
         let mut child = Command::new(self.claude())
             .args([
@@ -160,11 +165,11 @@ impl World {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        child.stdin.take().unwrap().write_all(b"hello")?;
+        child.stdin.take().unwrap().write_all(prompt.as_bytes())?;
         let mut out = Vec::new();
         child.stdout.take().unwrap().read_to_end(&mut out)?;
         let status = child.wait()?;
-        if !status.success() || !out.windows(11).any(|w| w == b"echo: hello") {
+        if !status.success() || !out.windows(6).any(|w| w == b"echo: ") {
             bail!("direct spawn failed: {status}");
         }
         Ok(started.elapsed())
@@ -188,6 +193,72 @@ impl Broker {
     }
     pub(crate) fn rss_mb(&self) -> f64 {
         proc_status_kb(self.child.id(), "VmRSS:") as f64 / 1024.0
+    }
+    /// The broker's CPU time so far: its own (user + system), and that of its children it has
+    /// reaped (the supervisors, which include the CLIs they reaped).
+    pub(crate) fn cpu(&self) -> Cpu {
+        Cpu::of(&format!("/proc/{}/stat", self.child.id()))
+    }
+    /// The resident memory of the broker's live children (the supervisors of running CLIs).
+    pub(crate) fn children_rss_mb(&self) -> f64 {
+        let me = self.child.id().to_string();
+        let mut kb = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 4 (ppid) follows the command name, which is in parentheses.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid == Some(me.as_str()) {
+                kb += proc_status_kb(pid, "VmRSS:");
+            }
+        }
+        kb as f64 / 1024.0
+    }
+}
+
+/// CPU time from a `/proc/…/stat` file, in seconds: the process's own (utime + stime) and its
+/// reaped children's (cutime + cstime).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Cpu {
+    pub(crate) own: f64,
+    pub(crate) children: f64,
+}
+
+impl Cpu {
+    fn of(stat_path: &str) -> Cpu {
+        // Fields 14-17 (utime, stime, cutime, cstime) in clock ticks; USER_HZ is 100 on Linux
+        // whatever the kernel's own tick rate.
+        let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+        let fields: Vec<f64> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .map(|f| f.parse().unwrap_or(0.0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tick = |i: usize| fields.get(i - 3).copied().unwrap_or(0.0) / 100.0;
+        Cpu {
+            own: tick(14) + tick(15),
+            children: tick(16) + tick(17),
+        }
+    }
+
+    /// This process (xtask): its children's figure counts the CLIs it spawned and reaped.
+    pub(crate) fn this_process() -> Cpu {
+        Cpu::of("/proc/self/stat")
+    }
+
+    pub(crate) fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            own: self.own - before.own,
+            children: self.children - before.children,
+        }
     }
 }
 

@@ -8,12 +8,13 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::harness::{build_release, BenchDb, Broker, Client, World, OWN_URL};
+use crate::harness::{build_release, BenchDb, Broker, Client, Cpu, World, OWN_URL};
+
+mod load;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,20 @@ struct Args {
     /// Run only the several-machines figures (g, h), which need PostgreSQL.
     #[arg(long)]
     only_homes: bool,
+    /// Run only the load figures (a, b, b2, c, i), on SQLite and, with a database URL, on
+    /// PostgreSQL.
+    #[arg(long)]
+    only_load: bool,
+}
+
+/// The performance issue's figures on one broker: overhead, throughput and CPU per execution,
+/// the burst with `/health` during it, and memory with many agents.
+fn load_figures(world: &World, broker: &Broker, args: &Args, tag: &str) -> Result<()> {
+    overhead(world, broker, args.overhead_runs, tag)?;
+    throughput(world, broker, args, tag)?;
+    load::burst(world, broker, tag)?;
+    load::memory(world, broker, tag)?;
+    Ok(())
 }
 
 pub fn run(args: Vec<String>) -> Result<()> {
@@ -51,22 +66,39 @@ pub fn run(args: Vec<String>) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("--only-homes needs KOKINO_BENCH_DATABASE_URL"))?;
         return homes(&world, &url, &args);
     }
-    let broker = world.start_broker()?;
-
-    overhead(&world, &broker, args.overhead_runs)?;
-    throughput(&world, &broker, &args)?;
-    tmux_vs_headless(&world, &broker, args.tmux_runs)?;
-    real_tuis(&root)?;
-    comparison(&root)?;
-    drop(broker);
-    match std::env::var("KOKINO_BENCH_DATABASE_URL")
+    let pg_url = std::env::var("KOKINO_BENCH_DATABASE_URL")
         .or_else(|_| std::env::var("KOKINO_TEST_DATABASE_URL"))
-    {
-        Ok(url) => {
+        .ok();
+    let broker = world.start_broker()?;
+    load_figures(&world, &broker, &args, "")?;
+    if !args.only_load {
+        tmux_vs_headless(&world, &broker, args.tmux_runs)?;
+        real_tuis(&root)?;
+        comparison(&root)?;
+    }
+    drop(broker);
+    if let Some(url) = &pg_url {
+        // The same figures with the store on PostgreSQL.
+        let db = BenchDb::create(url)?;
+        let broker = world.start_broker_with(&[
+            "--data-dir".to_owned(),
+            world.dir.join("data-pg").display().to_string(),
+            "--database-url".to_owned(),
+            db.url.clone(),
+        ])?;
+        load_figures(&world, &broker, &args, " (PostgreSQL)")?;
+        drop(broker);
+        drop(db);
+    }
+    if args.only_load {
+        return Ok(());
+    }
+    match pg_url {
+        Some(url) => {
             postgres_throughput(&world, &url, &args)?;
             homes(&world, &url, &args)?;
         }
-        Err(_) => println!(
+        None => println!(
             "\n== (f) PostgreSQL: skipped (set KOKINO_BENCH_DATABASE_URL or KOKINO_TEST_DATABASE_URL)"
         ),
     }
@@ -87,8 +119,10 @@ fn ms(d: Duration) -> f64 {
 
 /// (a) Broker overhead per execution: HTTP execute time minus direct spawn time, at the median
 /// and the 99th percentile, measured interleaved so that machine noise hits both alike.
-fn overhead(world: &World, broker: &Broker, runs: usize) -> Result<()> {
-    println!("\n== (a) broker overhead per execution ({runs} runs, fake agent answering at once)");
+fn overhead(world: &World, broker: &Broker, runs: usize, tag: &str) -> Result<()> {
+    println!(
+        "\n== (a) broker overhead per execution{tag} ({runs} runs, fake agent answering at once)"
+    );
     world.register(broker, "overhead")?;
     let mut client = Client::connect(&broker.addr)?;
     let body = r#"{"prompt":"hello"}"#;
@@ -130,84 +164,40 @@ fn overhead(world: &World, broker: &Broker, runs: usize) -> Result<()> {
 }
 
 /// (b) Throughput over many agents with a few concurrent clients, beside spawning the fake agent
-/// directly with the same concurrency; (c) the broker's peak RSS during (b).
-fn throughput(world: &World, broker: &Broker, args: &Args) -> Result<()> {
+/// directly with the same concurrency; (b2) the CPU time of each, per execution.
+fn throughput(world: &World, broker: &Broker, args: &Args, tag: &str) -> Result<()> {
     println!(
-        "\n== (b) throughput: {} executions over {} agents, {} concurrent clients",
+        "\n== (b) throughput{tag}: {} executions over {} agents, {} concurrent clients",
         args.throughput_runs, args.agents, args.clients
     );
     for i in 0..args.agents {
         world.register(broker, &format!("tp-{i}"))?;
     }
-    let rss_before = broker.rss_mb();
-    let next = Arc::new(Mutex::new(0usize));
-    let started = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..args.clients {
-        let next = next.clone();
-        let addr = broker.addr.clone();
-        let (total, agents) = (args.throughput_runs, args.agents);
-        handles.push(std::thread::spawn(move || -> Result<()> {
-            let mut client = Client::connect(&addr)?;
-            loop {
-                let i = {
-                    let mut n = next.lock().unwrap();
-                    if *n >= total {
-                        return Ok(());
-                    }
-                    *n += 1;
-                    *n - 1
-                };
-                let path = format!("/agents/tp-{}/execute", i % agents);
-                let (status, text) = client.post(&path, r#"{"prompt":"hello"}"#)?;
-                if status != 200 {
-                    bail!("execute failed: {status} {text}");
-                }
-            }
-        }));
-    }
-    for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-    }
-    let broker_rate = args.throughput_runs as f64 / started.elapsed().as_secs_f64();
+    let before = broker.cpu();
+    let addrs = [broker.addr.clone()];
+    let broker_rate = load::through_broker(
+        &addrs,
+        "tp",
+        args.throughput_runs,
+        args.agents,
+        args.clients,
+    )?;
+    let broker_cpu = broker.cpu().since(before);
 
-    let next = Arc::new(Mutex::new(0usize));
-    let started = Instant::now();
-    std::thread::scope(|scope| -> Result<()> {
-        let mut handles = Vec::new();
-        for _ in 0..args.clients {
-            let next = next.clone();
-            handles.push(scope.spawn(move || -> Result<()> {
-                loop {
-                    {
-                        let mut n = next.lock().unwrap();
-                        if *n >= args.throughput_runs {
-                            return Ok(());
-                        }
-                        *n += 1;
-                    }
-                    world.direct_spawn()?;
-                }
-            }));
-        }
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("spawner panicked"))??;
-        }
-        Ok(())
-    })?;
-    let direct_rate = args.throughput_runs as f64 / started.elapsed().as_secs_f64();
+    let before = Cpu::this_process();
+    let direct_rate = load::direct(world, args.throughput_runs, args.clients)?;
+    let direct_cpu = Cpu::this_process().since(before);
     println!("  direct spawn      {direct_rate:8.1} executions/s");
     println!("  through broker    {broker_rate:8.1} executions/s");
     println!(
         "  ratio             {:8.1} %   (goal: ≥ 80 %)",
         broker_rate / direct_rate * 100.0
     );
-    println!("\n== (c) broker memory");
-    println!(
-        "  RSS before (b) {:.1} MB, peak RSS (VmHWM) {:.1} MB   (goal: ≤ 64 MB)",
-        rss_before,
-        broker.peak_rss_mb()
+    load::cpu_per_execution(
+        broker_cpu,
+        args.throughput_runs,
+        direct_cpu,
+        args.throughput_runs,
     );
     Ok(())
 }
@@ -408,7 +398,13 @@ fn postgres_throughput(world: &World, admin_url: &str, args: &Args) -> Result<()
             world.register(&started[0], &format!("pg-{i}"))?;
         }
         let addrs: Vec<String> = started.iter().map(|b| b.addr.clone()).collect();
-        let rate = spread_executions(&addrs, "pg", args)?;
+        let rate = load::through_broker(
+            &addrs,
+            "pg",
+            args.throughput_runs,
+            args.agents,
+            args.clients,
+        )?;
         println!("  {label:<28} {rate:8.1} executions/s");
         drop(started);
     }
@@ -512,7 +508,13 @@ fn homes(world: &World, admin_url: &str, args: &Args) -> Result<()> {
             world.register(&brokers[i % n], &format!("home-{i}"))?;
         }
         let addrs: Vec<String> = brokers.iter().map(|b| b.addr.clone()).collect();
-        let rate = spread_executions(&addrs, "home", args)?;
+        let rate = load::through_broker(
+            &addrs,
+            "home",
+            args.throughput_runs,
+            args.agents,
+            args.clients,
+        )?;
         println!("  {n} broker(s) with homes      {rate:8.1} executions/s");
         drop(brokers);
         drop(db);
@@ -520,41 +522,4 @@ fn homes(world: &World, admin_url: &str, args: &Args) -> Result<()> {
     println!("  (all brokers share this machine's cores here, so three brokers cannot add CLI");
     println!("   capacity; on separate machines each brings its own)");
     Ok(())
-}
-
-/// `args.throughput_runs` executions over agents `<prefix>-0…` by `args.clients` keep-alive
-/// clients spread over `addrs`, as fast as they answer; returns executions per second.
-fn spread_executions(addrs: &[String], prefix: &str, args: &Args) -> Result<f64> {
-    let next = Arc::new(Mutex::new(0usize));
-    let t = Instant::now();
-    let mut handles = Vec::new();
-    for c in 0..args.clients {
-        let next = next.clone();
-        let addr = addrs[c % addrs.len()].clone();
-        let (total, agents, prefix) = (args.throughput_runs, args.agents, prefix.to_owned());
-        handles.push(std::thread::spawn(move || -> Result<()> {
-            let mut client = Client::connect(&addr)?;
-            loop {
-                let i = {
-                    let mut n = next.lock().unwrap();
-                    if *n >= total {
-                        return Ok(());
-                    }
-                    *n += 1;
-                    *n - 1
-                };
-                let (status, text) = client.post(
-                    &format!("/agents/{prefix}-{}/execute", i % agents),
-                    r#"{"prompt":"hello"}"#,
-                )?;
-                if status != 200 {
-                    bail!("execute failed: {status} {text}");
-                }
-            }
-        }));
-    }
-    for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-    }
-    Ok(args.throughput_runs as f64 / t.elapsed().as_secs_f64())
 }
