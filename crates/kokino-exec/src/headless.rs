@@ -245,6 +245,9 @@ pub async fn run_headless(
         pgid: pid,
         armed: true,
     };
+    // The prompt goes in first: the pipe holds it until the CLI reads it, so the CLI never
+    // waits for the broker's bookkeeping below.
+    let mut pipes = Pipes::take(&mut child, cmd.stdin, limits.max_line_bytes);
     let start_time = procfs::start_time(pid);
     let cli_pid = match &cmd.supervisor {
         Some(_) => find_child(pid).await,
@@ -255,7 +258,6 @@ pub async fn run_headless(
         start_time,
         cli_pid,
     });
-    let mut pipes = Pipes::take(&mut child, cmd.stdin, limits.max_line_bytes);
     let mut run = HeadlessRun {
         parser,
         limits: &limits,

@@ -7,8 +7,8 @@ use crate::Broker;
 pub(crate) async fn health(b: &Broker) -> Health {
     let inner = &b.inner;
     let mut reasons = Vec::new();
-    let agents = match inner.store.list_agents().await {
-        Ok(a) => a.len(),
+    let agents = match inner.store.count_agents().await {
+        Ok(n) => n,
         Err(e) => {
             reasons.push(format!("store unreachable: {e}"));
             0

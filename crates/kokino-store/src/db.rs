@@ -22,6 +22,8 @@ use kokino_core::AgentId;
 use crate::error::from_sqlx;
 use crate::{Result, StoreError};
 
+#[cfg(feature = "sqlite")]
+pub(crate) mod group;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
@@ -35,6 +37,10 @@ pub(crate) enum Db {
     #[cfg(feature = "postgres")]
     Postgres(postgres::PgDb),
 }
+
+/// What a grouped write's future borrows: the transaction it runs in (see [`Db::grouped`]).
+pub(crate) type TxFuture<'t, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>;
 
 /// An open transaction of one backend. Dropping it without [`Tx::commit`] rolls it back.
 pub(crate) enum Tx {
@@ -80,6 +86,50 @@ impl Db {
             Db::Sqlite(db) => db.write_tx().await,
             #[cfg(feature = "postgres")]
             Db::Postgres(db) => db.begin("BEGIN").await,
+        }
+    }
+
+    /// Runs `op` in a write transaction and answers once it is committed. On SQLite the
+    /// transaction is shared with the other grouped writes queued at the same time (group
+    /// commit: one fsync for all of them, see [`group`]), so `op` may be called a second time
+    /// in a fresh transaction when the shared one fails. PostgreSQL commits concurrent
+    /// transactions in parallel and groups their WAL flushes itself, so there `op` runs in a
+    /// transaction of its own.
+    pub(crate) async fn grouped<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
+    {
+        self.grouped_as(false, op).await
+    }
+
+    /// [`Db::grouped`] for writes that need not be on disk at once (telemetry, facts a claim
+    /// file already keeps): on SQLite they wait up to 50 ms for an urgent write to share their
+    /// commit, so that they add no fsync of their own while the broker is busy.
+    pub(crate) async fn grouped_lazily<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
+    {
+        self.grouped_as(true, op).await
+    }
+
+    #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
+    async fn grouped_as<T, F>(&self, lazy: bool, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
+    {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Db::Sqlite(db) => db.group.write(lazy, op).await,
+            #[cfg(feature = "postgres")]
+            Db::Postgres(db) => {
+                let mut tx = db.begin("BEGIN").await?;
+                let value = op(&mut tx).await?;
+                tx.commit().await?;
+                Ok(value)
+            }
         }
     }
 

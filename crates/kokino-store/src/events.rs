@@ -1,5 +1,7 @@
 //! Telemetry events, and the persisted state of circuit breakers and fallback overrides.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::db::{now, Arg, Fields, Query, Row};
@@ -32,23 +34,35 @@ impl Store {
 
     /// Inserts several events in one transaction; used by the batching event writer, so a burst
     /// costs one commit, not one per event.
+    ///
+    /// Events are telemetry: on SQLite this write is lazy (it may wait up to 50 ms to share the
+    /// commit of an execution's write), so that recording them costs no fsync of its own while
+    /// executions are running.
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
         let at = now();
-        let mut tx = self.db.write_tx().await?;
-        for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-            let mut query = Query::new(
-                "INSERT INTO events (type, agent_id, cli_type, duration_ms, success, metadata, at) \
-                 VALUES ",
-            );
-            for (i, event) in chunk.iter().enumerate() {
-                if i > 0 {
-                    query.push(", ");
-                }
-                push_event(&mut query, event, at);
-            }
-            query.execute(&mut tx).await?;
-        }
-        tx.commit().await
+        let events = Arc::new(events.to_vec());
+        self.db
+            .grouped_lazily(move |tx| {
+                let events = events.clone();
+                Box::pin(async move {
+                    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+                        let mut query = Query::new(
+                            "INSERT INTO events \
+                             (type, agent_id, cli_type, duration_ms, success, metadata, at) \
+                             VALUES ",
+                        );
+                        for (i, event) in chunk.iter().enumerate() {
+                            if i > 0 {
+                                query.push(", ");
+                            }
+                            push_event(&mut query, event, at);
+                        }
+                        query.execute(&mut *tx).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Deletes events older than `before` (retention); returns how many were deleted.

@@ -6,6 +6,8 @@ use kokino_core::{
     Usage,
 };
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::db::{now, saturating_i64, Arg, Fields, Query, Row, Tx};
@@ -21,40 +23,64 @@ pub(crate) const EXECUTION_COLUMNS: &str = "execution_id, agent_id, conversation
 impl Store {
     /// Writes the user turn (next `seq` of the conversation) and the execution row (state
     /// `running`) in one transaction, before any process starts.
+    ///
+    /// On SQLite the transaction is shared with the other executions' writes queued at the same
+    /// moment (group commit); it returns once that transaction is on disk.
     pub async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
-        let mut tx = self.db.write_tx().await?;
-        let turn = begin_execution_in(&mut tx, new, None).await?;
-        tx.commit().await?;
-        Ok(turn)
+        let new = Arc::new(new.clone());
+        self.db
+            .grouped(move |tx| {
+                let new = new.clone();
+                Box::pin(async move { begin_execution_in(tx, &new, None).await })
+            })
+            .await
     }
 
-    /// Records the pid and process start time as soon as the process exists.
+    /// Records the pid and process start time of a running execution.
+    ///
+    /// This write is lazy (see `Db::grouped_lazily`): on SQLite it may wait up to 50 ms to share
+    /// the next urgent commit. What must survive a crash at any instant is already on disk
+    /// before the CLI starts: the supervisor's claim file names the process group, and recovery
+    /// reads it; this row is what operators and recovery read besides.
     pub async fn set_execution_process(
         &self,
         execution_id: &str,
         pid: i64,
         start_time: Option<i64>,
     ) -> Result<()> {
-        // One statement is atomic on its own: no explicit transaction, one round trip on the
-        // execute path.
-        let updated = Query::new(
-            "UPDATE executions SET pid = $1, pid_start_time = $2 WHERE execution_id = $3",
-        )
-        .bind(pid)
-        .bind(start_time)
-        .bind(execution_id)
-        .execute(self.db.write())
-        .await?;
-        found(updated, execution_id)
+        let execution_id = Arc::<str>::from(execution_id);
+        self.db
+            .grouped_lazily(move |tx| {
+                let execution_id = execution_id.clone();
+                Box::pin(async move {
+                    let updated = Query::new(
+                        "UPDATE executions SET pid = $1, pid_start_time = $2 \
+                         WHERE execution_id = $3",
+                    )
+                    .bind(pid)
+                    .bind(start_time)
+                    .bind(&*execution_id)
+                    .execute(tx)
+                    .await?;
+                    found(updated, &execution_id)
+                })
+            })
+            .await
     }
 
     /// Writes the result turn and the outcome in one transaction and touches the session's
     /// last activity. Returns the result turn.
+    ///
+    /// On SQLite the transaction is shared with the other executions' writes queued at the same
+    /// moment (group commit); it returns once that transaction is on disk.
     pub async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
-        let mut tx = self.db.write_tx().await?;
-        let turn = finish_execution_in(&mut tx, fin, None).await?;
-        tx.commit().await?;
-        Ok(turn)
+        let fin = Arc::new(fin.clone());
+        self.db
+            .grouped(move |tx| {
+                let fin = fin.clone();
+                Box::pin(async move { finish_execution_in(tx, &fin, None).await })
+            })
+            .await
     }
 
     /// The execution with this id, if it exists.

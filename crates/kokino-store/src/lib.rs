@@ -102,6 +102,16 @@ pub struct Event {
     pub at: DateTime<Utc>,
 }
 
+/// Group commit so far (see [`Store::group_commit_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct GroupCommitStats {
+    /// Writes committed.
+    pub writes: u64,
+    /// Commits that carried them.
+    pub commits: u64,
+}
+
 /// A telemetry event to record; the store stamps the time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -394,7 +404,20 @@ impl Store {
         self.db.kind()
     }
 
-    /// A cheap query proving the database answers.
+    /// On SQLite, how many of the execute path's writes were committed and in how many commits
+    /// (group commit shares one commit among the writes queued at the same time); `None` on
+    /// PostgreSQL, which groups its WAL flushes itself.
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        match &self.db {
+            #[cfg(feature = "sqlite")]
+            db::Db::Sqlite(sqlite) => Some(sqlite.group.stats()),
+            #[cfg(feature = "postgres")]
+            db::Db::Postgres(_) => None,
+        }
+    }
+
+    /// A cheap query proving the database answers. It runs on a reader connection, so it never
+    /// waits behind the writer.
     pub async fn ping(&self) -> Result<()> {
         db::Query::new("SELECT 1").execute(self.db.read()).await?;
         Ok(())

@@ -4,6 +4,8 @@ use kokino_core::{
     AgentId, AgentRecord, AgentSpec, CliType, CommMode, Conversation, Role, SessionRecord, Turn,
 };
 
+use std::sync::Arc;
+
 use crate::db::{now, saturating_i64, Arg, Fields, Query, Row, Tx};
 use crate::{Result, Store};
 use chrono::{DateTime, Utc};
@@ -72,6 +74,15 @@ impl Store {
         .as_ref()
         .map(decode_agent)
         .transpose()
+    }
+
+    /// How many agents are registered (what `/health` reports, without reading them all).
+    pub async fn count_agents(&self) -> Result<usize> {
+        let row = Query::new("SELECT COUNT(*) AS n FROM agents")
+            .fetch_one(self.db.read())
+            .await?;
+        let n = Fields::new(&row, "agents").int("n")?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// All agents ordered by id.
@@ -239,29 +250,44 @@ impl Store {
         conversation_id: &str,
         cli_session_id: &str,
     ) -> Result<()> {
-        let mut tx = self.db.write_tx().await?;
-        tx.lock_agents(&[agent.as_str()]).await?;
-        // Only the session still attached to this conversation is updated: if the agent moved
-        // to another conversation meanwhile, that session must keep its own CLI session id.
-        Query::new(
-            "UPDATE sessions SET cli_session_id = $1, cli_session_started = TRUE \
-             WHERE agent_id = $2 AND conversation_id = $3",
-        )
-        .bind(cli_session_id)
-        .bind(agent)
-        .bind(conversation_id)
-        .execute(&mut tx)
-        .await?;
-        Query::new(
-            "UPDATE conversations SET session_id = $1 \
-             WHERE conversation_id = $2 AND agent_id = $3",
-        )
-        .bind(cli_session_id)
-        .bind(conversation_id)
-        .bind(agent)
-        .execute(&mut tx)
-        .await?;
-        tx.commit().await
+        // Grouped with the executions' writes (on SQLite, one commit for all that are queued):
+        // this write is on the execute path of every CLI that names its session as it starts.
+        let ids = Arc::new((
+            agent.clone(),
+            conversation_id.to_owned(),
+            cli_session_id.to_owned(),
+        ));
+        self.db
+            .grouped(move |tx| {
+                let ids = ids.clone();
+                Box::pin(async move {
+                    let (agent, conversation_id, cli_session_id) = &*ids;
+                    tx.lock_agents(&[agent.as_str()]).await?;
+                    // Only the session still attached to this conversation is updated: if the
+                    // agent moved to another conversation meanwhile, that session must keep its
+                    // own CLI session id.
+                    Query::new(
+                        "UPDATE sessions SET cli_session_id = $1, cli_session_started = TRUE \
+                         WHERE agent_id = $2 AND conversation_id = $3",
+                    )
+                    .bind(cli_session_id.as_str())
+                    .bind(agent)
+                    .bind(conversation_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    Query::new(
+                        "UPDATE conversations SET session_id = $1 \
+                         WHERE conversation_id = $2 AND agent_id = $3",
+                    )
+                    .bind(cli_session_id.as_str())
+                    .bind(conversation_id.as_str())
+                    .bind(agent)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Ends the agent's session: the session row is removed, the conversation is marked `ended`

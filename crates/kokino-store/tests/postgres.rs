@@ -173,6 +173,7 @@ conformance!(
     begin_on_unknown_conversation_writes_nothing,
     duplicate_execution_id_rolls_back_the_user_turn,
     concurrent_executions_keep_sequences_contiguous,
+    failed_writes_do_not_take_concurrent_ones_down,
     turns_are_visible_only_to_their_agent,
     conversations_list_newest_first,
     delete_conversation_cascades,

@@ -42,6 +42,7 @@ conformance!(
     begin_on_unknown_conversation_writes_nothing,
     duplicate_execution_id_rolls_back_the_user_turn,
     concurrent_executions_keep_sequences_contiguous,
+    failed_writes_do_not_take_concurrent_ones_down,
     turns_are_visible_only_to_their_agent,
     conversations_list_newest_first,
     delete_conversation_cascades,
@@ -310,4 +311,57 @@ async fn undecodable_fallback_rows_are_reported_as_corrupt() {
     .execute(&mut conn)
     .await;
     assert!(planted.is_err());
+}
+
+/// Group commit: executions written at the same moment share commits (one fsync for several),
+/// and every one of them is on disk when its call returns, as a second store on the same file
+/// reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_commits() {
+    const AGENTS: usize = 8;
+    const PER_AGENT: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kokino.db").display());
+    let store = Store::open(&url).await.unwrap();
+    let mut conversations = Vec::new();
+    for i in 0..AGENTS {
+        let id = format!("agent-{i}");
+        store.upsert_agent(&conformance::spec(&id)).await.unwrap();
+        let session = store
+            .create_session(&AgentId::parse(&id).unwrap(), CliType::ClaudeCode, None)
+            .await
+            .unwrap();
+        conversations.push((id, session.conversation_id));
+    }
+    let before = store.group_commit_stats().unwrap();
+    let mut handles = Vec::new();
+    for (agent, conv) in conversations.clone() {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for n in 0..PER_AGENT {
+                let new = conformance::new_execution(&agent, &conv, &format!("prompt {n}"));
+                store.begin_execution(&new).await.unwrap();
+                store
+                    .finish_execution(&conformance::finish(&new.execution_id, "answer"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let after = store.group_commit_stats().unwrap();
+    let (writes, commits) = (after.writes - before.writes, after.commits - before.commits);
+    assert_eq!(writes, (2 * AGENTS * PER_AGENT) as u64);
+    assert!(
+        commits < writes,
+        "{writes} concurrent writes took {commits} commits: none was shared"
+    );
+    // What the calls returned is on disk: another store on the same file sees all of it.
+    let other = Store::open(&url).await.unwrap();
+    for (_, conv) in &conversations {
+        let (_, turns) = other.get_conversation(conv).await.unwrap().unwrap();
+        assert_eq!(turns.len(), 2 * PER_AGENT);
+    }
 }

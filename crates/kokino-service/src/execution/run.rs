@@ -479,14 +479,17 @@ impl Watch<'_> {
         let (id, cli) = (&exec.agent.spec.agent_id, exec.agent.spec.cli_type);
         b.inner
             .update_running(id, exec.token, |r| r.pid = Some(pid));
-        if let Err(e) = b
-            .inner
-            .store
-            .set_execution_process(&exec.execution_id, pid as i64, start_time)
-            .await
-        {
-            tracing::warn!(error = %e, "could not record the process of an execution");
-        }
+        // Not awaited here: the store commits this lazily (the supervisor's claim file already
+        // names the process for recovery), and the run's events must keep flowing meanwhile.
+        let (store, execution_id) = (b.inner.store.clone(), exec.execution_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .set_execution_process(&execution_id, pid as i64, start_time)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the process of an execution");
+            }
+        });
         let mut ev = event("PROCESS_STARTED", Some(id.as_str()), Some(cli.as_str()));
         ev.metadata = json!({
             "pid": cli_pid.unwrap_or(pid),

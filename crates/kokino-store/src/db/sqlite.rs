@@ -58,6 +58,8 @@ pub(crate) struct SqliteDb {
     /// file lock avoids SQLite's busy handler, which waits by sleeping and made each contended
     /// write cost milliseconds.
     pub(super) writer: SqlitePool,
+    /// The execute path's writes, committed in groups through `writer` (see [`super::group`]).
+    pub(crate) group: super::group::GroupWriter,
 }
 
 impl SqliteDb {
@@ -96,7 +98,12 @@ impl SqliteDb {
             .connect_with(options)
             .await
             .map_err(unavailable)?;
-        Ok(Self { readers, writer })
+        let group = super::group::GroupWriter::start(writer.clone());
+        Ok(Self {
+            readers,
+            writer,
+            group,
+        })
     }
 
     /// Starts a transaction holding SQLite's write lock (see the module documentation).

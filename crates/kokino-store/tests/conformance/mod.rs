@@ -539,6 +539,60 @@ pub async fn concurrent_executions_keep_sequences_contiguous(store: &Store) {
     assert!(store.running_executions().await.unwrap().is_empty());
 }
 
+/// Writes that fail, fired at the same moment as writes that succeed (on SQLite they share a
+/// group commit): each failure is its caller's answer alone, nothing of it is written, and
+/// every good write lands.
+pub async fn failed_writes_do_not_take_concurrent_ones_down(store: &Store) {
+    const GOOD: usize = 40;
+    let conv = agent_with_session(store, "alpha").await;
+    let taken = new_execution("alpha", &conv, "first");
+    store.begin_execution(&taken).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..GOOD + 20 {
+        let store = store.clone();
+        let conv = conv.clone();
+        let taken = taken.execution_id.clone();
+        handles.push(tokio::spawn(async move {
+            let mut new = new_execution("alpha", &conv, &format!("prompt {i}"));
+            if i >= GOOD && i % 2 == 0 {
+                // A conversation that does not exist.
+                new.conversation_id = "no-such-conversation".into();
+            } else if i >= GOOD {
+                // An execution id that is already taken.
+                new.execution_id = taken;
+            }
+            let begun = store.begin_execution(&new).await;
+            let finished = match &begun {
+                Ok(_) => Some(
+                    store
+                        .finish_execution(&finish(&new.execution_id, &format!("answer {i}")))
+                        .await,
+                ),
+                Err(_) => None,
+            };
+            (i, begun.is_ok(), finished.map(|f| f.is_ok()))
+        }));
+    }
+    for handle in handles {
+        let (i, begun, finished) = handle.await.expect("task panicked");
+        if i < GOOD {
+            assert!(begun, "good write {i} failed");
+            assert_eq!(finished, Some(true), "good finish {i} failed");
+        } else {
+            assert!(!begun, "bad write {i} succeeded");
+        }
+    }
+    let (_, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
+    assert_eq!(
+        turns.len(),
+        1 + 2 * GOOD,
+        "only the good writes' turns are there"
+    );
+    let seqs: Vec<i64> = turns.iter().map(|t| t.seq).collect();
+    assert_eq!(seqs, (1..=turns.len() as i64).collect::<Vec<_>>());
+    assert_eq!(store.running_executions().await.unwrap().len(), 1);
+}
+
 pub async fn turns_are_visible_only_to_their_agent(store: &Store) {
     let conv = agent_with_session(store, "alpha").await;
     store.upsert_agent(&spec("beta")).await.unwrap();

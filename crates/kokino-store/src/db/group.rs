@@ -1,0 +1,195 @@
+//! Group commit for SQLite: the writes of many callers in one transaction and one fsync.
+//!
+//! SQLite admits one writer at a time, and with `synchronous=FULL` every commit waits for the
+//! disk. When every execution's begin and finish were transactions of their own, concurrent
+//! executions queued on the writer connection one fsync each, and the fsyncs were most of the
+//! broker's time under load. Here the writes of the execute path go to one task that takes
+//! whatever is queued, runs all of it in one `BEGIN IMMEDIATE … COMMIT`, and only then answers
+//! each caller. A caller therefore still hears "done" only once its write is on disk; it shares
+//! the fsync with whoever wrote at the same time, and it never waits for a batch to fill: the
+//! task starts as soon as one write is queued, and what arrives meanwhile goes into the next.
+//!
+//! A batch whose writes or commit fail is rolled back as a whole and its writes are run again
+//! one transaction each, so that one caller's error (a conversation deleted meanwhile, a
+//! constraint) is that caller's answer alone and the others are unaffected. Writes are
+//! therefore closures the task may call twice; each call starts from a transaction in which
+//! nothing of it was written.
+//!
+//! The task borrows the writer connection from the writer pool per batch, so the store's other
+//! writers (maintenance, registration, leases) keep their turn in that pool's queue.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Tx, TxFuture};
+use crate::error::from_sqlx;
+use crate::{Result, StoreError};
+
+/// The most writes one transaction takes. A bound keeps one batch's transaction short when a
+/// burst queues thousands of writes at once.
+const MAX_BATCH: usize = 128;
+
+/// How many writes may wait for the task before callers wait to queue.
+const QUEUE: usize = 4096;
+
+/// A value of any type, as it travels back to the caller that knows the type.
+type Erased = Box<dyn Any + Send>;
+
+/// A write as the task holds it: callable again after a rolled-back attempt.
+type Op = Box<dyn for<'t> Fn(&'t mut Tx) -> TxFuture<'t, Erased> + Send + Sync>;
+
+/// One queued write and where its answer goes.
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Erased>>,
+    /// The write may wait up to [`LAZY_WINDOW`] for an urgent one to share its commit.
+    lazy: bool,
+}
+
+/// How long lazy writes (telemetry events, a process id already safe in a claim file) wait for
+/// an urgent write to carry them before they are committed on their own. Under load an urgent
+/// write comes long before; when the broker is quiet, this is the delay they see.
+const LAZY_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The handle the store keeps: queues writes for the group-commit task.
+#[derive(Clone, Debug)]
+pub(crate) struct GroupWriter {
+    queue: mpsc::Sender<Job>,
+    stats: Arc<Counters>,
+}
+
+/// What the task has done so far (see [`crate::GroupCommitStats`]).
+#[derive(Debug, Default)]
+struct Counters {
+    writes: AtomicU64,
+    commits: AtomicU64,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl GroupWriter {
+    /// Starts the task that writes through `pool` (the one writer connection). The task ends
+    /// when the last handle is dropped.
+    pub(crate) fn start(pool: SqlitePool) -> GroupWriter {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        let stats = Arc::new(Counters::default());
+        tokio::spawn(run(pool, jobs, stats.clone()));
+        GroupWriter { queue, stats }
+    }
+
+    /// How many writes were committed, and in how many commits.
+    pub(crate) fn stats(&self) -> crate::GroupCommitStats {
+        crate::GroupCommitStats {
+            writes: self.stats.writes.load(Ordering::Relaxed),
+            commits: self.stats.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `op` in the next group transaction and answers once that transaction is committed.
+    /// A `lazy` write may wait a little for an urgent one to share its commit (see
+    /// [`LAZY_WINDOW`]).
+    pub(crate) async fn write<T, F>(&self, lazy: bool, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
+    {
+        let op: Op = Box::new(move |tx| {
+            let fut = op(tx);
+            Box::pin(async move { fut.await.map(|v| Box::new(v) as Erased) })
+        });
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the store's writer has stopped".to_owned());
+        self.queue
+            .send(Job { op, reply, lazy })
+            .await
+            .map_err(|_| gone())?;
+        let value = answer.await.map_err(|_| gone())??;
+        value.downcast::<T>().map(|v| *v).map_err(|_| {
+            StoreError::Database("a grouped write answered with a value of another type".into())
+        })
+    }
+}
+
+/// The task: one batch at a time, each as large as what is queued when the previous one ends.
+async fn run(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counters>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.iter().all(|job| job.lazy) {
+            // Nothing urgent yet: give one a moment to come and carry these.
+            let _ = tokio::time::timeout(LAZY_WINDOW, async {
+                while batch.len() < MAX_BATCH {
+                    let room = MAX_BATCH - batch.len();
+                    if jobs.recv_many(&mut batch, room).await == 0 {
+                        break;
+                    }
+                    if batch.iter().any(|job| !job.lazy) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        // A caller that stopped waiting (its request was dropped) no longer wants the write;
+        // running it anyway would leave, for example, an execution marked running that no one
+        // runs.
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.len() > 1 {
+            if let Ok(values) = together(&pool, &batch).await {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .writes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (job, value) in batch.drain(..).zip(values) {
+                    let _ = job.reply.send(Ok(value));
+                }
+                continue;
+            }
+        }
+        // One write alone, or a batch that failed: each in its own transaction, with its own
+        // answer.
+        for job in batch.drain(..) {
+            let answer = alone(&pool, &job).await;
+            if answer.is_ok() {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+/// All of `batch` in one transaction; any failure rolls all of it back.
+async fn together(pool: &SqlitePool, batch: &[Job]) -> Result<Vec<Erased>> {
+    let mut tx = begin(pool).await?;
+    let mut values = Vec::with_capacity(batch.len());
+    for job in batch {
+        values.push((job.op)(&mut tx).await?);
+    }
+    tx.commit().await?;
+    Ok(values)
+}
+
+/// One write in a transaction of its own.
+async fn alone(pool: &SqlitePool, job: &Job) -> Result<Erased> {
+    let mut tx = begin(pool).await?;
+    let value = (job.op)(&mut tx).await?;
+    tx.commit().await?;
+    Ok(value)
+}
+
+/// A transaction holding SQLite's write lock (see the backend's module documentation).
+async fn begin(pool: &SqlitePool) -> Result<Tx> {
+    let tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(from_sqlx)?;
+    Ok(Tx::Sqlite(tx))
+}
