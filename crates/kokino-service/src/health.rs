@@ -38,5 +38,9 @@ pub(crate) async fn record_store_up(b: &Broker) -> bool {
         Ok(Ok(()))
     );
     metrics::gauge!(crate::telemetry::STORE_UP).set(if up { 1.0 } else { 0.0 });
+    if let Some(stats) = b.inner.store.group_commit_stats() {
+        metrics::counter!(crate::telemetry::STORE_GROUPED_WRITES_TOTAL).absolute(stats.writes);
+        metrics::counter!(crate::telemetry::STORE_GROUP_COMMITS_TOTAL).absolute(stats.commits);
+    }
     up
 }

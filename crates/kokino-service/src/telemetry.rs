@@ -68,6 +68,10 @@ pub const SHADOW_LATENCY_DELTA: &str = "kokino_shadow_latency_delta_seconds";
 pub const ENV_CHECK_FAILING: &str = "kokino_env_check_failing";
 /// `kokino_store_up`; its kind, labels and help are in [`METRICS`].
 pub const STORE_UP: &str = "kokino_store_up";
+/// See [`METRICS`].
+pub const STORE_GROUPED_WRITES_TOTAL: &str = "kokino_store_grouped_writes_total";
+/// See [`METRICS`].
+pub const STORE_GROUP_COMMITS_TOTAL: &str = "kokino_store_group_commits_total";
 
 /// Every metric the broker exports.
 pub const METRICS: &[MetricDef] = &[
@@ -154,6 +158,18 @@ pub const METRICS: &[MetricDef] = &[
         kind: "gauge",
         labels: &[],
         help: "1 when the store answered a ping at this scrape (within 2 s), 0 when it did not.",
+    },
+    MetricDef {
+        name: STORE_GROUPED_WRITES_TOTAL,
+        kind: "counter",
+        labels: &[],
+        help: "SQLite only: execute-path writes (execution begin and finish, session ids, process ids, events) committed through group commit.",
+    },
+    MetricDef {
+        name: STORE_GROUP_COMMITS_TOTAL,
+        kind: "counter",
+        labels: &[],
+        help: "SQLite only: the commits (each one fsync) that carried those writes; writes per commit is how much group commit saved.",
     },
     MetricDef {
         name: CIRCUIT_BREAKERS,

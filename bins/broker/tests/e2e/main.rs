@@ -25,3 +25,4 @@ mod slo;
 mod status_page;
 mod supervision;
 mod tmux_mode;
+mod write_path;
