@@ -381,8 +381,8 @@ impl Tui {
         if let Some(t) = &mut self.transcript {
             t.user(prompt);
         }
-        if let Some(inherit) = script.child {
-            crate::run::spawn_grandchild(inherit);
+        if let Some(kind) = script.child {
+            crate::run::spawn_grandchild(kind);
         }
         let _ballast = script.mem.map(hold_memory);
         let code = self.work(&script, started);

@@ -39,6 +39,11 @@ fn main() {
         args.remove(0)
     };
 
+    // The middle process of `fake:child=daemon`.
+    if args.first().map(String::as_str) == Some("--fake-daemon") {
+        let secs = args.get(1).map(String::as_str).unwrap_or("1000");
+        std::process::exit(run::daemonize(secs));
+    }
     // The `fake:child` grandchild: just outlive our parent unless the whole group is killed.
     if args.first().map(String::as_str) == Some("--fake-grandchild") {
         let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::cli::{Opts, Output};
 use crate::state::{Session, Store, Turn};
 use crate::sys;
-use crate::tokens::Script;
+use crate::tokens::{ChildKind, Script};
 
 /// What every personality gets to work with.
 pub struct Ctx {
@@ -130,8 +130,8 @@ pub fn turn(agent: &mut dyn Agent, s: &Script, logged_out: bool) -> i32 {
 
 fn turn_inner(agent: &mut dyn Agent, s: &Script, logged_out: bool) -> Result<i32, i32> {
     agent.init();
-    if let Some(inherit) = s.child {
-        spawn_grandchild(inherit);
+    if let Some(kind) = s.child {
+        spawn_grandchild(kind);
     }
     // Held until the process exits; `std::process::exit` never frees it.
     let _ballast = s.mem.map(hold_memory);
@@ -228,23 +228,50 @@ pub fn split_chunks(text: &str, n: usize) -> Vec<&str> {
         .collect()
 }
 
-/// Starts a grandchild in our process group that outlives us unless the whole group is killed.
-pub fn spawn_grandchild(inherit: bool) {
+/// Starts a grandchild that outlives us: in our process group unless the whole group is killed,
+/// or as a daemon that left both our group and our session.
+pub fn spawn_grandchild(kind: ChildKind) {
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().unwrap_or_else(|_| "kokino-fake-agent".into());
     let mut cmd = Command::new(exe);
-    cmd.arg("--fake-grandchild")
-        .arg("1000")
-        .stdin(Stdio::null());
-    if !inherit {
+    if kind == ChildKind::Daemon {
+        cmd.arg("--fake-daemon");
+    } else {
+        cmd.arg("--fake-grandchild");
+    }
+    cmd.arg("1000").stdin(Stdio::null());
+    if kind != ChildKind::Inherit {
         // By default the grandchild does not hold our pipes, so a reader still sees EOF when we
         // exit; `fake:child=inherit` keeps them open to imitate droid's orphaned native binary.
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
     match cmd.spawn() {
-        Ok(child) => sys::err_line(&format!("fake-child-pid={}", child.id())),
+        Ok(mut child) => {
+            sys::err_line(&format!("fake-child-pid={}", child.id()));
+            if kind == ChildKind::Daemon {
+                // The intermediate process exits at once; reaping it is what orphans the daemon.
+                let _ = child.wait();
+            }
+        }
         Err(e) => sys::err_line(&format!("kokino-fake-agent: cannot start grandchild: {e}")),
     }
+}
+
+/// `--fake-daemon S`: the middle of a double fork. It leaves our session (and so our process
+/// group), starts the daemon (`--fake-grandchild S`) and exits, so that the daemon is orphaned.
+pub fn daemonize(secs: &str) -> i32 {
+    use std::process::{Command, Stdio};
+    // SAFETY: setsid has no preconditions; it fails only for a group leader, which a process
+    // started without `process_group` is not.
+    unsafe { libc::setsid() };
+    let exe = std::env::current_exe().unwrap_or_else(|_| "kokino-fake-agent".into());
+    let started = Command::new(exe)
+        .args(["--fake-grandchild", secs])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    i32::from(started.is_err())
 }
 
 /// Allocates `n` bytes and writes every page so they count as resident memory.

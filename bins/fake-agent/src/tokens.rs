@@ -6,6 +6,18 @@
 use std::time::Duration;
 
 /// The behaviour requested by the prompt, plus the prompt text with the tokens removed.
+/// What `fake:child` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildKind {
+    /// A grandchild in our process group, with its stdio on `/dev/null`.
+    Group,
+    /// The same, keeping our stdout and stderr open (`fake:child=inherit`).
+    Inherit,
+    /// A daemon (`fake:child=daemon`): double fork and `setsid`, so it is in neither our group
+    /// nor our session and its parent is gone, like `codex app-server --managed-daemon`.
+    Daemon,
+}
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Script {
     /// The prompt with every `fake:` token (and the whitespace after it) removed, trimmed.
@@ -22,8 +34,8 @@ pub struct Script {
     pub turns: bool,
     pub hang: bool,
     pub ignore_term: bool,
-    /// `Some(inherit)` when a grandchild is requested; `inherit` keeps our stdout/stderr open in it.
-    pub child: Option<bool>,
+    /// The grandchild requested, if any.
+    pub child: Option<ChildKind>,
     pub malformed: bool,
     pub noresult: bool,
     pub big: Option<usize>,
@@ -91,8 +103,9 @@ impl Script {
             ("turns", None) => self.turns = true,
             ("hang", None) => self.hang = true,
             ("ignore-term", None) => self.ignore_term = true,
-            ("child", None) => self.child = Some(false),
-            ("child", Some("inherit")) => self.child = Some(true),
+            ("child", None) => self.child = Some(ChildKind::Group),
+            ("child", Some("inherit")) => self.child = Some(ChildKind::Inherit),
+            ("child", Some("daemon")) => self.child = Some(ChildKind::Daemon),
             ("malformed", None) => self.malformed = true,
             ("noresult", None) => self.noresult = true,
             ("mode-suffix", None) => self.mode_suffix = true,

@@ -305,6 +305,11 @@ fn cases() -> Vec<Case> {
              tests/tui.rs reads it with `tui::ClaudeTranscript`",
         ),
         Case::skipped(
+            "claude/claude-interactive-first-turn.jsonl",
+            "the interactive TUI's session transcript of a new session's first prompt, written \
+             out of order (tmux mode); tests/tui.rs reads it with `tui::ClaudeTranscript`",
+        ),
+        Case::skipped(
             "claude/tui-fresh-home.txt",
             "pane text of an interactive TUI (tmux mode), not headless stdout; tests/tui.rs reads it with the `tui` profiles",
         ),

@@ -52,6 +52,69 @@ fn claude_transcript_capture_cut_before_the_end_is_not_finished() {
     assert!(!out.contains(&StreamEvent::Final));
 }
 
+/// The first prompt of a new session: Claude Code 2.1 wrote the answer and `turn_duration`
+/// before the prompt's own `user` entry (a real transcript, in the order it was written). The
+/// turn still ends, with the answer, once the prompt's entry arrives; before that it does not.
+#[test]
+fn claude_first_turn_written_out_of_order_still_ends() {
+    let text = read_capture("claude/claude-interactive-first-turn.jsonl");
+    let lines = lines_of(&text);
+    let prompt_at = lines
+        .iter()
+        .position(|l| l.contains("\"what is 2+2\""))
+        .expect("the capture has the prompt's entry");
+    let end_at = lines
+        .iter()
+        .position(|l| l.contains("\"turn_duration\""))
+        .expect("the capture has a turn_duration entry");
+    assert!(end_at < prompt_at, "the capture is the out-of-order one");
+    let mut parser = ClaudeTranscript::default();
+    let mut out = Vec::new();
+    for line in &lines[..prompt_at] {
+        parser.feed_line(line, &mut out);
+    }
+    assert!(!parser.prompt_seen());
+    assert_eq!(parser.turn_end(), None);
+    for line in &lines[prompt_at..] {
+        parser.feed_line(line, &mut out);
+    }
+    assert!(parser.prompt_seen());
+    let end = parser.turn_end().expect("the turn ended");
+    assert_eq!(end.answer, "FAKE_ANSWER: 0 earlier user turns");
+    assert_eq!(end.class, OutcomeClass::Success);
+    assert_eq!(out.last(), Some(&StreamEvent::Final));
+}
+
+/// Entries written before the prompt's and dated before it belong to an earlier turn (written
+/// late): they neither end this turn nor give its answer.
+#[test]
+fn claude_entries_dated_before_the_prompt_do_not_count() {
+    let mut parser = ClaudeTranscript::default();
+    let mut out = Vec::new();
+    let lines = [
+        r#"{"type":"assistant","timestamp":"2026-12-04T23:58:09.000Z","message":{"id":"old","content":[{"type":"text","text":"old answer"}]}}"#,
+        r#"{"type":"system","subtype":"turn_duration","timestamp":"2026-12-04T23:58:09.100Z"}"#,
+        r#"{"type":"user","timestamp":"2026-12-04T23:58:10.000Z","message":{"role":"user","content":"new prompt"}}"#,
+    ];
+    for l in lines {
+        parser.feed_line(l, &mut out);
+    }
+    assert!(parser.prompt_seen());
+    assert_eq!(parser.turn_end(), None);
+    parser.feed_line(
+        r#"{"type":"assistant","timestamp":"2026-12-04T23:58:10.500Z","message":{"id":"new","content":[{"type":"text","text":"new answer"}]}}"#,
+        &mut out,
+    );
+    parser.feed_line(
+        r#"{"type":"system","subtype":"turn_duration","timestamp":"2026-12-04T23:58:10.600Z"}"#,
+        &mut out,
+    );
+    assert_eq!(
+        parser.turn_end().map(|e| e.answer),
+        Some("new answer".into())
+    );
+}
+
 // ------------------------------------------------------------------ the real TUIs' screens
 
 mod screens {

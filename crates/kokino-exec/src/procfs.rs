@@ -21,6 +21,75 @@ fn pgrp_of(stat: &str) -> Option<i32> {
     stat_fields(stat)?.nth(2)?.parse().ok()
 }
 
+/// Parent pid of a process (field 4).
+fn ppid_of(stat: &str) -> Option<i32> {
+    stat_fields(stat)?.nth(1)?.parse().ok()
+}
+
+/// Whether a `stat` line is a live process's (not a zombie `Z`, not dead `X`).
+fn stat_is_live(stat: &str) -> bool {
+    stat_fields(stat)
+        .and_then(|mut f| f.next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The numeric entries of `/proc`, with the text of their `stat` files.
+fn all_stats() -> Vec<(i32, String)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)))
+        .collect()
+}
+
+/// Pids of the live processes that are in the group `pgid` or descend from `root` (children,
+/// their children, and so on, through any group or session), `root` itself excluded. One pass
+/// over `/proc`.
+///
+/// The supervisor asks this of itself: it is a child subreaper, so a CLI's descendant that
+/// daemonized (double fork, `setsid`) is re-parented to it and still found here, although it
+/// left the group.
+pub fn group_and_descendants(pgid: i32, root: i32) -> Vec<i32> {
+    let stats = all_stats();
+    let mut parent = std::collections::HashMap::new();
+    for (pid, stat) in &stats {
+        if let Some(pp) = ppid_of(stat) {
+            parent.insert(*pid, pp);
+        }
+    }
+    let descends = |mut pid: i32| {
+        // A chain of parents is finite (it ends at 1 or 0), and bounded here anyway against a
+        // table read while processes came and went.
+        for _ in 0..4096 {
+            match parent.get(&pid) {
+                Some(&pp) if pp == root => return true,
+                Some(&pp) if pp > 1 && pp != pid => pid = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    stats
+        .iter()
+        .filter(|(pid, stat)| {
+            *pid != root && stat_is_live(stat) && (pgrp_of(stat) == Some(pgid) || descends(*pid))
+        })
+        .map(|(pid, _)| *pid)
+        .collect()
+}
+
+/// The value of the environment variable `name` that `pid` started with, when we may read its
+/// environment (our own user's processes).
+pub fn env_var(pid: i32, name: &str) -> Option<String> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|var| {
+        let rest = var.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(rest).into_owned())
+    })
+}
+
 /// Pids of every live process in the group `pgid`.
 pub fn group_members(pgid: i32) -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -41,12 +110,7 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 pub fn is_live(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            stat_fields(&s)?
-                .next()
-                .map(|state| state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
+        .is_some_and(|s| stat_is_live(&s))
 }
 
 /// Resident set size of one process in bytes (`/proc/<pid>/statm`, second field, in pages).
@@ -143,6 +207,9 @@ mod tests {
     fn parses_names_with_spaces_and_parens() {
         let stat = "123 (a b) c) S 1 77 77 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0";
         assert_eq!(pgrp_of(stat), Some(77));
+        assert_eq!(ppid_of(stat), Some(1));
+        assert!(stat_is_live(stat));
+        assert!(!stat_is_live("9 (z) Z 1 9 9 0"));
         assert_eq!(stat_fields(stat).unwrap().nth(19), Some("4242"));
     }
 }

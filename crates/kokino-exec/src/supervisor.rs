@@ -24,6 +24,21 @@
 //! handles it, and the supervisor then ends with the CLI's own status (re-raising the CLI's
 //! signal), which the executor reads as the CLI's. It never panics on a closed stderr: a broker
 //! killed with SIGKILL no longer reads the pipe, and that is exactly when the supervisor must act.
+//!
+//! Some CLIs start helpers that leave the group on purpose: Codex's TUI starts
+//! `codex app-server --managed-daemon`, which double-forks and calls `setsid`. A group kill
+//! cannot reach such a process, so the supervisor is also a **child subreaper**
+//! (`PR_SET_CHILD_SUBREAPER`): whatever the CLI starts and orphans is re-parented to the
+//! supervisor instead of init, and when the CLI ends (or is stopped) the supervisor ends every
+//! live descendant of its own as well as its group, and reaps the orphans it adopted. For the
+//! one case the supervisor cannot cover, its own death by SIGKILL, the CLI's environment
+//! carries [`MARK_VAR`] naming the supervisor (pid and start time), which every descendant
+//! inherits; [`kill_orphans`] kills the marked processes whose supervisor is gone (the
+//! executors after each forced stop, [`reap_leftovers`] at start-up).
+//!
+//! The CLI's exit is noticed the moment it happens: a thread blocked in `waitpid` reaps every
+//! child (the CLI and adopted orphans alike) and hands the CLI's status to the main loop, which
+//! waits on it with a timeout that is also the watchdogs' tick.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -47,6 +62,15 @@ pub const GUARD_FLAG: &str = "--kokino-lease-guard";
 
 /// The file descriptor on which the supervisor finds the read end of its lifeline.
 pub const LIFELINE_FD: RawFd = 3;
+
+/// The variable the supervisor adds to its CLI's environment: `<supervisor pid>:<its start
+/// time>`. Every process the CLI starts inherits it (unless it clears its environment), so a
+/// process that escaped the group can still be traced to its supervisor once that is gone.
+pub const MARK_VAR: &str = "KOKINO_SUPERVISOR";
+
+/// The watchdogs' tick: the deadlines they check are seconds, so this much slack is nothing,
+/// and the CLI's exit does not wait for it.
+const TICK: Duration = Duration::from_millis(20);
 
 /// How the executor starts a CLI under a supervisor.
 #[derive(Debug, Clone)]
@@ -305,8 +329,20 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
         ));
         std::process::exit(137)
     }
+    // Orphans of the CLI's descendants come to us rather than to init, so that none can
+    // escape by daemonizing. Failing that (a kernel without it), the group kill and the mark
+    // still apply.
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and changes only us.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        say(format_args!(
+            "cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let me = std::process::id() as i32;
     let mut cmd = Command::new(&opts.program[0]);
     cmd.args(&opts.program[1..]);
+    cmd.env(MARK_VAR, mark(me, procfs::start_time(me).unwrap_or(0)));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -323,29 +359,26 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let cli = match cmd.spawn() {
+        // The reaper waits for the CLI by pid from now on; `Child` must never wait for it too.
+        Ok(c) => c.id() as i32,
         Err(e) => {
             say(format_args!("cannot start {}: {e}", opts.program[0]));
             remove_claim(opts.claim.as_deref());
             std::process::exit(127)
         }
     };
+    let mut reaper = Reaper::start(cli);
     let mut seen = HEARTBEATS.load(Ordering::Relaxed);
     let mut last = Instant::now();
     let mut ticks: u32 = 0;
     loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                // What the CLI started (tools, MCP servers) goes with it, before this
-                // supervisor ends: once it has ended, a broker that dies would leave them
-                // to nobody.
-                let grace = opts.grace.unwrap_or(Duration::from_secs(5));
-                end_leftovers(group, grace, &opts);
-                exit_like(status)
-            }
-            Ok(None) => {}
-            Err(_) => std::process::exit(1),
+        if let Some(status) = reaper.wait(TICK) {
+            // What the CLI started (tools, MCP servers, daemons) goes with it, before this
+            // supervisor ends: once it has ended, a broker that dies would leave them to nobody.
+            let grace = opts.grace.unwrap_or(Duration::from_secs(5));
+            end_leftovers(group, grace, &opts);
+            exit_like(status)
         }
         let now = HEARTBEATS.load(Ordering::Relaxed);
         if now != seen {
@@ -374,62 +407,175 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
                 .map(|d| d / 4)
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(2));
-            kill_own_group(&mut child, group, grace);
+            kill_own_group(&mut reaper, group, grace);
         }
         ticks = ticks.wrapping_add(1);
-        // A watchdog's tick: the deadlines are seconds, so 20 ms of slack is nothing.
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// SIGTERM to our own group (the CLI, its tools, and this supervisor, which ignores it), a
-/// grace, then SIGKILL to the group, which ends the supervisor too.
-fn kill_own_group(child: &mut std::process::Child, group: i32, grace: Duration) -> ! {
+/// `<pid>:<start time>`, the value of [`MARK_VAR`].
+fn mark(pid: i32, start: i64) -> String {
+    format!("{pid}:{start}")
+}
+
+/// Reaps the supervisor's children: the CLI, and the orphans a child subreaper adopts (which
+/// would otherwise stay zombies for as long as the supervisor lives).
+enum Reaper {
+    /// A thread blocked in `waitpid(-1)` sends the CLI's status the moment it exits.
+    Thread(std::sync::mpsc::Receiver<std::process::ExitStatus>),
+    /// No thread could be started: reap without blocking on each tick instead.
+    Poll { cli: i32 },
+}
+
+impl Reaper {
+    fn start(cli: i32) -> Reaper {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || loop {
+                match reap_one(0) {
+                    Reaped::Child(pid, status) if pid == cli => {
+                        let _ = tx.send(status);
+                    }
+                    Reaped::Child(..) | Reaped::Interrupted => {}
+                    // Nothing to wait for (the CLI is reaped and no orphan is left, until one is
+                    // adopted): wait a little rather than spin.
+                    Reaped::NoChild | Reaped::Nothing => std::thread::sleep(TICK),
+                }
+            });
+        match spawned {
+            Ok(_) => Reaper::Thread(rx),
+            Err(e) => {
+                say(format_args!(
+                    "cannot start the reaper thread ({e}); polling instead"
+                ));
+                Reaper::Poll { cli }
+            }
+        }
+    }
+
+    /// The CLI's exit status if it exits within `timeout`; `None` once it has been returned.
+    fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        match self {
+            Reaper::Thread(rx) => match rx.recv_timeout(timeout) {
+                Ok(status) => Some(status),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                // The thread cannot end, but if it somehow did, never spin.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(timeout);
+                    None
+                }
+            },
+            Reaper::Poll { cli } => {
+                loop {
+                    match reap_one(libc::WNOHANG) {
+                        Reaped::Child(pid, status) if pid == *cli => return Some(status),
+                        Reaped::Child(..) | Reaped::Interrupted => {}
+                        Reaped::NoChild | Reaped::Nothing => break,
+                    }
+                }
+                std::thread::sleep(timeout);
+                None
+            }
+        }
+    }
+}
+
+/// What one `waitpid(-1)` gave.
+enum Reaped {
+    Child(i32, std::process::ExitStatus),
+    /// A signal (a heartbeat) interrupted the wait.
+    Interrupted,
+    /// No child at all.
+    NoChild,
+    /// `WNOHANG` and no child has exited.
+    Nothing,
+}
+
+fn reap_one(flags: libc::c_int) -> Reaped {
+    use std::os::unix::process::ExitStatusExt;
+    let mut raw = 0;
+    // SAFETY: waitpid writes the status into a local integer.
+    let pid = unsafe { libc::waitpid(-1, &mut raw, flags) };
+    if pid > 0 {
+        return Reaped::Child(pid, std::process::ExitStatus::from_raw(raw));
+    }
+    if pid == 0 {
+        return Reaped::Nothing;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EINTR) => Reaped::Interrupted,
+        _ => Reaped::NoChild,
+    }
+}
+
+/// SIGTERM to our own group (the CLI, its tools, and this supervisor, which ignores it) and to
+/// every descendant that left it, a grace, then SIGKILL to all of them and to the group, which
+/// ends the supervisor too.
+fn kill_own_group(reaper: &mut Reaper, group: i32, grace: Duration) -> ! {
+    let me = std::process::id() as i32;
     let _ = signal::killpg(Pid::from_raw(group), Signal::SIGTERM);
+    signal_each(&procfs::group_and_descendants(group, me), Signal::SIGTERM);
     let until = Instant::now() + grace;
+    let mut cli_done = false;
     while Instant::now() < until {
-        if matches!(child.try_wait(), Ok(Some(_))) && !others_alive(group) {
+        if cli_done {
+            std::thread::sleep(Duration::from_millis(10));
+        } else {
+            cli_done = reaper.wait(Duration::from_millis(10)).is_some();
+        }
+        if cli_done && procfs::group_and_descendants(group, me).is_empty() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
+    // Those outside the group first: the group's SIGKILL ends this supervisor, and with it the
+    // only process that can find them.
+    kill_descendants(group, me);
     let _ = signal::killpg(Pid::from_raw(group), Signal::SIGKILL);
     std::process::exit(137)
 }
 
-/// After the CLI exited: SIGTERM to what is left of the group, up to `grace` (cut short when the
-/// broker goes away), then SIGKILL to each remaining member by pid (a SIGKILL to the group would
-/// end this supervisor before it could report the CLI's status), until none is left.
+fn signal_each(pids: &[i32], sig: Signal) {
+    for &pid in pids {
+        let _ = signal::kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// SIGKILL to every live member of the group and descendant of `me` (but `me`), again until
+/// none is left (one may fork while the others die), for at most two seconds.
+fn kill_descendants(group: i32, me: i32) {
+    let hard = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = procfs::group_and_descendants(group, me);
+        if left.is_empty() || Instant::now() >= hard {
+            return;
+        }
+        signal_each(&left, Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// After the CLI exited: SIGTERM to what is left of the group and of our descendants, up to
+/// `grace` (cut short when the broker goes away), then SIGKILL to each remaining one by pid (a
+/// SIGKILL to the group would end this supervisor before it could report the CLI's status),
+/// until none is left.
 fn end_leftovers(group: i32, grace: Duration, opts: &Options) {
-    if !others_alive(group) {
+    let me = std::process::id() as i32;
+    let left = procfs::group_and_descendants(group, me);
+    if left.is_empty() {
         return;
     }
     let _ = signal::killpg(Pid::from_raw(group), Signal::SIGTERM);
+    signal_each(&left, Signal::SIGTERM);
     let until = Instant::now() + grace;
-    while others_alive(group) && Instant::now() < until {
+    while !procfs::group_and_descendants(group, me).is_empty() && Instant::now() < until {
         if opts.lifeline.is_some_and(lifeline_closed) || parent_gone(opts.parent) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let me = std::process::id() as i32;
-    let hard = Instant::now() + Duration::from_secs(2);
-    while others_alive(group) && Instant::now() < hard {
-        for pid in procfs::group_members(group) {
-            if pid != me {
-                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Whether the group has live members besides this supervisor.
-fn others_alive(group: i32) -> bool {
-    let me = std::process::id() as i32;
-    procfs::group_members(group)
-        .into_iter()
-        .any(|p| p != me && procfs::is_live(p))
+    kill_descendants(group, me);
 }
 
 /// Ends the supervisor the way the CLI ended: same exit code, or the same signal.
@@ -479,16 +625,71 @@ pub fn prepare_run_dir(run_dir: &Path) -> std::io::Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Leftover {
-    /// The process group the claim named.
+    /// The process group the claim named, or the pid of a marked orphan.
     pub pgid: i32,
     /// Whether a live process of it was killed.
     pub killed: bool,
+    /// A process found by its [`MARK_VAR`] (its supervisor gone), not by a claim.
+    pub orphan: bool,
+}
+
+/// Kills every process that carries [`MARK_VAR`] naming a supervisor that is no longer alive
+/// (gone, a zombie, or its pid now someone else's), and returns their pids. Such a process can
+/// only be something a CLI started that outlived a supervisor killed with SIGKILL: a live
+/// supervisor ends its descendants itself. Processes of other users, whose environment we may
+/// not read, are never touched, nor is this process.
+///
+/// Passes repeat until one finds nothing (a marked process may fork while its siblings die),
+/// for at most two seconds. Blocking: one read of `/proc/<pid>/environ` per process.
+pub fn kill_orphans() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut killed = Vec::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let found = marked_orphans(me);
+        if found.is_empty() || Instant::now() >= until {
+            return killed;
+        }
+        for pid in found {
+            if signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() && !killed.contains(&pid) {
+                killed.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The live processes whose [`MARK_VAR`] names a supervisor that is not alive.
+fn marked_orphans(me: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            let Some(value) = procfs::env_var(pid, MARK_VAR) else {
+                return false;
+            };
+            let Some((sup, start)) = parse_mark(&value) else {
+                return false;
+            };
+            let supervisor_alive = procfs::is_live(sup) && procfs::is_same_process(sup, start);
+            !supervisor_alive && sup != pid && procfs::is_live(pid)
+        })
+        .collect()
+}
+
+fn parse_mark(value: &str) -> Option<(i32, i64)> {
+    let (pid, start) = value.split_once(':')?;
+    Some((pid.parse().ok()?, start.parse().ok()?))
 }
 
 /// Reads the claim files in `run_dir` whose broker is gone, kills what is left of their groups
 /// ([`procfs::kill_recorded_group`]'s rule), waits until those groups are empty (at most a few
 /// seconds), and removes the claims. Claims of a broker that is still alive (another broker
-/// sharing the directory) are left alone.
+/// sharing the directory) are left alone. Then kills the marked processes whose supervisor is
+/// gone ([`kill_orphans`]).
 pub fn reap_leftovers(run_dir: &Path) -> Vec<Leftover> {
     let Ok(dir) = std::fs::read_dir(run_dir) else {
         return Vec::new();
@@ -518,8 +719,19 @@ pub fn reap_leftovers(run_dir: &Path) -> Vec<Leftover> {
         let killed = procfs::kill_recorded_group(pgid, start);
         wait_group_gone(pgid, Duration::from_secs(5));
         let _ = std::fs::remove_file(&path);
-        found.push(Leftover { pgid, killed });
+        found.push(Leftover {
+            pgid,
+            killed,
+            orphan: false,
+        });
     }
+    // What escaped the groups (a daemonized helper of a CLI whose supervisor was killed with
+    // SIGKILL) is found by its mark; this covers tmux panes too, which write no claims.
+    found.extend(kill_orphans().into_iter().map(|pid| Leftover {
+        pgid: pid,
+        killed: true,
+        orphan: true,
+    }));
     found
 }
 
@@ -578,6 +790,13 @@ mod tests {
         assert!(parse_options(SUPERVISE_FLAG, &s(&["--bogus", "--", "a"])).is_none());
         assert!(parse_options(SUPERVISE_FLAG, &s(&["--"])).is_none());
         assert!(parse_options(GUARD_FLAG, &s(&["0", "--", "a"])).is_none());
+    }
+
+    #[test]
+    fn marks_round_trip() {
+        assert_eq!(parse_mark(&mark(12, 345)), Some((12, 345)));
+        assert_eq!(parse_mark("12"), None);
+        assert_eq!(parse_mark("x:1"), None);
     }
 
     #[test]

@@ -47,12 +47,21 @@ async fn reap_claims(b: &Broker) {
             .await
             .unwrap_or_default();
     for l in leftovers.iter().filter(|l| l.killed) {
-        tracing::warn!(
-            pgid = l.pgid,
-            "killed a CLI group left over by a previous broker"
-        );
+        let source = if l.orphan {
+            tracing::warn!(
+                pid = l.pgid,
+                "killed a process that a CLI started and that outlived its supervisor"
+            );
+            "mark"
+        } else {
+            tracing::warn!(
+                pgid = l.pgid,
+                "killed a CLI group left over by a previous broker"
+            );
+            "claim"
+        };
         let mut e = event("PROCESS_ORPHAN_KILLED", None, None);
-        e.metadata = json!({"pid": l.pgid, "source": "claim"});
+        e.metadata = json!({"pid": l.pgid, "source": source});
         b.inner.events.emit(e);
     }
 }

@@ -7,6 +7,7 @@ mod alert_routing;
 mod bad_input;
 mod cluster;
 mod crash_safety;
+mod daemons;
 mod deploy;
 mod docs;
 mod environment;

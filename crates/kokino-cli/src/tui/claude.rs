@@ -5,6 +5,11 @@
 //! `captures/claude/claude-interactive-transcript.jsonl`) and ends each turn with a
 //! `{"type":"system","subtype":"turn_duration"}` entry. That entry is the CLI's own statement
 //! that the turn is over; the answer is the assistant text in the same file.
+//!
+//! The entries are not always in the order they happened: on the first prompt of a new session
+//! Claude Code 2.1 writes the answer and `turn_duration` *before* the prompt's own `user` entry
+//! (`captures/claude/claude-interactive-first-turn.jsonl`). So entries that arrive before the
+//! prompt are kept, and those dated no earlier than the prompt count once it arrives.
 
 use std::path::{Path, PathBuf};
 
@@ -175,6 +180,9 @@ pub fn transcript_path(home: &Path, cwd: &Path, session_id: &str) -> PathBuf {
 pub struct ClaudeTranscript {
     /// Our prompt's `user` entry was seen.
     seen_prompt: bool,
+    /// Assistant and `turn_duration` entries read before the prompt's entry, at most
+    /// [`EARLY_ENTRIES`]: they are this turn's if dated no earlier than the prompt.
+    early: Vec<serde_json::Map<String, Value>>,
     /// The `turn_duration` entry was seen after it.
     done: bool,
     /// The message id and text blocks of the latest assistant message with text.
@@ -230,6 +238,51 @@ impl ClaudeTranscript {
     }
 }
 
+/// How many entries before the prompt's are kept: a first turn writes two or three (its answer,
+/// perhaps a tool call, `turn_duration`); the bound only keeps a surprise from growing memory.
+const EARLY_ENTRIES: usize = 64;
+
+/// An entry's `timestamp` (ISO 8601 in UTC with milliseconds, as JavaScript's `toISOString`
+/// writes it, so that two of them compare as strings).
+fn timestamp(v: &serde_json::Map<String, Value>) -> Option<&str> {
+    v.get("timestamp").and_then(Value::as_str)
+}
+
+fn is_turn_duration(v: &serde_json::Map<String, Value>) -> bool {
+    v.get("type").and_then(Value::as_str) == Some("system")
+        && v.get("subtype").and_then(Value::as_str) == Some("turn_duration")
+}
+
+impl ClaudeTranscript {
+    /// An entry that counts for this turn: the answer's text and tool calls, or its end.
+    fn turn_entry(&mut self, v: &serde_json::Map<String, Value>, out: &mut Vec<StreamEvent>) {
+        if is_turn_duration(v) {
+            self.done = true;
+            out.push(StreamEvent::Final);
+        } else {
+            self.assistant(v, out);
+        }
+    }
+
+    /// The prompt's entry arrived: the entries written before it that are dated no earlier
+    /// count, in the order they were written. The follower reads only what was written after
+    /// the paste, so an undated entry is this turn's too; a dated earlier one is a previous
+    /// turn's that the CLI wrote late, and must not end this one.
+    fn prompt_arrived(&mut self, v: &serde_json::Map<String, Value>, out: &mut Vec<StreamEvent>) {
+        self.seen_prompt = true;
+        let prompt_at = timestamp(v).map(str::to_owned);
+        for entry in std::mem::take(&mut self.early) {
+            let ours = match (timestamp(&entry), prompt_at.as_deref()) {
+                (Some(at), Some(prompt)) => at >= prompt,
+                _ => true,
+            };
+            if ours {
+                self.turn_entry(&entry, out);
+            }
+        }
+    }
+}
+
 impl TranscriptParser for ClaudeTranscript {
     fn feed_line(&mut self, line: &str, out: &mut Vec<StreamEvent>) {
         if line.trim().is_empty() {
@@ -243,28 +296,24 @@ impl TranscriptParser for ClaudeTranscript {
             });
             return;
         };
-        match v.get("type").and_then(Value::as_str).unwrap_or("") {
-            "user" if !self.seen_prompt => {
-                // The typed prompt is a user entry whose content is a plain string; tool results
-                // and interruption notes are arrays, and meta entries are flagged.
-                let typed = v
-                    .get("message")
-                    .and_then(|m| m.get("content"))
-                    .is_some_and(Value::is_string);
-                let meta = v.get("isMeta").and_then(Value::as_bool).unwrap_or(false);
-                if typed && !meta {
-                    self.seen_prompt = true;
-                }
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind == "user" {
+            // The typed prompt is a user entry whose content is a plain string; tool results
+            // and interruption notes are arrays, and meta entries are flagged.
+            let typed = v
+                .get("message")
+                .and_then(|m| m.get("content"))
+                .is_some_and(Value::is_string);
+            let meta = v.get("isMeta").and_then(Value::as_bool).unwrap_or(false);
+            if typed && !meta && !self.seen_prompt {
+                self.prompt_arrived(&v, out);
             }
-            "assistant" if self.seen_prompt => self.assistant(&v, out),
-            "system"
-                if self.seen_prompt
-                    && v.get("subtype").and_then(Value::as_str) == Some("turn_duration") =>
-            {
-                self.done = true;
-                out.push(StreamEvent::Final);
+        } else if kind == "assistant" || is_turn_duration(&v) {
+            if self.seen_prompt {
+                self.turn_entry(&v, out);
+            } else if self.early.len() < EARLY_ENTRIES {
+                self.early.push(v);
             }
-            _ => {}
         }
     }
 

@@ -62,9 +62,13 @@ pub(crate) fn zombie_exit(pid: i32) -> Option<(Option<i32>, Option<i32>)> {
 }
 
 /// SIGTERM, `grace`, SIGKILL to the pane's whole group (the shared escalation; the pane process
-/// is tmux's child, so there is no leader of ours to reap).
+/// is tmux's child, so there is no leader of ours to reap). A pane whose group is already empty
+/// may still have left a daemonized helper behind, if its supervisor was killed with the CLI:
+/// that is swept either way.
 pub(crate) async fn terminate_group(pgid: i32, grace: Duration) {
     if crate::group::group_alive(pgid) {
         crate::group::terminate_group(pgid, None, grace).await;
+    } else {
+        crate::group::sweep_orphans().await;
     }
 }
