@@ -336,8 +336,13 @@ fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
         None => None,
     };
     let claim = cmd.supervisor.as_ref().and_then(|s| s.new_claim_path());
+    let lifeline_fd = lifeline
+        .as_ref()
+        .map(|l| l.inheritable_read_fd())
+        .transpose()
+        .map_err(|e| format!("cannot pass the supervisor its lifeline: {e}"))?;
     let (program, args) = match &cmd.supervisor {
-        Some(s) => s.wrap(&cmd.program, &cmd.args, true, claim.as_deref()),
+        Some(s) => s.wrap(&cmd.program, &cmd.args, lifeline_fd, claim.as_deref()),
         None => (cmd.program.clone(), cmd.args.clone()),
     };
     let mut command = Command::new(&program);
@@ -354,13 +359,6 @@ fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
         .kill_on_drop(true);
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
-    }
-    if let Some(l) = &lifeline {
-        let fd = l.read_fd();
-        // SAFETY: the hook only duplicates a file descriptor (async-signal-safe).
-        unsafe {
-            command.pre_exec(move || crate::supervisor::install_lifeline(fd));
-        }
     }
     let child = command.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {

@@ -44,6 +44,21 @@ fn all_stats() -> Vec<(i32, String)> {
         .collect()
 }
 
+/// Whether `pid` has any child (live or not yet reaped), over all its threads. A few small
+/// reads instead of a scan of every process: for a child subreaper with no child, no
+/// descendant of it can be alive anywhere, since orphans are re-parented to it.
+pub fn has_children(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        // Unreadable: answer as if there were children, so the caller takes the thorough path.
+        return true;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("children"))
+            .map(|c| !c.trim().is_empty())
+            .unwrap_or(true)
+    })
+}
+
 /// Pids of the live processes that are in the group `pgid` or descend from `root` (children,
 /// their children, and so on, through any group or session), `root` itself excluded. One pass
 /// over `/proc`.

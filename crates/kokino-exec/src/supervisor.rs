@@ -7,8 +7,9 @@
 //! before its lease passes to another broker. So each CLI runs as the child of a supervisor, in
 //! the supervisor's process group, and the supervisor kills that whole group when
 //!
-//! * its **lifeline** closes: the broker holds the write end of a pipe whose read end is the
-//!   supervisor's fd 3; the kernel closes it when the broker dies, however it dies;
+//! * its **lifeline** closes: the broker holds the write end of a pipe whose read end the
+//!   supervisor inherits (`--lifeline-fd`); the kernel closes it when the broker dies, however
+//!   it dies;
 //! * its **parent** is gone: for tmux panes, whose programs are started by the tmux server and
 //!   cannot inherit a pipe, the supervisor watches the broker's pid and start time instead;
 //! * no **heartbeat** (SIGUSR1 from the broker) arrived within its deadline (cluster mode: the
@@ -33,8 +34,10 @@
 //! live descendant of its own as well as its group, and reaps the orphans it adopted. For the
 //! one case the supervisor cannot cover, its own death by SIGKILL, the CLI's environment
 //! carries [`MARK_VAR`] naming the supervisor (pid and start time), which every descendant
-//! inherits; [`kill_orphans`] kills the marked processes whose supervisor is gone (the
-//! executors after each forced stop, [`reap_leftovers`] at start-up).
+//! inherits, together with the run directory of the broker that started it; the marked
+//! processes whose supervisor is gone are killed by [`kill_orphans_of`] (the executors, after
+//! each forced stop, for the supervisor they stopped) and [`kill_orphans`] ([`reap_leftovers`]
+//! at start-up, for this broker's run directory only).
 //!
 //! The CLI's exit is noticed the moment it happens: a thread blocked in `waitpid` reaps every
 //! child (the CLI and adopted orphans alike) and hands the CLI's status to the main loop, which
@@ -44,7 +47,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, SigHandler, Signal};
@@ -59,9 +62,6 @@ pub const SUPERVISE_FLAG: &str = "--kokino-supervise";
 /// The older spelling, `--kokino-lease-guard <deadline_ms> -- <program> <args…>`: a supervisor
 /// with only a heartbeat deadline. Still accepted.
 pub const GUARD_FLAG: &str = "--kokino-lease-guard";
-
-/// The file descriptor on which the supervisor finds the read end of its lifeline.
-pub const LIFELINE_FD: RawFd = 3;
 
 /// The variable the supervisor adds to its CLI's environment: `<supervisor pid>:<its start
 /// time>`. Every process the CLI starts inherits it (unless it clears its environment), so a
@@ -113,19 +113,20 @@ impl SupervisorSpec {
         self
     }
 
-    /// The command line that runs `program args…` under this supervisor. `lifeline` says
-    /// whether the caller passes a lifeline on fd 3 (headless runs) or the supervisor must watch
-    /// this process instead (tmux panes); `claim` names the claim file, if any.
+    /// The command line that runs `program args…` under this supervisor. `lifeline` is the
+    /// descriptor on which the supervisor inherits the read end of its lifeline (headless runs,
+    /// see [`Lifeline::inheritable_read_fd`]); without one the supervisor watches this process
+    /// instead (tmux panes). `claim` names the claim file, if any.
     pub fn wrap(
         &self,
         program: &Path,
         args: &[String],
-        lifeline: bool,
+        lifeline: Option<RawFd>,
         claim: Option<&Path>,
     ) -> (PathBuf, Vec<String>) {
         let mut out = vec![SUPERVISE_FLAG.to_owned()];
-        if lifeline {
-            out.extend(["--lifeline-fd".to_owned(), LIFELINE_FD.to_string()]);
+        if let Some(fd) = lifeline {
+            out.extend(["--lifeline-fd".to_owned(), fd.to_string()]);
         } else {
             let me = std::process::id() as i32;
             let start = procfs::start_time(me).unwrap_or(0);
@@ -137,6 +138,9 @@ impl SupervisorSpec {
         out.extend(["--grace-ms".to_owned(), self.grace.as_millis().to_string()]);
         if let Some(claim) = claim {
             out.extend(["--claim".to_owned(), claim.display().to_string()]);
+        }
+        if let Some(dir) = &self.run_dir {
+            out.extend(["--scope".to_owned(), dir.display().to_string()]);
         }
         out.push("--".to_owned());
         out.push(program.display().to_string());
@@ -156,15 +160,15 @@ impl SupervisorSpec {
 /// A lifeline: the broker's end stays open for as long as the run is supervised.
 #[derive(Debug)]
 pub struct Lifeline {
-    /// The read end, for the child (moved to fd 3 between fork and exec).
+    /// The read end, for the supervisor (made inheritable just before it is started).
     pub(crate) read: OwnedFd,
     /// The write end; dropping it tells the supervisor the run is over.
     pub(crate) _write: OwnedFd,
 }
 
 impl Lifeline {
-    /// Both ends close on exec, so no other child of the broker inherits either; the read end is
-    /// duplicated onto fd 3 (which clears the flag) only in the supervisor's own fork.
+    /// Both ends are created close-on-exec; the write end stays so for its whole life, so no
+    /// child of the broker ever holds it (see [`Lifeline::inheritable_read_fd`]).
     pub fn new() -> std::io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         Ok(Lifeline {
@@ -173,31 +177,27 @@ impl Lifeline {
         })
     }
 
-    /// The raw read end, for the pre-exec hook.
-    pub(crate) fn read_fd(&self) -> RawFd {
-        self.read.as_raw_fd()
+    /// Makes the read end inheritable and returns its number, for the supervisor's
+    /// `--lifeline-fd`. No hook runs between fork and exec, so the broker can start the
+    /// supervisor with `posix_spawn` (no copy of the broker's page tables per execution).
+    ///
+    /// Until the spawn has happened and this `Lifeline` is turned into its write end, a child
+    /// another thread starts meanwhile may inherit this read end too. That is harmless: only
+    /// write ends keep a pipe open, and the write end is never inheritable; a supervisor marks
+    /// every descriptor it inherited beyond its own lifeline close-on-exec, so no CLI keeps one.
+    pub(crate) fn inheritable_read_fd(&self) -> std::io::Result<RawFd> {
+        let fd = self.read.as_raw_fd();
+        // SAFETY: clears the close-on-exec flag of a descriptor we own.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
     }
 
     /// Closes our copy of the read end once the supervisor has its own, keeping the write end.
     pub(crate) fn into_write_end(self) -> OwnedFd {
         self._write
     }
-}
-
-/// Between fork and exec of the supervisor: puts the lifeline's read end on fd 3 without the
-/// close-on-exec flag. Only async-signal-safe calls.
-pub(crate) fn install_lifeline(read: RawFd) -> std::io::Result<()> {
-    // SAFETY: dup2 and fcntl are async-signal-safe and touch only file descriptors.
-    unsafe {
-        if read == LIFELINE_FD {
-            if libc::fcntl(read, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        } else if libc::dup2(read, LIFELINE_FD) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Tells the supervisor leading process group `pid` that the broker is alive.
@@ -219,6 +219,8 @@ struct Options {
     heartbeat: Option<Duration>,
     grace: Option<Duration>,
     claim: Option<PathBuf>,
+    /// The broker's run directory, written into the CLI's [`MARK_VAR`].
+    scope: Option<String>,
     program: Vec<String>,
 }
 
@@ -247,6 +249,7 @@ fn parse_options(flag: &str, args: &[String]) -> Option<Options> {
                 o.heartbeat = Some(Duration::from_millis(ms));
             }
             "--claim" => o.claim = Some(PathBuf::from(it.next()?)),
+            "--scope" => o.scope = Some(it.next()?.clone()),
             "--grace-ms" => o.grace = Some(Duration::from_millis(it.next()?.parse().ok()?)),
             "--" => {
                 o.program = it.cloned().collect();
@@ -291,7 +294,7 @@ fn parent_gone(parent: Option<(i32, i64)>) -> bool {
 pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
     let Some(opts) = parse_options(flag, args) else {
         say(format_args!(
-            "usage: {SUPERVISE_FLAG} [--lifeline-fd N] [--parent PID:START] [--heartbeat-ms MS] [--claim PATH] -- <program> [args…]  |  {GUARD_FLAG} <deadline_ms> -- <program> [args…]"
+            "usage: {SUPERVISE_FLAG} [--lifeline-fd N] [--parent PID:START] [--heartbeat-ms MS] [--claim PATH] [--scope DIR] -- <program> [args…]  |  {GUARD_FLAG} <deadline_ms> -- <program> [args…]"
         ));
         std::process::exit(2)
     };
@@ -308,10 +311,22 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
             let _ = signal::signal(s, SigHandler::SigIgn);
         }
     }
-    if let Some(fd) = opts.lifeline {
-        // The CLI must not hold the lifeline: only the broker's death may close it.
-        // SAFETY: sets a flag on a descriptor we own.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Nothing we inherited beyond stdin, stdout and stderr goes on to the CLI: not our
+    // lifeline (only the broker's death may close it), nor a lifeline of another execution that
+    // a concurrent spawn let us inherit.
+    // SAFETY: sets the close-on-exec flag of descriptors; touches no memory.
+    unsafe {
+        if libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        ) != 0
+        {
+            // A kernel before 5.11: at least our own lifeline.
+            if let Some(fd) = opts.lifeline {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
     }
     let group = nix::unistd::getpgrp().as_raw();
     if let Some(claim) = &opts.claim {
@@ -338,11 +353,20 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
             "cannot become a child subreaper: {}",
             std::io::Error::last_os_error()
         ));
+    } else {
+        SUBREAPER.store(true, Ordering::Relaxed);
     }
     let me = std::process::id() as i32;
     let mut cmd = Command::new(&opts.program[0]);
     cmd.args(&opts.program[1..]);
-    cmd.env(MARK_VAR, mark(me, procfs::start_time(me).unwrap_or(0)));
+    cmd.env(
+        MARK_VAR,
+        mark(
+            me,
+            procfs::start_time(me).unwrap_or(0),
+            opts.scope.as_deref(),
+        ),
+    );
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -413,9 +437,20 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
     }
 }
 
-/// `<pid>:<start time>`, the value of [`MARK_VAR`].
-fn mark(pid: i32, start: i64) -> String {
-    format!("{pid}:{start}")
+/// Whether this supervisor became a child subreaper.
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
+fn subreaper() -> bool {
+    SUBREAPER.load(Ordering::Relaxed)
+}
+
+/// `<pid>:<start time>[:<scope>]`, the value of [`MARK_VAR`]; the scope is the run directory of
+/// the broker that started the supervisor (`--scope`), so that each broker sweeps only its own.
+fn mark(pid: i32, start: i64, scope: Option<&str>) -> String {
+    match scope {
+        Some(scope) => format!("{pid}:{start}:{scope}"),
+        None => format!("{pid}:{start}"),
+    }
 }
 
 /// Reaps the supervisor's children: the CLI, and the orphans a child subreaper adopts (which
@@ -562,6 +597,13 @@ fn kill_descendants(group: i32, me: i32) {
 /// until none is left.
 fn end_leftovers(group: i32, grace: Duration, opts: &Options) {
     let me = std::process::id() as i32;
+    // The common case, a CLI that left nothing behind, costs a few small reads: as a child
+    // subreaper with no child left, nothing of the CLI's can be alive (orphans come to us).
+    // Only when something is left is every process scanned (a few milliseconds of CPU on a busy
+    // host, once per execution otherwise).
+    if subreaper() && !procfs::has_children(me) {
+        return;
+    }
     let left = procfs::group_and_descendants(group, me);
     if left.is_empty() {
         return;
@@ -641,12 +683,28 @@ pub struct Leftover {
 ///
 /// Passes repeat until one finds nothing (a marked process may fork while its siblings die),
 /// for at most two seconds. Blocking: one read of `/proc/<pid>/environ` per process.
-pub fn kill_orphans() -> Vec<i32> {
+///
+/// Only the marks of supervisors started for `run_dir` (a broker's run directory) are
+/// considered: another broker on the same machine keeps its own orphans to itself, and reports
+/// them itself.
+pub fn kill_orphans(run_dir: &Path) -> Vec<i32> {
+    let scope = run_dir.display().to_string();
+    kill_marked(|_, s| s == Some(scope.as_str()))
+}
+
+/// [`kill_orphans`] for the descendants of one supervisor (its pid), after it was killed.
+pub fn kill_orphans_of(supervisor: i32) -> Vec<i32> {
+    kill_marked(|sup, _| sup == supervisor)
+}
+
+/// Kills the marked processes whose supervisor is gone and whose mark `wanted(supervisor pid,
+/// scope)` accepts, repeating as [`kill_orphans`] says.
+fn kill_marked(wanted: impl Fn(i32, Option<&str>) -> bool) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
     let until = Instant::now() + Duration::from_secs(2);
     loop {
-        let found = marked_orphans(me);
+        let found = marked_orphans(me, &wanted);
         if found.is_empty() || Instant::now() >= until {
             return killed;
         }
@@ -660,7 +718,7 @@ pub fn kill_orphans() -> Vec<i32> {
 }
 
 /// The live processes whose [`MARK_VAR`] names a supervisor that is not alive.
-fn marked_orphans(me: i32) -> Vec<i32> {
+fn marked_orphans(me: i32, wanted: &impl Fn(i32, Option<&str>) -> bool) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -671,18 +729,24 @@ fn marked_orphans(me: i32) -> Vec<i32> {
             let Some(value) = procfs::env_var(pid, MARK_VAR) else {
                 return false;
             };
-            let Some((sup, start)) = parse_mark(&value) else {
+            let Some((sup, start, scope)) = parse_mark(&value) else {
                 return false;
             };
+            if !wanted(sup, scope) {
+                return false;
+            }
             let supervisor_alive = procfs::is_live(sup) && procfs::is_same_process(sup, start);
             !supervisor_alive && sup != pid && procfs::is_live(pid)
         })
         .collect()
 }
 
-fn parse_mark(value: &str) -> Option<(i32, i64)> {
-    let (pid, start) = value.split_once(':')?;
-    Some((pid.parse().ok()?, start.parse().ok()?))
+/// `(supervisor pid, its start time, its scope)` from a [`MARK_VAR`] value.
+fn parse_mark(value: &str) -> Option<(i32, i64, Option<&str>)> {
+    let mut parts = value.splitn(3, ':');
+    let pid = parts.next()?.parse().ok()?;
+    let start = parts.next()?.parse().ok()?;
+    Some((pid, start, parts.next()))
 }
 
 /// Reads the claim files in `run_dir` whose broker is gone, kills what is left of their groups
@@ -727,7 +791,7 @@ pub fn reap_leftovers(run_dir: &Path) -> Vec<Leftover> {
     }
     // What escaped the groups (a daemonized helper of a CLI whose supervisor was killed with
     // SIGKILL) is found by its mark; this covers tmux panes too, which write no claims.
-    found.extend(kill_orphans().into_iter().map(|pid| Leftover {
+    found.extend(kill_orphans(run_dir).into_iter().map(|pid| Leftover {
         pgid: pid,
         killed: true,
         orphan: true,
@@ -794,7 +858,11 @@ mod tests {
 
     #[test]
     fn marks_round_trip() {
-        assert_eq!(parse_mark(&mark(12, 345)), Some((12, 345)));
+        assert_eq!(parse_mark(&mark(12, 345, None)), Some((12, 345, None)));
+        assert_eq!(
+            parse_mark(&mark(12, 345, Some("/data/run:x"))),
+            Some((12, 345, Some("/data/run:x")))
+        );
         assert_eq!(parse_mark("12"), None);
         assert_eq!(parse_mark("x:1"), None);
     }

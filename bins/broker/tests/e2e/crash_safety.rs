@@ -82,6 +82,12 @@ async fn recovery_kills_a_group_whose_leader_is_gone() {
     }
     let leader = leader.expect("the execution's process is listed");
     // Leader first, then the broker before the rest of the group can notice anything.
+    // The broker is stopped first, so that it cannot notice the supervisor's death and end
+    // the group itself: the scenario is both dying at the same instant.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.pid()),
+        nix::sys::signal::Signal::SIGSTOP,
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(leader),
         nix::sys::signal::Signal::SIGKILL,
@@ -107,9 +113,14 @@ async fn recovery_kills_a_group_whose_leader_is_gone() {
         );
     }
     assert!(clean, "recovery left the group's members alive: {left:?}");
-    assert!(!events(&b2, "type=PROCESS_ORPHAN_KILLED", 1)
-        .await
-        .is_empty());
+    let (_, all) = b2.get("/api/metrics/events?limit=50").await;
+    assert!(
+        !events(&b2, "type=PROCESS_ORPHAN_KILLED", 1)
+            .await
+            .is_empty(),
+        "no PROCESS_ORPHAN_KILLED event; events: {all}\nlog: {}",
+        b2.log_text()
+    );
     let (status, v) = b2.get("/agents/processes/status").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v.as_array().map(Vec::len), Some(0), "{v}");

@@ -107,6 +107,12 @@ async fn recovery_kills_a_daemon_whose_supervisor_was_killed() {
     let leader = v[0]["pid"]
         .as_i64()
         .expect("the execution's process is listed") as i32;
+    // The broker is stopped first, so that it cannot notice the supervisor's death and end
+    // the group itself: the scenario is both dying at the same instant.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.pid()),
+        nix::sys::signal::Signal::SIGSTOP,
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(leader),
         nix::sys::signal::Signal::SIGKILL,
@@ -121,7 +127,9 @@ async fn recovery_kills_a_daemon_whose_supervisor_was_killed() {
     );
     let b2 = w.start();
     assert_none_left(&w, &b2, Duration::from_secs(5), "after the restart").await;
-    let killed = events(&b2, "type=PROCESS_ORPHAN_KILLED", 1).await;
+    // Two at least: the CLI's group (found by its claim) and the daemon (found by its mark),
+    // which may be written in separate batches.
+    let killed = events(&b2, "type=PROCESS_ORPHAN_KILLED", 2).await;
     assert!(
         killed.iter().any(|e| e["metadata"]["source"] == "mark"),
         "{killed:?}"

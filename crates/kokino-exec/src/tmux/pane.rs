@@ -93,7 +93,7 @@ impl TmuxExecutor {
         let argv: Vec<String> = if let Some(sup) = &self.supervisor {
             // The supervisor execs nothing through a shell, so a path with spaces is safe, and
             // the pane pid is the supervisor's, which leads the group the CLI runs in.
-            let (prog, args) = sup.wrap(&req.program, &req.args, false, None);
+            let (prog, args) = sup.wrap(&req.program, &req.args, None, None);
             std::iter::once(prog.to_string_lossy().into_owned())
                 .chain(args)
                 .collect()
