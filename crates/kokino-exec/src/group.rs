@@ -68,16 +68,16 @@ pub(crate) async fn terminate_group(
         }
         sleep(Duration::from_millis(20)).await;
     }
-    sweep_orphans().await;
+    sweep_orphans(pgid).await;
     status
 }
 
-/// Kills what a supervised CLI started outside its group when the supervisor did not live to
-/// do it ([`crate::supervisor::kill_orphans`]): the SIGKILL above ends a supervisor that was
-/// still ending the CLI's daemonized helpers. Run after every forced stop, which is rare, so
-/// the scan of `/proc` costs the happy path nothing.
-pub(crate) async fn sweep_orphans() {
-    let killed = tokio::task::spawn_blocking(crate::supervisor::kill_orphans)
+/// Kills what a supervised CLI started outside its group when the supervisor (the group's
+/// leader, `pgid`) did not live to do it ([`crate::supervisor::kill_orphans_of`]): the SIGKILL
+/// above ends a supervisor that was still ending the CLI's daemonized helpers. Run after every
+/// forced stop, which is rare, so the scan of `/proc` costs the happy path nothing.
+pub(crate) async fn sweep_orphans(pgid: i32) {
+    let killed = tokio::task::spawn_blocking(move || crate::supervisor::kill_orphans_of(pgid))
         .await
         .unwrap_or_default();
     if !killed.is_empty() {

@@ -32,9 +32,11 @@
 //! supervisor instead of init, and when the CLI ends (or is stopped) the supervisor ends every
 //! live descendant of its own as well as its group, and reaps the orphans it adopted. For the
 //! one case the supervisor cannot cover, its own death by SIGKILL, the CLI's environment
-//! carries [`MARK_VAR`] naming the supervisor (pid and start time), which every descendant
-//! inherits; [`kill_orphans`] kills the marked processes whose supervisor is gone (the
-//! executors after each forced stop, [`reap_leftovers`] at start-up).
+//! carries [`MARK_VAR`] naming the supervisor (pid and start time) and its broker's run
+//! directory, which every descendant inherits: after a forced stop the executor kills what is
+//! marked with that supervisor ([`kill_orphans_of`]), and at start-up [`reap_leftovers`] kills
+//! what is marked with its run directory and a supervisor that is gone ([`kill_orphans`]). A
+//! broker never touches another broker's processes, nor a live supervisor's.
 //!
 //! The CLI's exit is noticed the moment it happens: a thread blocked in `waitpid` reaps every
 //! child (the CLI and adopted orphans alike) and hands the CLI's status to the main loop, which
@@ -64,8 +66,9 @@ pub const GUARD_FLAG: &str = "--kokino-lease-guard";
 pub const LIFELINE_FD: RawFd = 3;
 
 /// The variable the supervisor adds to its CLI's environment: `<supervisor pid>:<its start
-/// time>`. Every process the CLI starts inherits it (unless it clears its environment), so a
-/// process that escaped the group can still be traced to its supervisor once that is gone.
+/// time>:<the broker's run directory>` (the last part empty without one). Every process the CLI
+/// starts inherits it (unless it clears its environment), so a process that escaped the group can
+/// still be traced to its supervisor, and to its broker, once the supervisor is gone.
 pub const MARK_VAR: &str = "KOKINO_SUPERVISOR";
 
 /// The watchdogs' tick: the deadlines they check are seconds, so this much slack is nothing,
@@ -135,6 +138,12 @@ impl SupervisorSpec {
             out.extend(["--heartbeat-ms".to_owned(), hb.as_millis().to_string()]);
         }
         out.extend(["--grace-ms".to_owned(), self.grace.as_millis().to_string()]);
+        if let Some(dir) = &self.run_dir {
+            // Canonical, so that a broker started with another spelling of the same data
+            // directory still recognises its previous life's marks.
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            out.extend(["--scope".to_owned(), dir.display().to_string()]);
+        }
         if let Some(claim) = claim {
             out.extend(["--claim".to_owned(), claim.display().to_string()]);
         }
@@ -219,6 +228,8 @@ struct Options {
     heartbeat: Option<Duration>,
     grace: Option<Duration>,
     claim: Option<PathBuf>,
+    /// The broker's run directory, for the mark.
+    scope: Option<String>,
     program: Vec<String>,
 }
 
@@ -247,6 +258,7 @@ fn parse_options(flag: &str, args: &[String]) -> Option<Options> {
                 o.heartbeat = Some(Duration::from_millis(ms));
             }
             "--claim" => o.claim = Some(PathBuf::from(it.next()?)),
+            "--scope" => o.scope = Some(it.next()?.clone()),
             "--grace-ms" => o.grace = Some(Duration::from_millis(it.next()?.parse().ok()?)),
             "--" => {
                 o.program = it.cloned().collect();
@@ -342,7 +354,8 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
     let me = std::process::id() as i32;
     let mut cmd = Command::new(&opts.program[0]);
     cmd.args(&opts.program[1..]);
-    cmd.env(MARK_VAR, mark(me, procfs::start_time(me).unwrap_or(0)));
+    let start = procfs::start_time(me).unwrap_or(0);
+    cmd.env(MARK_VAR, mark(me, start, opts.scope.as_deref()));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -413,9 +426,9 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
     }
 }
 
-/// `<pid>:<start time>`, the value of [`MARK_VAR`].
-fn mark(pid: i32, start: i64) -> String {
-    format!("{pid}:{start}")
+/// `<pid>:<start time>:<scope>`, the value of [`MARK_VAR`].
+fn mark(pid: i32, start: i64, scope: Option<&str>) -> String {
+    format!("{pid}:{start}:{}", scope.unwrap_or(""))
 }
 
 /// Reaps the supervisor's children: the CLI, and the orphans a child subreaper adopts (which
@@ -633,20 +646,41 @@ pub struct Leftover {
     pub orphan: bool,
 }
 
-/// Kills every process that carries [`MARK_VAR`] naming a supervisor that is no longer alive
-/// (gone, a zombie, or its pid now someone else's), and returns their pids. Such a process can
-/// only be something a CLI started that outlived a supervisor killed with SIGKILL: a live
-/// supervisor ends its descendants itself. Processes of other users, whose environment we may
-/// not read, are never touched, nor is this process.
+/// Kills every process that carries [`MARK_VAR`] with the run directory `scope` and a
+/// supervisor that is no longer alive (gone, a zombie, or its pid now someone else's), and
+/// returns their pids. Such a process can only be something a CLI started that outlived a
+/// supervisor killed with SIGKILL: a live supervisor ends its descendants itself. Processes of
+/// other users, whose environment we may not read, are never touched, nor is this process.
 ///
-/// Passes repeat until one finds nothing (a marked process may fork while its siblings die),
-/// for at most two seconds. Blocking: one read of `/proc/<pid>/environ` per process.
-pub fn kill_orphans() -> Vec<i32> {
+/// Blocking: one read of `/proc/<pid>/environ` per process, repeated (see [`kill_marked`]).
+pub fn kill_orphans(scope: &Path) -> Vec<i32> {
+    let scope = std::fs::canonicalize(scope)
+        .unwrap_or_else(|_| scope.to_path_buf())
+        .display()
+        .to_string();
+    kill_marked(|sup, s| s == scope && !supervisor_alive(sup))
+}
+
+/// Kills every process marked with the supervisor `pid` once that supervisor is no longer alive:
+/// what its CLI started outside the group when the executor's SIGKILL to the group ended the
+/// supervisor before it could end them. Does nothing while the supervisor lives.
+pub fn kill_orphans_of(pid: i32) -> Vec<i32> {
+    kill_marked(|sup, _| sup.0 == pid && !supervisor_alive(sup))
+}
+
+fn supervisor_alive((pid, start): (i32, i64)) -> bool {
+    procfs::is_live(pid) && procfs::is_same_process(pid, start)
+}
+
+/// SIGKILL to every live process whose mark `(supervisor, scope)` satisfies `chosen`, in passes
+/// until one finds nothing (a marked process may fork while its siblings die), for at most two
+/// seconds. Returns the pids signalled.
+fn kill_marked(chosen: impl Fn((i32, i64), &str) -> bool) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
     let until = Instant::now() + Duration::from_secs(2);
     loop {
-        let found = marked_orphans(me);
+        let found = marked(me, &chosen);
         if found.is_empty() || Instant::now() >= until {
             return killed;
         }
@@ -659,8 +693,8 @@ pub fn kill_orphans() -> Vec<i32> {
     }
 }
 
-/// The live processes whose [`MARK_VAR`] names a supervisor that is not alive.
-fn marked_orphans(me: i32) -> Vec<i32> {
+/// The live processes (but `me`) whose mark satisfies `chosen`.
+fn marked(me: i32, chosen: &impl Fn((i32, i64), &str) -> bool) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -671,18 +705,21 @@ fn marked_orphans(me: i32) -> Vec<i32> {
             let Some(value) = procfs::env_var(pid, MARK_VAR) else {
                 return false;
             };
-            let Some((sup, start)) = parse_mark(&value) else {
+            let Some((sup, start, scope)) = parse_mark(&value) else {
                 return false;
             };
-            let supervisor_alive = procfs::is_live(sup) && procfs::is_same_process(sup, start);
-            !supervisor_alive && sup != pid && procfs::is_live(pid)
+            sup != pid && chosen((sup, start), scope) && procfs::is_live(pid)
         })
         .collect()
 }
 
-fn parse_mark(value: &str) -> Option<(i32, i64)> {
-    let (pid, start) = value.split_once(':')?;
-    Some((pid.parse().ok()?, start.parse().ok()?))
+fn parse_mark(value: &str) -> Option<(i32, i64, &str)> {
+    let mut it = value.splitn(3, ':');
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?,
+    ))
 }
 
 /// Reads the claim files in `run_dir` whose broker is gone, kills what is left of their groups
@@ -727,7 +764,7 @@ pub fn reap_leftovers(run_dir: &Path) -> Vec<Leftover> {
     }
     // What escaped the groups (a daemonized helper of a CLI whose supervisor was killed with
     // SIGKILL) is found by its mark; this covers tmux panes too, which write no claims.
-    found.extend(kill_orphans().into_iter().map(|pid| Leftover {
+    found.extend(kill_orphans(run_dir).into_iter().map(|pid| Leftover {
         pgid: pid,
         killed: true,
         orphan: true,
@@ -794,9 +831,13 @@ mod tests {
 
     #[test]
     fn marks_round_trip() {
-        assert_eq!(parse_mark(&mark(12, 345)), Some((12, 345)));
-        assert_eq!(parse_mark("12"), None);
-        assert_eq!(parse_mark("x:1"), None);
+        assert_eq!(
+            parse_mark(&mark(12, 345, Some("/d/run:x"))),
+            Some((12, 345, "/d/run:x"))
+        );
+        assert_eq!(parse_mark(&mark(12, 345, None)), Some((12, 345, "")));
+        assert_eq!(parse_mark("12:3"), None);
+        assert_eq!(parse_mark("x:1:"), None);
     }
 
     #[test]

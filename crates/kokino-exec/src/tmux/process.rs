@@ -69,6 +69,6 @@ pub(crate) async fn terminate_group(pgid: i32, grace: Duration) {
     if crate::group::group_alive(pgid) {
         crate::group::terminate_group(pgid, None, grace).await;
     } else {
-        crate::group::sweep_orphans().await;
+        crate::group::sweep_orphans(pgid).await;
     }
 }
