@@ -534,6 +534,12 @@ struct ClaudeTranscript {
     parent: Option<String>,
     messages: u32,
     wrote_header: bool,
+    /// A session this process created (`--session-id`), not a resumed one.
+    new_session: bool,
+    /// Whether entries are being held back rather than written.
+    holding: bool,
+    /// Entries held back until the end of the turn.
+    held: Vec<String>,
 }
 
 impl ClaudeTranscript {
@@ -546,6 +552,7 @@ impl ClaudeTranscript {
         } else {
             opts.resume.clone()
         };
+        let new_session = resume.is_none();
         let session = match resume {
             Some(id) => match store.load("claude", cwd, &id) {
                 Some(s) => s,
@@ -607,6 +614,9 @@ impl ClaudeTranscript {
             parent: None,
             messages: 0,
             wrote_header: false,
+            new_session,
+            holding: false,
+            held: Vec::new(),
         })
     }
 
@@ -619,7 +629,18 @@ impl ClaudeTranscript {
     fn entry(&mut self, v: J) {
         let mut line = v.to_line();
         line.push('\n');
-        self.raw(&line);
+        if self.holding {
+            self.held.push(line);
+        } else {
+            self.raw(&line);
+        }
+    }
+
+    /// Writes the entries held back (the first prompt of a new session), after the turn's end.
+    fn release_held(&mut self) {
+        for line in std::mem::take(&mut self.held) {
+            self.raw(&line);
+        }
     }
 
     /// The fields every conversation entry ends with.
@@ -642,6 +663,10 @@ impl ClaudeTranscript {
         if let Err(e) = self.store.save(&self.session) {
             sys::err_line(&format!("kokino-fake-agent: cannot save session: {e}"));
         }
+        // Claude Code 2.1 writes the first prompt of a new session *after* the turn's answer and
+        // `turn_duration` (`claude-interactive-first-turn.jsonl`); so does the fake, always, so
+        // that a reader depending on the order fails here rather than now and then.
+        let hold = !self.wrote_header && self.new_session;
         if !self.wrote_header {
             self.wrote_header = true;
             let sid = self.session.id.clone();
@@ -654,6 +679,7 @@ impl ClaudeTranscript {
         }
         let id = uuid();
         let now = sys::iso_now();
+        self.holding = hold;
         self.entry(obj! {
             "type" => "file-history-snapshot",
             "messageId" => id.clone(),
@@ -678,6 +704,8 @@ impl ClaudeTranscript {
         };
         self.common(&mut v);
         self.entry(v);
+        // Only the prompt's own entries are held; what the turn writes next goes out at once.
+        self.holding = false;
         self.parent = Some(id);
         self.messages += 1;
     }
@@ -775,6 +803,7 @@ impl ClaudeTranscript {
         self.common(&mut v);
         self.entry(v);
         self.parent = Some(id);
+        self.release_held();
     }
 
     /// The end-of-turn marker the broker waits for.
@@ -794,6 +823,7 @@ impl ClaudeTranscript {
         self.common(&mut v);
         self.entry(v);
         self.parent = Some(id);
+        self.release_held();
     }
 }
 

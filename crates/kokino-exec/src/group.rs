@@ -72,15 +72,14 @@ pub(crate) async fn terminate_group(
     status
 }
 
-/// Kills what a supervised CLI started outside its group when the supervisor did not live to
-/// do it ([`crate::supervisor::kill_orphans_of`]): the SIGKILL above ends a supervisor that was
-/// still ending the CLI's daemonized helpers. Run after every forced stop, which is rare, so
-/// the scan of `/proc` costs the happy path nothing.
-pub(crate) async fn sweep_orphans(supervisor: i32) {
-    let killed =
-        tokio::task::spawn_blocking(move || crate::supervisor::kill_orphans_of(supervisor))
-            .await
-            .unwrap_or_default();
+/// Kills what a supervised CLI started outside its group when the supervisor (the group's
+/// leader, `pgid`) did not live to do it ([`crate::supervisor::kill_orphans_of`]): the SIGKILL
+/// above ends a supervisor that was still ending the CLI's daemonized helpers. Run after every
+/// forced stop, which is rare, so the scan of `/proc` costs the happy path nothing.
+pub(crate) async fn sweep_orphans(pgid: i32) {
+    let killed = tokio::task::spawn_blocking(move || crate::supervisor::kill_orphans_of(pgid))
+        .await
+        .unwrap_or_default();
     if !killed.is_empty() {
         tracing::warn!(pids = ?killed, "killed processes that outlived their supervisor");
     }

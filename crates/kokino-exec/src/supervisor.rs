@@ -33,11 +33,11 @@
 //! supervisor instead of init, and when the CLI ends (or is stopped) the supervisor ends every
 //! live descendant of its own as well as its group, and reaps the orphans it adopted. For the
 //! one case the supervisor cannot cover, its own death by SIGKILL, the CLI's environment
-//! carries [`MARK_VAR`] naming the supervisor (pid and start time), which every descendant
-//! inherits, together with the run directory of the broker that started it; the marked
-//! processes whose supervisor is gone are killed by [`kill_orphans_of`] (the executors, after
-//! each forced stop, for the supervisor they stopped) and [`kill_orphans`] ([`reap_leftovers`]
-//! at start-up, for this broker's run directory only).
+//! carries [`MARK_VAR`] naming the supervisor (pid and start time) and its broker's run
+//! directory, which every descendant inherits: after a forced stop the executor kills what is
+//! marked with that supervisor ([`kill_orphans_of`]), and at start-up [`reap_leftovers`] kills
+//! what is marked with its run directory and a supervisor that is gone ([`kill_orphans`]). A
+//! broker never touches another broker's processes, nor a live supervisor's.
 //!
 //! The CLI's exit is noticed the moment it happens: a thread blocked in `waitpid` reaps every
 //! child (the CLI and adopted orphans alike) and hands the CLI's status to the main loop, which
@@ -64,8 +64,9 @@ pub const SUPERVISE_FLAG: &str = "--kokino-supervise";
 pub const GUARD_FLAG: &str = "--kokino-lease-guard";
 
 /// The variable the supervisor adds to its CLI's environment: `<supervisor pid>:<its start
-/// time>`. Every process the CLI starts inherits it (unless it clears its environment), so a
-/// process that escaped the group can still be traced to its supervisor once that is gone.
+/// time>:<the broker's run directory>` (the last part empty without one). Every process the CLI
+/// starts inherits it (unless it clears its environment), so a process that escaped the group can
+/// still be traced to its supervisor, and to its broker, once the supervisor is gone.
 pub const MARK_VAR: &str = "KOKINO_SUPERVISOR";
 
 /// The watchdogs' tick: the deadlines they check are seconds, so this much slack is nothing,
@@ -136,11 +137,14 @@ impl SupervisorSpec {
             out.extend(["--heartbeat-ms".to_owned(), hb.as_millis().to_string()]);
         }
         out.extend(["--grace-ms".to_owned(), self.grace.as_millis().to_string()]);
+        if let Some(dir) = &self.run_dir {
+            // Canonical, so that a broker started with another spelling of the same data
+            // directory still recognises its previous life's marks.
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            out.extend(["--scope".to_owned(), dir.display().to_string()]);
+        }
         if let Some(claim) = claim {
             out.extend(["--claim".to_owned(), claim.display().to_string()]);
-        }
-        if let Some(dir) = &self.run_dir {
-            out.extend(["--scope".to_owned(), dir.display().to_string()]);
         }
         out.push("--".to_owned());
         out.push(program.display().to_string());
@@ -219,7 +223,7 @@ struct Options {
     heartbeat: Option<Duration>,
     grace: Option<Duration>,
     claim: Option<PathBuf>,
-    /// The broker's run directory, written into the CLI's [`MARK_VAR`].
+    /// The broker's run directory, for the mark.
     scope: Option<String>,
     program: Vec<String>,
 }
@@ -359,14 +363,8 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
     let me = std::process::id() as i32;
     let mut cmd = Command::new(&opts.program[0]);
     cmd.args(&opts.program[1..]);
-    cmd.env(
-        MARK_VAR,
-        mark(
-            me,
-            procfs::start_time(me).unwrap_or(0),
-            opts.scope.as_deref(),
-        ),
-    );
+    let start = procfs::start_time(me).unwrap_or(0);
+    cmd.env(MARK_VAR, mark(me, start, opts.scope.as_deref()));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -444,13 +442,9 @@ fn subreaper() -> bool {
     SUBREAPER.load(Ordering::Relaxed)
 }
 
-/// `<pid>:<start time>[:<scope>]`, the value of [`MARK_VAR`]; the scope is the run directory of
-/// the broker that started the supervisor (`--scope`), so that each broker sweeps only its own.
+/// `<pid>:<start time>:<scope>`, the value of [`MARK_VAR`].
 fn mark(pid: i32, start: i64, scope: Option<&str>) -> String {
-    match scope {
-        Some(scope) => format!("{pid}:{start}:{scope}"),
-        None => format!("{pid}:{start}"),
-    }
+    format!("{pid}:{start}:{}", scope.unwrap_or(""))
 }
 
 /// Reaps the supervisor's children: the CLI, and the orphans a child subreaper adopts (which
@@ -675,36 +669,41 @@ pub struct Leftover {
     pub orphan: bool,
 }
 
-/// Kills every process that carries [`MARK_VAR`] naming a supervisor that is no longer alive
-/// (gone, a zombie, or its pid now someone else's), and returns their pids. Such a process can
-/// only be something a CLI started that outlived a supervisor killed with SIGKILL: a live
-/// supervisor ends its descendants itself. Processes of other users, whose environment we may
-/// not read, are never touched, nor is this process.
+/// Kills every process that carries [`MARK_VAR`] with the run directory `scope` and a
+/// supervisor that is no longer alive (gone, a zombie, or its pid now someone else's), and
+/// returns their pids. Such a process can only be something a CLI started that outlived a
+/// supervisor killed with SIGKILL: a live supervisor ends its descendants itself. Processes of
+/// other users, whose environment we may not read, are never touched, nor is this process.
 ///
-/// Passes repeat until one finds nothing (a marked process may fork while its siblings die),
-/// for at most two seconds. Blocking: one read of `/proc/<pid>/environ` per process.
-///
-/// Only the marks of supervisors started for `run_dir` (a broker's run directory) are
-/// considered: another broker on the same machine keeps its own orphans to itself, and reports
-/// them itself.
-pub fn kill_orphans(run_dir: &Path) -> Vec<i32> {
-    let scope = run_dir.display().to_string();
-    kill_marked(|_, s| s == Some(scope.as_str()))
+/// Blocking: one read of `/proc/<pid>/environ` per process, repeated (see [`kill_marked`]).
+pub fn kill_orphans(scope: &Path) -> Vec<i32> {
+    let scope = std::fs::canonicalize(scope)
+        .unwrap_or_else(|_| scope.to_path_buf())
+        .display()
+        .to_string();
+    kill_marked(|sup, s| s == scope && !supervisor_alive(sup))
 }
 
-/// [`kill_orphans`] for the descendants of one supervisor (its pid), after it was killed.
-pub fn kill_orphans_of(supervisor: i32) -> Vec<i32> {
-    kill_marked(|sup, _| sup == supervisor)
+/// Kills every process marked with the supervisor `pid` once that supervisor is no longer alive:
+/// what its CLI started outside the group when the executor's SIGKILL to the group ended the
+/// supervisor before it could end them. Does nothing while the supervisor lives.
+pub fn kill_orphans_of(pid: i32) -> Vec<i32> {
+    kill_marked(|sup, _| sup.0 == pid && !supervisor_alive(sup))
 }
 
-/// Kills the marked processes whose supervisor is gone and whose mark `wanted(supervisor pid,
-/// scope)` accepts, repeating as [`kill_orphans`] says.
-fn kill_marked(wanted: impl Fn(i32, Option<&str>) -> bool) -> Vec<i32> {
+fn supervisor_alive((pid, start): (i32, i64)) -> bool {
+    procfs::is_live(pid) && procfs::is_same_process(pid, start)
+}
+
+/// SIGKILL to every live process whose mark `(supervisor, scope)` satisfies `chosen`, in passes
+/// until one finds nothing (a marked process may fork while its siblings die), for at most two
+/// seconds. Returns the pids signalled.
+fn kill_marked(chosen: impl Fn((i32, i64), &str) -> bool) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
     let until = Instant::now() + Duration::from_secs(2);
     loop {
-        let found = marked_orphans(me, &wanted);
+        let found = marked(me, &chosen);
         if found.is_empty() || Instant::now() >= until {
             return killed;
         }
@@ -717,8 +716,8 @@ fn kill_marked(wanted: impl Fn(i32, Option<&str>) -> bool) -> Vec<i32> {
     }
 }
 
-/// The live processes whose [`MARK_VAR`] names a supervisor that is not alive.
-fn marked_orphans(me: i32, wanted: &impl Fn(i32, Option<&str>) -> bool) -> Vec<i32> {
+/// The live processes (but `me`) whose mark satisfies `chosen`.
+fn marked(me: i32, chosen: &impl Fn((i32, i64), &str) -> bool) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -732,21 +731,18 @@ fn marked_orphans(me: i32, wanted: &impl Fn(i32, Option<&str>) -> bool) -> Vec<i
             let Some((sup, start, scope)) = parse_mark(&value) else {
                 return false;
             };
-            if !wanted(sup, scope) {
-                return false;
-            }
-            let supervisor_alive = procfs::is_live(sup) && procfs::is_same_process(sup, start);
-            !supervisor_alive && sup != pid && procfs::is_live(pid)
+            sup != pid && chosen((sup, start), scope) && procfs::is_live(pid)
         })
         .collect()
 }
 
-/// `(supervisor pid, its start time, its scope)` from a [`MARK_VAR`] value.
-fn parse_mark(value: &str) -> Option<(i32, i64, Option<&str>)> {
-    let mut parts = value.splitn(3, ':');
-    let pid = parts.next()?.parse().ok()?;
-    let start = parts.next()?.parse().ok()?;
-    Some((pid, start, parts.next()))
+fn parse_mark(value: &str) -> Option<(i32, i64, &str)> {
+    let mut it = value.splitn(3, ':');
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?,
+    ))
 }
 
 /// Reads the claim files in `run_dir` whose broker is gone, kills what is left of their groups
@@ -858,13 +854,13 @@ mod tests {
 
     #[test]
     fn marks_round_trip() {
-        assert_eq!(parse_mark(&mark(12, 345, None)), Some((12, 345, None)));
         assert_eq!(
-            parse_mark(&mark(12, 345, Some("/data/run:x"))),
-            Some((12, 345, Some("/data/run:x")))
+            parse_mark(&mark(12, 345, Some("/d/run:x"))),
+            Some((12, 345, "/d/run:x"))
         );
-        assert_eq!(parse_mark("12"), None);
-        assert_eq!(parse_mark("x:1"), None);
+        assert_eq!(parse_mark(&mark(12, 345, None)), Some((12, 345, "")));
+        assert_eq!(parse_mark("12:3"), None);
+        assert_eq!(parse_mark("x:1:"), None);
     }
 
     #[test]

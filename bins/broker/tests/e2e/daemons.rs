@@ -123,7 +123,8 @@ async fn recovery_kills_a_daemon_whose_supervisor_was_killed() {
     let left = agent_processes(&w, &b);
     assert!(
         left.len() >= 2,
-        "the scenario needs the CLI and its daemon to outlive their supervisor: {left:?}"
+        "the scenario needs the CLI and its daemon to outlive their supervisor: {left:?}\n{}",
+        b.log_text()
     );
     let b2 = w.start();
     assert_none_left(&w, &b2, Duration::from_secs(5), "after the restart").await;

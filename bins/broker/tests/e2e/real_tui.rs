@@ -510,37 +510,14 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
     t.finish();
 }
 
-/// Claude's and Codex's real TUIs still fail this suite (issue 14 stays open): Claude's first
-/// prompt of a new TUI sometimes hangs although the answer is on the pane, and Codex's TUI
-/// starts a `codex app-server --managed-daemon` that leaves the pane's process group and
-/// survives cancel and end-session. They run when `KOKINO_REAL_TUI_ALL=1`; otherwise the test
-/// says loudly that it did not run them.
-fn unstable_tui_enabled(name: &str) -> bool {
-    if std::env::var_os("KOKINO_REAL_TUI_ALL").is_some() {
-        return true;
-    }
-    let _ = std::io::stderr().write_all(
-        format!(
-            "\n!!!! NOT RUN: the real {name} TUI in tmux mode has open defects (issue 14); \
-             set KOKINO_REAL_TUI_ALL=1 to run it\n"
-        )
-        .as_bytes(),
-    );
-    false
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn real_tui_claude() {
-    if unstable_tui_enabled("claude") {
-        run_tui("claude-code", "claude").await;
-    }
+    run_tui("claude-code", "claude").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_tui_codex() {
-    if unstable_tui_enabled("codex") {
-        run_tui("codex", "codex").await;
-    }
+    run_tui("codex", "codex").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

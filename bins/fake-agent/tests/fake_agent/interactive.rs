@@ -309,35 +309,40 @@ fn claude_writes_the_session_transcript() {
             )
         })
         .collect();
+    // The first prompt of a new session is written after the turn's end, as Claude Code 2.1
+    // does (`claude-interactive-first-turn.jsonl`).
     assert_eq!(
         kinds,
         [
             "mode",
             "permission-mode",
+            "assistant",
+            "user",
+            "assistant",
+            "system/turn_duration",
             "file-history-snapshot",
             "user",
-            "assistant",
-            "user",
-            "assistant",
-            "system/turn_duration"
         ]
     );
-    let user = &entries[3];
+    let user = &entries[7];
     assert_eq!(user["message"]["content"], "what is 2+2 fake:tool");
     assert_eq!(user["sessionId"], SID);
-    assert_eq!(entries[4]["message"]["content"][0]["type"], "tool_use");
-    let answer = &entries[6];
+    assert!(user["timestamp"].as_str() <= entries[2]["timestamp"].as_str());
+    assert_eq!(entries[2]["message"]["content"][0]["type"], "tool_use");
+    assert_eq!(entries[2]["parentUuid"], user["uuid"]);
+    let answer = &entries[4];
     assert_eq!(answer["message"]["content"][0]["text"], "echo: what is 2+2");
     assert_eq!(answer["message"]["model"], "claude-sonnet-4-5");
-    assert_eq!(answer["parentUuid"], entries[5]["uuid"]);
-    assert_eq!(entries[7]["parentUuid"], answer["uuid"]);
-    assert!(entries[7]["durationMs"].as_i64().is_some());
+    assert_eq!(answer["parentUuid"], entries[3]["uuid"]);
+    assert_eq!(entries[5]["parentUuid"], answer["uuid"]);
+    assert!(entries[5]["durationMs"].as_i64().is_some());
 
     // A second turn appends; the session state knows both prompts, so it can be resumed.
     t.paste("c", "again");
     t.keys("c", &["Enter"]);
     t.wait_screen("c", "the second answer", |s| s.contains("● echo: again"));
     t.wait_prompt("c", "│ >");
+    // Later turns are written in order.
     let entries = transcript(&t);
     assert_eq!(
         entries.last().unwrap()["subtype"],
