@@ -299,16 +299,24 @@ struct Spawned {
 }
 
 /// The supervisor's child (the CLI), which it starts right after writing its claim: a few
-/// milliseconds at most. `None` if it has not appeared within 200 ms (or already exited).
+/// milliseconds at most. `None` if it has not appeared within 200 ms, or if it has already come
+/// and gone: a CLI that answers at once can exit before it is ever seen, since the prompt is
+/// written before this search. The supervisor starts its reaper thread right after the CLI, so
+/// a supervisor with a second thread and no child has already reaped its CLI, and one that has
+/// ended did too; waiting for either would only add the full 200 ms to that execution.
 pub(crate) async fn find_child(supervisor: i32) -> Option<i32> {
-    let path = format!("/proc/{supervisor}/task/{supervisor}/children");
+    let children = format!("/proc/{supervisor}/task/{supervisor}/children");
     let until = Instant::now() + Duration::from_millis(200);
     loop {
-        let found = std::fs::read_to_string(&path)
+        let found = std::fs::read_to_string(&children)
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
         if found.is_some() || Instant::now() >= until {
             return found;
+        }
+        // Gone, a zombie (it ended before this search), or past its CLI's start.
+        if !procfs::is_live(supervisor) || procfs::thread_count(supervisor).is_none_or(|n| n > 1) {
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

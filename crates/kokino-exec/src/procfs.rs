@@ -44,6 +44,13 @@ fn all_stats() -> Vec<(i32, String)> {
         .collect()
 }
 
+/// How many threads `pid` has (`None` when it is gone).
+pub fn thread_count(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 20, num_threads; the fields after the command name start at field 3.
+    stat_fields(&stat)?.nth(17)?.parse().ok()
+}
+
 /// Whether `pid` has any child (live or not yet reaped), over all its threads. A few small
 /// reads instead of a scan of every process: for a child subreaper with no child, no
 /// descendant of it can be alive anywhere, since orphans are re-parented to it.
