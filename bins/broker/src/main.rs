@@ -99,15 +99,15 @@ async fn run(args: config::Args) -> Result<()> {
         .await
         .with_context(|| format!("cannot open the store at {}", settings.database_url))?;
     let mut service_cfg = settings.service.clone();
-    service_cfg.supervisor_program =
-        Some(std::env::current_exe().context("cannot find the broker's own binary")?);
+    let supervisor = supervisor_program()?;
+    tracing::debug!(program = %supervisor.display(), "supervisor under each CLI");
+    service_cfg.supervisor_program = Some(supervisor.clone());
     if store.kind() == "postgres" {
         // A shared database may have other brokers: leases, fencing and lease guards.
         service_cfg.cluster = Some(kokino_service::cluster::ClusterConfig {
             instance_id: settings.instance_id.clone(),
             lease_ttl: settings.lease_ttl,
-            guard_program: std::env::current_exe()
-                .context("cannot find the broker's own binary")?,
+            guard_program: supervisor,
             advertise_url: settings.advertise_url.clone(),
         });
         tracing::info!(instance = %settings.instance_id, "cluster mode: agents are leased through the database");
@@ -191,4 +191,18 @@ fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// The program that supervises each CLI: `kokino-supervisor` next to this binary when it is
+/// there and was built with it (not older than this binary, so that a stale copy left by an
+/// earlier build is never used), otherwise this binary itself, which plays the same role.
+fn supervisor_program() -> Result<std::path::PathBuf> {
+    let me = std::env::current_exe().context("cannot find the broker's own binary")?;
+    let sibling = me.with_file_name("kokino-supervisor");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let usable = match (modified(&sibling), modified(&me)) {
+        (Some(s), Some(m)) => s >= m.checked_sub(Duration::from_secs(60)).unwrap_or(m),
+        _ => false,
+    };
+    Ok(if usable { sibling } else { me })
 }

@@ -170,3 +170,52 @@ async fn event_retention_deletes_old_events_on_request() {
         assert!(body["error"].as_str().unwrap().contains("days"));
     }
 }
+
+/// Each CLI runs under `kokino-supervisor` when that small binary sits next to the broker (both
+/// come from one build), and under the broker binary itself when it does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_small_supervisor_is_used_when_it_is_next_to_the_broker() {
+    for alone in [false, true] {
+        let w = World::new();
+        let copy = w.path().join("alone");
+        std::fs::create_dir_all(&copy).unwrap();
+        // Run a copy of the broker from a directory of its own: no supervisor next to it.
+        let script = format!(
+            "cp \"$0\" {dir}/ && exec {dir}/kokino-broker \"$@\"",
+            dir = copy.display()
+        );
+        let wrapper: Vec<&str> = if alone {
+            vec!["sh", "-c", &script]
+        } else {
+            Vec::new()
+        };
+        let bind = format!("127.0.0.1:{}", crate::common::free_port());
+        let b = std::sync::Arc::new(w.start_at(&wrapper, &bind, &[], &[]));
+        w.register(&b, "s", "claude-code", json!({})).await;
+        let run = {
+            let b = b.clone();
+            tokio::spawn(async move { b.execute("s", "fake:sleep=1.5 hi").await })
+        };
+        let mut names = Vec::new();
+        let seen = eventually(Duration::from_secs(10), || {
+            names = agent_processes(&w, &b)
+                .into_iter()
+                .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+                .filter_map(|exe| Some(exe.file_name()?.to_string_lossy().into_owned()))
+                .collect();
+            names.iter().any(|n| n.starts_with("kokino-fake-agent"))
+        })
+        .await;
+        assert!(seen, "the CLI never ran: {names:?}");
+        let want = if alone {
+            "kokino-broker"
+        } else {
+            "kokino-supervisor"
+        };
+        assert!(
+            names.iter().any(|n| n == want),
+            "alone={alone}: no {want} among the CLI's processes: {names:?}"
+        );
+        assert_eq!(run.await.unwrap().0, 200);
+    }
+}
