@@ -143,7 +143,7 @@ impl Db {
             // transaction at that level never fails with a serialisation error.
             #[cfg(feature = "postgres")]
             Db::Postgres(db) => {
-                db.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                db.begin_read("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .await
             }
         }
@@ -352,7 +352,13 @@ macro_rules! run {
                 $body
             }
             #[cfg(feature = "postgres")]
-            On::Read(Db::Postgres(db)) | On::Write(Db::Postgres(db)) => {
+            On::Read(Db::Postgres(db)) => {
+                let $q = postgres::prepare(&$query.sql, &$query.args);
+                let $ex = &db.readers;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            On::Write(Db::Postgres(db)) => {
                 let $q = postgres::prepare(&$query.sql, &$query.args);
                 let $ex = &db.pool;
                 $body

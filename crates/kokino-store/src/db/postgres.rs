@@ -41,6 +41,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// while leaving room on a server's default of 100 connections for other brokers and tools.
 const MAX_CONNECTIONS: u32 = 10;
 
+/// Connections kept for statements that only read (`/health`, `/metrics`, status endpoints,
+/// conversation reads), so that they never wait for a connection behind a burst of executions
+/// that holds the write pool.
+const READER_CONNECTIONS: u32 = 3;
+
 /// How long a store call waits for a free pooled connection before failing. A full pool for this
 /// long means the database is overloaded or unreachable, which callers must hear about rather
 /// than queue behind forever.
@@ -56,7 +61,10 @@ const STATEMENT_TIMEOUT: &str = "30s";
 /// The connections to one PostgreSQL database.
 #[derive(Clone, Debug)]
 pub(crate) struct PgDb {
+    /// Writes and transactions.
     pub(super) pool: PgPool,
+    /// Reads outside a transaction (see [`READER_CONNECTIONS`]).
+    pub(super) readers: PgPool,
 }
 
 impl PgDb {
@@ -88,13 +96,20 @@ impl PgDb {
         // a failure here changes nothing for the store.
         let _ = migration_conn.close().await;
 
+        let options = options.options([("statement_timeout", STATEMENT_TIMEOUT)]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.options([("statement_timeout", STATEMENT_TIMEOUT)]))
+            .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        Ok(Self { pool })
+        let readers = PgPoolOptions::new()
+            .max_connections(READER_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { pool, readers })
     }
 
     /// A connection of its own listening on `channels`. It takes no pooled connection: a
@@ -113,6 +128,12 @@ impl PgDb {
     /// Starts a transaction with the given `BEGIN` statement.
     pub(super) async fn begin(&self, statement: &'static str) -> Result<Tx> {
         let tx = self.pool.begin_with(statement).await.map_err(from_sqlx)?;
+        Ok(Tx::Postgres(tx))
+    }
+
+    /// Starts a read-only transaction on a reader connection.
+    pub(super) async fn begin_read(&self, statement: &'static str) -> Result<Tx> {
+        let tx = self.readers.begin_with(statement).await.map_err(from_sqlx)?;
         Ok(Tx::Postgres(tx))
     }
 }
