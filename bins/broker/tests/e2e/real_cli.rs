@@ -144,7 +144,11 @@ impl Setup {
         let work = dir.join(format!("work-{name}"));
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&work).unwrap();
-        let mark = format!("{name}-{}", std::process::id());
+        // One mark per set-up, not per CLI: the headless and the tmux tests of one CLI run at
+        // the same time, and each must count only its own processes.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mark = format!("{name}-{}-{n}", std::process::id());
         let mut env = BTreeMap::new();
         env.insert("HOME".into(), home.display().to_string());
         env.insert("KOKINO_REALCLI_MARK".into(), mark.clone());

@@ -133,7 +133,11 @@ impl PgDb {
 
     /// Starts a read-only transaction on a reader connection.
     pub(super) async fn begin_read(&self, statement: &'static str) -> Result<Tx> {
-        let tx = self.readers.begin_with(statement).await.map_err(from_sqlx)?;
+        let tx = self
+            .readers
+            .begin_with(statement)
+            .await
+            .map_err(from_sqlx)?;
         Ok(Tx::Postgres(tx))
     }
 }
