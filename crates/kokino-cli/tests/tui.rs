@@ -320,6 +320,30 @@ mod screens {
         );
     }
 
+    /// A resumed session's record repeats the earlier turns; read from its start by a reader
+    /// for a turn that began after them, they are not taken for this turn's answer.
+    #[test]
+    fn gemini_chat_ignores_the_turns_before_its_own() {
+        let text = read_capture("gemini/tui-chat.jsonl");
+        // The capture's second prompt was typed at 22:01:03.027; this turn starts just before.
+        let start = chrono::DateTime::parse_from_rfc3339("2026-12-04T22:01:00.000Z").unwrap();
+        let mut p = GeminiChat::since(start.with_timezone(&chrono::Utc).into());
+        let mut out = Vec::new();
+        let mut answer = None;
+        for l in lines_of(&text) {
+            p.feed_line(l, &mut out);
+            if let Some(e) = p.turn_end() {
+                answer = Some(e.answer);
+                break;
+            }
+        }
+        assert_eq!(
+            answer.as_deref(),
+            Some("FAKE_ANSWER: 1 earlier user turns, after tool: tool-ok"),
+            "the first turn's answer was taken for this one"
+        );
+    }
+
     fn merge(
         cli: CliType,
         file: &str,

@@ -377,6 +377,14 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
         ],
     );
 
+    if content != "FAKE_ANSWER: 2 earlier user turns" {
+        let log = b.log_text();
+        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("http")).collect();
+        let tail = tail[tail.len().saturating_sub(40)..].join("\n");
+        let _ =
+            std::io::stderr().write_all(format!("restarted broker's log:\n{tail}\n").as_bytes());
+    }
+
     // 4. End-session: the TUI and its tmux session go.
     let (st, v) = b.post("/agents/tui/end-session", json!({})).await;
     let gone = eventually(Duration::from_secs(10), || s.processes().is_empty()).await;

@@ -122,7 +122,7 @@ impl Tui for GeminiTui {
         let chats = dir.join("tmp").join(name).join("chats");
         Some(TranscriptSource::in_dirs(
             vec![chats],
-            Box::<GeminiChat>::default(),
+            Box::new(GeminiChat::since(ctx.now)),
         ))
     }
 }
@@ -130,12 +130,36 @@ impl Tui for GeminiTui {
 /// Reads one turn of a Gemini CLI chat recording.
 #[derive(Debug, Default)]
 pub struct GeminiChat {
+    /// Messages dated before this (RFC 3339, UTC, milliseconds, as Gemini writes them) belong
+    /// to earlier turns: a resumed session's record repeats its history, and a record that is
+    /// new to the follower is read from its start.
+    not_before: Option<String>,
     session_id: Option<String>,
     seen_prompt: bool,
     done: bool,
     answer: String,
     error: Option<String>,
     malformed: u64,
+}
+
+impl GeminiChat {
+    /// A reader for the turn that starts at `now`: messages dated earlier are ignored. The
+    /// Unix epoch (a context without a time) ignores none.
+    pub fn since(now: std::time::SystemTime) -> GeminiChat {
+        let at = chrono::DateTime::<chrono::Utc>::from(now);
+        GeminiChat {
+            not_before: Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            ..GeminiChat::default()
+        }
+    }
+
+    /// Whether a message dated `timestamp` is older than this turn.
+    fn earlier(&self, v: &Value) -> bool {
+        match (&self.not_before, v["timestamp"].as_str()) {
+            (Some(from), Some(at)) => at < from.as_str(),
+            _ => false,
+        }
+    }
 }
 
 impl TranscriptParser for GeminiChat {
@@ -156,6 +180,8 @@ impl TranscriptParser for GeminiChat {
             return;
         }
         match v["type"].as_str().unwrap_or("") {
+            // History repeated by a resumed session: an earlier turn's prompt is not ours.
+            "user" if self.earlier(&v) => {}
             "user" => {
                 let text: String = v["content"]
                     .as_array()
