@@ -320,6 +320,17 @@ mod screens {
         );
     }
 
+    /// A resumed Gemini TUI draws its prompt before its restored conversation, and what is typed
+    /// in between is lost: the executor waits for an answer to be drawn. The other TUIs need no
+    /// wait.
+    #[test]
+    fn a_resumed_gemini_is_ready_once_its_history_is_drawn() {
+        let gemini = tui_for(CliType::Gemini);
+        assert!(!gemini.resumed_history_shown(&screen("gemini/tui-ready.txt")));
+        assert!(gemini.resumed_history_shown(&screen("gemini/tui-two-turns.txt")));
+        assert!(tui_for(CliType::Codex).resumed_history_shown(""));
+    }
+
     /// A resumed session's record repeats the earlier turns; read from its start by a reader
     /// for a turn that began after them, they are not taken for this turn's answer.
     #[test]

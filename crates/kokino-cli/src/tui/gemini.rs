@@ -28,6 +28,13 @@ pub struct GeminiTui;
 const PLACEHOLDERS: [&str; 2] = ["Type your ", "Press 'i' for INSERT mode"];
 
 impl Tui for GeminiTui {
+    /// Gemini CLI 0.61 draws its input box before it replays a resumed session, and a paste
+    /// that arrives in between is dropped; the replay is done once an answer (`✦`) is drawn.
+    /// A resumed session always has one: a Gemini session is only recorded once it answered.
+    fn resumed_history_shown(&self, screen: &str) -> bool {
+        screen.lines().any(|l| l.trim_start().starts_with('✦'))
+    }
+
     fn cli(&self) -> CliType {
         CliType::Gemini
     }

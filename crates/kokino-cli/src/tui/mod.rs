@@ -119,6 +119,13 @@ pub trait Tui: Send + Sync + fmt::Debug {
             .map(|(i, _)| i)
     }
 
+    /// Whether a TUI started on a resumed session has drawn the restored conversation. Some
+    /// draw their prompt first and the history after it, and what is typed in between is lost
+    /// (Gemini CLI); the executor waits for this before it types. Most need no wait.
+    fn resumed_history_shown(&self, _screen: &str) -> bool {
+        true
+    }
+
     /// What a screen shown while the session starts means: the prompt (ready for input), a
     /// first-run screen to answer, a screen that blocks the CLI for good, or nothing yet.
     fn read_startup_screen(&self, screen: &str) -> StartupScreen {

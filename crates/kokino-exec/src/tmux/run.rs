@@ -28,6 +28,9 @@ use crate::procfs;
 /// How many first-run screens one start may answer before the run gives up on them.
 const MAX_FIRST_RUN_SCREENS: usize = 5;
 
+/// The longest a resumed session's TUI is given to draw its restored conversation.
+const HISTORY_WAIT: Duration = Duration::from_secs(10);
+
 /// How far above the paste's line the screen is read for the echo of the prompt.
 const ECHO_MARGIN_LINES: i64 = 12;
 
@@ -196,6 +199,9 @@ pub(super) struct TurnRun<'a> {
     attached: bool,
     /// The absolute line where the paste's echo starts.
     start_line: i64,
+    /// How long a resumed session's TUI may take to draw its restored conversation before the
+    /// prompt is typed anyway (see `Tui::resumed_history_shown`).
+    history_deadline: Instant,
 }
 
 /// The parts of the result that depend on how the run ended.
@@ -241,6 +247,7 @@ impl<'a> TurnRun<'a> {
             prompt,
             deadline: started + ctx.limits.timeout,
             startup_deadline: started + ctx.exec.config.startup_timeout,
+            history_deadline: started + HISTORY_WAIT,
             attach_deadline: now + Duration::from_secs(2),
             exec: ctx.exec,
             req: ctx.req,
@@ -414,6 +421,18 @@ impl<'a> TurnRun<'a> {
     async fn on_startup_check(&mut self) -> Step {
         let text = self.capture(None).await?;
         match self.req.tui.read_startup_screen(&text) {
+            // A TUI just started on a resumed session that has not yet drawn its restored
+            // conversation: what is typed now may be lost when it does. (A TUI that was already
+            // running has drawn it long ago, and a long answer may have scrolled it away.)
+            // Bounded: past the history wait, type anyway.
+            StartupScreen::Ready
+                if self.timings.session_created
+                    && self.req.session_id.is_some()
+                    && !self.req.tui.resumed_history_shown(&text)
+                    && Instant::now() < self.history_deadline =>
+            {
+                self.check_at = Some(Instant::now() + Duration::from_millis(100));
+            }
             StartupScreen::Ready => {
                 self.timings.ready_after = Some(self.started.elapsed());
                 self.start_line = self

@@ -141,28 +141,43 @@ async fn run(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counter
         // running it anyway would leave, for example, an execution marked running that no one
         // runs.
         batch.retain(|job| !job.reply.is_closed());
-        if batch.len() > 1 {
-            if let Ok(values) = together(&pool, &batch).await {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .writes
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                for (job, value) in batch.drain(..).zip(values) {
-                    let _ = job.reply.send(Ok(value));
-                }
-                continue;
+        // In a task of its own, so that a write that panics fails its own batch (whose callers
+        // hear that the writer stopped) instead of ending the writer for every later write.
+        // The panic itself is reported by the panic hook; its callers' answers were dropped
+        // with the batch, which they hear as the writer having stopped.
+        let work = tokio::spawn(commit(
+            pool.clone(),
+            std::mem::take(&mut batch),
+            stats.clone(),
+        ));
+        let _ = work.await;
+        batch = Vec::with_capacity(MAX_BATCH);
+    }
+}
+
+/// Writes one batch and answers its callers.
+async fn commit(pool: SqlitePool, mut batch: Vec<Job>, stats: Arc<Counters>) {
+    if batch.len() > 1 {
+        if let Ok(values) = together(&pool, &batch).await {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .writes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for (job, value) in batch.drain(..).zip(values) {
+                let _ = job.reply.send(Ok(value));
             }
+            return;
         }
-        // One write alone, or a batch that failed: each in its own transaction, with its own
-        // answer.
-        for job in batch.drain(..) {
-            let answer = alone(&pool, &job).await;
-            if answer.is_ok() {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = job.reply.send(answer);
+    }
+    // One write alone, or a batch that failed: each in its own transaction, with its own
+    // answer.
+    for job in batch {
+        let answer = alone(&pool, &job).await;
+        if answer.is_ok() {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.writes.fetch_add(1, Ordering::Relaxed);
         }
+        let _ = job.reply.send(answer);
     }
 }
 
