@@ -1,9 +1,10 @@
 //! Group commit for SQLite: the writes of many callers in one transaction and one fsync.
 //!
 //! SQLite admits one writer at a time, and with `synchronous=FULL` every commit waits for the
-//! disk. When every execution's begin and finish were transactions of their own, concurrent
-//! executions queued on the writer connection one fsync each, and the fsyncs were most of the
-//! broker's time under load. Here the writes of the execute path go to one task that takes
+//! disk. When an execution's begin, its process id and its finish were commits of their own
+//! (and each batch of telemetry events another), concurrent executions queued on the one writer
+//! connection for a transaction and an fsync each. Here the writes of the execute path go to one
+//! task that takes
 //! whatever is queued, runs all of it in one `BEGIN IMMEDIATE … COMMIT`, and only then answers
 //! each caller. A caller therefore still hears "done" only once its write is on disk; it shares
 //! the fsync with whoever wrote at the same time, and it never waits for a batch to fill: the
