@@ -215,6 +215,9 @@ extern "C" fn on_heartbeat(_: libc::c_int) {
     HEARTBEATS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The supervisor's answer to the signals meant for its CLI: none (see `run_supervisor`).
+extern "C" fn survive(_: libc::c_int) {}
+
 /// What the supervisor watches, from its command line.
 #[derive(Debug, Default)]
 struct Options {
@@ -302,8 +305,12 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
         ));
         std::process::exit(2)
     };
-    // SAFETY: the handler only touches an atomic, which is async-signal-safe; ignoring a
-    // signal is always safe.
+    // The supervisor outlives SIGTERM, SIGINT, SIGHUP and SIGPIPE: it catches them with a
+    // handler that does nothing, rather than ignoring them, because an exec resets caught
+    // signals to their defaults but keeps ignored ones ignored. So the CLI starts with the
+    // default actions and no hook has to run between fork and exec, which lets the CLI be
+    // started with `posix_spawn` instead of a fork of this process.
+    // SAFETY: the handlers only touch an atomic or nothing, which is async-signal-safe.
     unsafe {
         let _ = signal::signal(Signal::SIGUSR1, SigHandler::Handler(on_heartbeat));
         for s in [
@@ -312,7 +319,7 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
             Signal::SIGHUP,
             Signal::SIGPIPE,
         ] {
-            let _ = signal::signal(s, SigHandler::SigIgn);
+            let _ = signal::signal(s, SigHandler::Handler(survive));
         }
     }
     // Nothing we inherited beyond stdin, stdout and stderr goes on to the CLI: not our
@@ -365,22 +372,6 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
     cmd.args(&opts.program[1..]);
     let start = procfs::start_time(me).unwrap_or(0);
     cmd.env(MARK_VAR, mark(me, start, opts.scope.as_deref()));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            for s in [
-                libc::SIGTERM,
-                libc::SIGINT,
-                libc::SIGHUP,
-                libc::SIGUSR1,
-                libc::SIGPIPE,
-            ] {
-                libc::signal(s, libc::SIG_DFL);
-            }
-            Ok(())
-        });
-    }
     let cli = match cmd.spawn() {
         // The reaper waits for the CLI by pid from now on; `Child` must never wait for it too.
         Ok(c) => c.id() as i32,
