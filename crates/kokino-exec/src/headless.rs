@@ -315,7 +315,7 @@ pub(crate) async fn find_child(supervisor: i32) -> Option<i32> {
             return found;
         }
         // Gone, a zombie (it ended before this search), or past its CLI's start.
-        if !procfs::is_live(supervisor) || procfs::thread_count(supervisor).is_none_or(|n| n > 1) {
+        if procfs::live_thread_count(supervisor).is_none_or(|n| n > 1) {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -44,9 +44,12 @@ fn all_stats() -> Vec<(i32, String)> {
         .collect()
 }
 
-/// How many threads `pid` has (`None` when it is gone).
-pub fn thread_count(pid: i32) -> Option<u64> {
+/// How many threads `pid` has, from one read of its `stat`; `None` when it is gone or a zombie.
+pub fn live_thread_count(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    if !stat_is_live(&stat) {
+        return None;
+    }
     // Field 20, num_threads; the fields after the command name start at field 3.
     stat_fields(&stat)?.nth(17)?.parse().ok()
 }

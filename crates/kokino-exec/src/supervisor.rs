@@ -89,13 +89,24 @@ pub struct SupervisorSpec {
     /// How long what the CLI leaves behind when it exits (tools, MCP servers) gets between
     /// SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// `run_dir`, canonical, for the CLI's [`MARK_VAR`] (`--scope`).
+    scope: Option<String>,
 }
 
 impl SupervisorSpec {
     /// A supervisor run by `program`, with claims in `run_dir`, without a heartbeat deadline.
     pub fn new(program: impl Into<PathBuf>, run_dir: Option<PathBuf>) -> Self {
+        // Canonical, so that a broker started with another spelling of the same data directory
+        // still recognises its previous life's marks; resolved here, once, not per CLI.
+        let scope = run_dir.as_ref().map(|dir| {
+            std::fs::canonicalize(dir)
+                .unwrap_or_else(|_| dir.clone())
+                .display()
+                .to_string()
+        });
         SupervisorSpec {
             program: program.into(),
+            scope,
             run_dir,
             heartbeat: None,
             grace: Duration::from_secs(5),
@@ -137,11 +148,8 @@ impl SupervisorSpec {
             out.extend(["--heartbeat-ms".to_owned(), hb.as_millis().to_string()]);
         }
         out.extend(["--grace-ms".to_owned(), self.grace.as_millis().to_string()]);
-        if let Some(dir) = &self.run_dir {
-            // Canonical, so that a broker started with another spelling of the same data
-            // directory still recognises its previous life's marks.
-            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-            out.extend(["--scope".to_owned(), dir.display().to_string()]);
+        if let Some(scope) = &self.scope {
+            out.extend(["--scope".to_owned(), scope.clone()]);
         }
         if let Some(claim) = claim {
             out.extend(["--claim".to_owned(), claim.display().to_string()]);

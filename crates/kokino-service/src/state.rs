@@ -58,6 +58,9 @@ pub(crate) struct Inner {
     pub stop: CancellationToken,
     /// The tmux executor, when tmux (3.0 or later) is installed.
     pub tmux: Option<TmuxExecutor>,
+    /// The supervisor every headless CLI runs under, built once (see
+    /// `ServiceConfig::supervisor`).
+    pub supervisor: Option<kokino_exec::supervisor::SupervisorSpec>,
     /// The clean ratio of the latest integrity check, for the integrity SLO.
     pub last_integrity: Mutex<Option<f64>>,
     /// The environment doctor's latest report and its single flight.
@@ -126,6 +129,7 @@ impl Inner {
         let tmux = detect_tmux(&cfg).await;
         let stop = CancellationToken::new();
         let (wakeups, homes) = crate::homes::Homes::new(cfg.cluster.as_ref(), &store, &stop);
+        let supervisor = cfg.supervisor();
         Ok(Inner {
             wakeups,
             homes,
@@ -143,6 +147,7 @@ impl Inner {
             logs,
             clock,
             stop,
+            supervisor,
             tmux,
             last_integrity: Mutex::new(None),
             env_cache: Default::default(),

@@ -37,12 +37,7 @@ async fn a_broker_killed_at_any_instant_leaves_no_process_behind() {
         .await;
         if !clean {
             let left = agent_processes(&w, &b);
-            for pid in &left {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            kill_all(&left);
             survivors.push((round, delay_ms, left));
         }
     }
@@ -82,17 +77,7 @@ async fn recovery_kills_a_group_whose_leader_is_gone() {
     }
     let leader = leader.expect("the execution's process is listed");
     // Leader first, then the broker before the rest of the group can notice anything.
-    // The broker is stopped first, so that it cannot notice the supervisor's death and end
-    // the group itself: the scenario is both dying at the same instant.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(b.pid()),
-        nix::sys::signal::Signal::SIGSTOP,
-    );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(leader),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    b.kill9();
+    kill_supervisor_and_broker(&mut b, leader);
     let _ = request.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = agent_processes(&w, &b);
@@ -101,18 +86,13 @@ async fn recovery_kills_a_group_whose_leader_is_gone() {
         "the scenario needs members of the group to outlive their leader"
     );
     let b2 = w.start();
-    let clean = eventually(Duration::from_secs(5), || {
-        agent_processes(&w, &b2).is_empty()
-    })
+    assert_none_left(
+        &w,
+        &b2,
+        Duration::from_secs(5),
+        "recovery left the group's members alive",
+    )
     .await;
-    let left = agent_processes(&w, &b2);
-    for pid in &left {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    assert!(clean, "recovery left the group's members alive: {left:?}");
     let (_, all) = b2.get("/api/metrics/events?limit=50").await;
     assert!(
         !events(&b2, "type=PROCESS_ORPHAN_KILLED", 1)
@@ -220,12 +200,7 @@ async fn a_broker_killed_during_a_tmux_run_leaves_no_cli_behind() {
     })
     .await;
     let left = agent_processes(&w, &b);
-    for pid in &left {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_all(&left);
     // The orphaned tmux server itself is no process of the execution; stop it here (the next
     // broker would).
     let _ = Command::new("tmux")

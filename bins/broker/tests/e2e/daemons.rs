@@ -39,23 +39,6 @@ async fn wait_for_daemon(w: &World, b: &Broker, at_least: usize) -> Vec<i32> {
     );
 }
 
-fn kill_all(pids: &[i32]) {
-    for pid in pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Asserts that no process of the world is left within `within`, killing what is.
-async fn assert_none_left(w: &World, b: &Broker, within: Duration, what: &str) {
-    let clean = eventually(within, || agent_processes(w, b).is_empty()).await;
-    let left = agent_processes(w, b);
-    kill_all(&left);
-    assert!(clean, "{what}: processes left: {left:?}\n{}", b.log_text());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_goes_when_its_headless_execution_ends_or_is_cancelled() {
     let w = World::new();
@@ -107,17 +90,7 @@ async fn recovery_kills_a_daemon_whose_supervisor_was_killed() {
     let leader = v[0]["pid"]
         .as_i64()
         .expect("the execution's process is listed") as i32;
-    // The broker is stopped first, so that it cannot notice the supervisor's death and end
-    // the group itself: the scenario is both dying at the same instant.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(b.pid()),
-        nix::sys::signal::Signal::SIGSTOP,
-    );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(leader),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    b.kill9();
+    kill_supervisor_and_broker(&mut b, leader);
     let _ = request.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = agent_processes(&w, &b);

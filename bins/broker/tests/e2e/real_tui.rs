@@ -170,6 +170,15 @@ impl Table {
     }
 }
 
+/// The last 40 lines of the broker's log that are not HTTP access lines, on stderr under
+/// `label`: the broker's own account of a failed scenario, past the harness's capture.
+fn print_log_tail(b: &Broker, label: &str) {
+    let log = b.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains("http")).collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    let _ = std::io::stderr().write_all(format!("{label}:\n{tail}\n").as_bytes());
+}
+
 /// One execute, timed, with the moment its answer appeared on the pane.
 async fn ask(
     b: &Broker,
@@ -343,10 +352,7 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
     // 3. A restart of the broker: the TUI is gone with the old broker's tmux server; the next
     // prompt starts it again on the CLI's session.
     if t.rows.iter().any(|r| r.failure.is_some()) {
-        let log = b.log_text();
-        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("http")).collect();
-        let tail = tail[tail.len().saturating_sub(40)..].join("\n");
-        let _ = std::io::stderr().write_all(format!("first broker's log:\n{tail}\n").as_bytes());
+        print_log_tail(&b, "first broker's log");
     }
     b.stop();
     let gone_after_stop = eventually(Duration::from_secs(10), || s.processes().is_empty()).await;
@@ -378,11 +384,7 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
     );
 
     if content != "FAKE_ANSWER: 2 earlier user turns" {
-        let log = b.log_text();
-        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("http")).collect();
-        let tail = tail[tail.len().saturating_sub(40)..].join("\n");
-        let _ =
-            std::io::stderr().write_all(format!("restarted broker's log:\n{tail}\n").as_bytes());
+        print_log_tail(&b, "restarted broker's log");
     }
 
     // 4. End-session: the TUI and its tmux session go.
@@ -508,11 +510,7 @@ async fn run_tui(cli_type: &'static str, name: &'static str) {
 
     if t.rows.iter().any(|r| r.failure.is_some()) {
         // The broker's own account of the failed runs, past the harness's capture.
-        let log = b.log_text();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        let _ = std::io::stderr()
-            .write_all(format!("broker log tail:\n{}\n", tail.join("\n")).as_bytes());
+        print_log_tail(&b, "broker log tail");
     }
     drop(b);
     t.finish();

@@ -124,7 +124,7 @@ pub(crate) async fn build(b: &Broker, leg: Leg<'_>) -> Result<Runner, CannotStar
         env,
         cwd: agent.spec.cwd.as_ref().map(PathBuf::from),
         stdin: leg.prompt.into_bytes(),
-        supervisor: cfg.supervisor(),
+        supervisor: b.inner.supervisor.clone(),
     };
     Ok(Runner::Headless(
         cmd,

@@ -70,12 +70,6 @@ struct Counters {
     commits: AtomicU64,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
-    }
-}
-
 impl GroupWriter {
     /// Starts the task that writes through `pool` (the one writer connection). The task ends
     /// when the last handle is dropped.
@@ -146,13 +140,8 @@ async fn run(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counter
         // hear that the writer stopped) instead of ending the writer for every later write.
         // The panic itself is reported by the panic hook; its callers' answers were dropped
         // with the batch, which they hear as the writer having stopped.
-        let work = tokio::spawn(commit(
-            pool.clone(),
-            std::mem::take(&mut batch),
-            stats.clone(),
-        ));
-        let _ = work.await;
-        batch = Vec::with_capacity(MAX_BATCH);
+        let jobs_now = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let _ = tokio::spawn(commit(pool.clone(), jobs_now, stats.clone())).await;
     }
 }
 

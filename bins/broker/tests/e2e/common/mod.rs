@@ -490,3 +490,36 @@ pub fn require_tmux() {
          (install it, e.g. `apt-get install tmux`); it is not skipped"
     );
 }
+
+/// SIGKILL to each of `pids` (what a test found left over, so that it does not outlive the test).
+pub fn kill_all(pids: &[i32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Asserts that no process of the world is left within `within`, killing what is.
+pub async fn assert_none_left(w: &World, b: &Broker, within: Duration, what: &str) {
+    let clean = eventually(within, || agent_processes(w, b).is_empty()).await;
+    let left = agent_processes(w, b);
+    kill_all(&left);
+    assert!(clean, "{what}: processes left: {left:?}\n{}", b.log_text());
+}
+
+/// A supervisor (`leader`) and its broker dying at the same instant: the broker is stopped
+/// first, so that it cannot notice the supervisor's death and end the group itself, then the
+/// supervisor and the broker are killed with SIGKILL.
+pub fn kill_supervisor_and_broker(b: &mut Broker, leader: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.pid()),
+        nix::sys::signal::Signal::SIGSTOP,
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    b.kill9();
+}
