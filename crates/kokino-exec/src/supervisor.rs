@@ -399,6 +399,14 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
             // supervisor ends: once it has ended, a broker that dies would leave them to nobody.
             let grace = opts.grace.unwrap_or(Duration::from_secs(5));
             end_leftovers(group, grace, &opts);
+            if opts.parent.is_some() {
+                // In a tmux pane (the only place that watches its parent) this process's exit
+                // is what tmux sees as the pane's death. The CLI's last words (a login screen,
+                // an error) may still be in the terminal for tmux to read; a moment's pause
+                // keeps a busy tmux from marking the pane dead before they are on its screen,
+                // where the executor reads why the CLI stopped.
+                std::thread::sleep(Duration::from_millis(20));
+            }
             exit_like(status)
         }
         let now = HEARTBEATS.load(Ordering::Relaxed);
