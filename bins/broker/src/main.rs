@@ -28,6 +28,10 @@ fn main() {
     }) {
         kokino_exec::supervisor::run_supervisor(flag, &argv[2..]);
     }
+    // And the spawner that starts every headless CLI (kokino_exec::spawner).
+    if argv.get(1).map(String::as_str) == Some(kokino_exec::spawner::SPAWNER_FLAG) {
+        kokino_exec::spawner::run_spawner(&argv[2..]);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -38,10 +38,14 @@ pub(crate) fn group_alive(pgid: i32) -> bool {
 /// and everything it started to exit, then SIGKILL and reap. Returns once no member is alive, or
 /// a bounded time after SIGKILL if the kernel has not finished with them, with the leader's exit
 /// status if it was reaped here.
+///
+/// `watchdog` is the process that watches the group for the broker (its supervisor, which
+/// leads it, or the spawner): what is marked with it is swept once it is gone.
 pub(crate) async fn terminate_group(
     pgid: i32,
-    child: Option<&mut Child>,
+    child: Option<&mut Proc>,
     grace: Duration,
+    watchdog: i32,
 ) -> Option<ExitStatus> {
     signal_group(pgid, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
@@ -51,6 +55,7 @@ pub(crate) async fn terminate_group(
             Ok(s) => status = s.ok(),
             Err(_) => {
                 signal_group(pgid, Signal::SIGKILL);
+                child.hurry().await;
                 status = child.wait().await.ok();
             }
         }
@@ -68,16 +73,43 @@ pub(crate) async fn terminate_group(
         }
         sleep(Duration::from_millis(20)).await;
     }
-    sweep_orphans(pgid).await;
+    sweep_orphans(watchdog).await;
     status
 }
 
-/// Kills what a supervised CLI started outside its group when the supervisor (the group's
-/// leader, `pgid`) did not live to do it ([`crate::supervisor::kill_orphans_of`]): the SIGKILL
+/// A process a run waits for: a child of the broker (a supervisor, or a CLI started directly),
+/// or a CLI the spawner started, whose exit the spawner reports.
+pub(crate) enum Proc {
+    /// The broker's own child.
+    Local(Child),
+    /// The spawner's child.
+    Remote(crate::spawner::Remote),
+}
+
+impl Proc {
+    /// Waits for its exit (for a spawner's CLI: until it and its leftovers are gone).
+    pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Proc::Local(c) => c.wait().await,
+            Proc::Remote(r) => r.wait().await,
+        }
+    }
+
+    /// A SIGKILL went to the group: a spawner ends the run's leftovers now rather than after
+    /// its grace.
+    pub(crate) async fn hurry(&self) {
+        if let Proc::Remote(r) = self {
+            r.kill_now().await;
+        }
+    }
+}
+
+/// Kills what a supervised CLI started outside its group when its watchdog (the supervisor
+/// leading the group, or the spawner) did not live to do it ([`crate::supervisor::kill_orphans_of`]): the SIGKILL
 /// above ends a supervisor that was still ending the CLI's daemonized helpers. Run after every
 /// forced stop, which is rare, so the scan of `/proc` costs the happy path nothing.
-pub(crate) async fn sweep_orphans(pgid: i32) {
-    let killed = tokio::task::spawn_blocking(move || crate::supervisor::kill_orphans_of(pgid))
+pub(crate) async fn sweep_orphans(watchdog: i32) {
+    let killed = tokio::task::spawn_blocking(move || crate::supervisor::kill_orphans_of(watchdog))
         .await
         .unwrap_or_default();
     if !killed.is_empty() {

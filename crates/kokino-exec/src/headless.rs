@@ -10,13 +10,13 @@ use std::time::Duration;
 use kokino_cli::{ParsedOutcome, ProcessExit, StreamEvent, StreamParser};
 use kokino_core::{LineSink, OutcomeClass, OutputStream};
 use nix::sys::signal::Signal;
-use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::group::{group_alive, signal_group, terminate_group};
+use crate::group::{group_alive, signal_group, terminate_group, Proc};
 use crate::lines::{BoundedLines, Line};
 use crate::procfs;
 
@@ -119,6 +119,10 @@ pub enum ExecEvent {
         /// The CLI itself when it runs under a supervisor (found within a few milliseconds of
         /// the spawn); `None` when `pid` is the CLI.
         cli_pid: Option<i32>,
+        /// The process that watches the group for the broker and takes its heartbeats: the
+        /// supervisor (then `pid`), or the spawner shared by the broker's runs. `None` for a
+        /// CLI started without supervision.
+        watchdog: Option<i32>,
     },
     /// Something the CLI's output meant, as its parser read it.
     Stream(StreamEvent),
@@ -234,29 +238,34 @@ pub async fn run_headless(
     let started = Instant::now();
     let Spawned {
         mut child,
+        io,
+        pid,
+        start_time,
+        watchdog,
         claim,
         _lifeline,
-    } = match spawn(&cmd) {
+    } = match spawn(&cmd).await {
         Ok(c) => c,
         Err(message) => return spawn_failure(started, message),
     };
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let mut guard = GroupGuard {
         pgid: pid,
         armed: true,
     };
     // The prompt goes in first: the pipe holds it until the CLI reads it, so the CLI never
     // waits for the broker's bookkeeping below.
-    let mut pipes = Pipes::take(&mut child, cmd.stdin, limits.max_line_bytes);
-    let start_time = procfs::start_time(pid);
-    let cli_pid = match &cmd.supervisor {
-        Some(_) => find_child(pid).await,
-        None => None,
+    let mut pipes = Pipes::take(io, cmd.stdin, limits.max_line_bytes);
+    let start_time = start_time.or_else(|| procfs::start_time(pid));
+    // Under a supervisor of its own, the CLI is the supervisor's child, found by looking.
+    let cli_pid = match (&child, watchdog) {
+        (Proc::Local(_), Some(_)) => find_child(pid).await,
+        _ => None,
     };
     let _ = events.send(ExecEvent::Started {
         pid,
         start_time,
         cli_pid,
+        watchdog,
     });
     let mut run = HeadlessRun {
         parser,
@@ -276,22 +285,39 @@ pub async fn run_headless(
         drain_deadline: Instant::now(),
         oversized_lines: 0,
         retry_resets_at: None,
+        watchdog_lost: false,
     };
     run.supervise(&mut child, &mut pipes, &cancel).await;
-    let status = run.reap(&mut child, &mut pipes).await;
+    let status = run
+        .reap(&mut child, &mut pipes, watchdog.unwrap_or(pid))
+        .await;
     guard.armed = false;
     drop(guard);
     // The group is empty: the claim has nothing left to protect.
     if let Some(c) = &claim {
         let _ = std::fs::remove_file(c);
     }
-    let supervised = cmd.supervisor.is_some();
+    let supervised = matches!(child, Proc::Local(_)) && watchdog.is_some();
     run.finish(status, &mut pipes.stderr, supervised).await
+}
+
+/// The broker's ends of a CLI's stdin, stdout and stderr.
+struct Io {
+    stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
 }
 
 /// A started CLI (or its supervisor) and what keeps the supervision in place.
 struct Spawned {
-    child: Child,
+    child: Proc,
+    io: Io,
+    /// The group's leader: the supervisor, or the CLI.
+    pid: i32,
+    /// The leader's start time, when the spawn already knows it.
+    start_time: Option<i64>,
+    /// See [`ExecEvent::Started`].
+    watchdog: Option<i32>,
     /// The supervisor's claim file, removed once the group is gone.
     claim: Option<PathBuf>,
     /// The broker's end of the lifeline: it must stay open for as long as the run lasts.
@@ -322,9 +348,9 @@ pub(crate) async fn find_child(supervisor: i32) -> Option<i32> {
     }
 }
 
-/// Starts the CLI (under its supervisor, when there is one) in its own process group, or says
-/// why it could not be started.
-fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
+/// Starts the CLI (through the shared spawner, or under its supervisor, when there is one) in
+/// its own process group, or says why it could not be started.
+async fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
     let not_found = || match &cmd.cwd {
         Some(cwd) if !cwd.is_dir() => format!("working directory {} does not exist", cwd.display()),
         _ => format!("binary {} not found", cmd.program.display()),
@@ -335,6 +361,37 @@ fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
         && (cmd.cwd.as_ref().is_some_and(|c| !c.is_dir()) || !cmd.program.is_file())
     {
         return Err(not_found());
+    }
+    if let Some(spawner) = cmd.supervisor.as_ref().and_then(|s| s.spawner.as_ref()) {
+        use crate::spawner::SpawnError;
+        match spawner
+            .spawn(&cmd.program, &cmd.args, &cmd.env, cmd.cwd.as_deref())
+            .await
+        {
+            Ok(s) => {
+                return Ok(Spawned {
+                    pid: s.cli.pid,
+                    start_time: Some(s.cli.start),
+                    watchdog: Some(s.cli.watchdog()),
+                    child: Proc::Remote(s.cli),
+                    io: Io {
+                        stdin: Some(Box::new(s.stdin)),
+                        stdout: Some(Box::new(s.stdout)),
+                        stderr: Some(Box::new(s.stderr)),
+                    },
+                    claim: None,
+                    _lifeline: None,
+                })
+            }
+            Err(SpawnError::Failed { errno, .. }) if errno == libc::ENOENT => {
+                return Err(not_found())
+            }
+            Err(SpawnError::Failed { message, .. }) => return Err(message),
+            // This run gets a supervisor of its own instead.
+            Err(SpawnError::Unavailable(why)) => {
+                tracing::warn!(%why, "the spawner cannot start this CLI; starting it under a supervisor")
+            }
+        }
     }
     let lifeline = match &cmd.supervisor {
         Some(_) => Some(
@@ -368,15 +425,34 @@ fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
-    let child = command.spawn().map_err(|e| {
+    let mut child = command.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             not_found()
         } else {
             format!("cannot start {}: {e}", cmd.program.display())
         }
     })?;
+    let io = Io {
+        stdin: child
+            .stdin
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>),
+        stdout: child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        stderr: child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+    };
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
     Ok(Spawned {
-        child,
+        child: Proc::Local(child),
+        io,
+        pid,
+        start_time: None,
+        watchdog: cmd.supervisor.as_ref().map(|_| pid),
         claim,
         // Only the write end stays with us; the supervisor has its own copy of the read end.
         _lifeline: lifeline.map(crate::supervisor::Lifeline::into_write_end),
@@ -400,7 +476,7 @@ fn spawn_failure(started: Instant, message: String) -> RunResult {
 /// The child's output, as the run reads it.
 struct Pipes {
     /// `None` once stdout reached its end.
-    stdout: Option<BoundedLines<ChildStdout>>,
+    stdout: Option<BoundedLines<Box<dyn AsyncRead + Send + Unpin>>>,
     /// stderr lines, read by their own task so that stderr can never block stdout.
     stderr: mpsc::Receiver<String>,
 }
@@ -409,15 +485,15 @@ impl Pipes {
     /// Takes the child's pipes: the prompt goes in from its own task (a large prompt must not
     /// deadlock against a CLI that writes before it has read everything), stderr is read by
     /// another, stdout by the run itself.
-    fn take(child: &mut Child, input: Vec<u8>, max_line_bytes: usize) -> Pipes {
-        if let Some(mut stdin) = child.stdin.take() {
+    fn take(io: Io, input: Vec<u8>, max_line_bytes: usize) -> Pipes {
+        if let Some(mut stdin) = io.stdin {
             tokio::spawn(async move {
                 let _ = stdin.write_all(&input).await;
                 let _ = stdin.shutdown().await;
             });
         }
         let (stderr_tx, stderr) = mpsc::channel::<String>(64);
-        if let Some(err) = child.stderr.take() {
+        if let Some(err) = io.stderr {
             tokio::spawn(async move {
                 let mut lines = BoundedLines::new(err, 64 * 1024);
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -431,10 +507,7 @@ impl Pipes {
                 }
             });
         }
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| BoundedLines::new(s, max_line_bytes));
+        let stdout = io.stdout.map(|s| BoundedLines::new(s, max_line_bytes));
         Pipes { stdout, stderr }
     }
 }
@@ -475,17 +548,14 @@ struct HeadlessRun<'a> {
     /// When to try again, in epoch seconds, from the first rate-limit signal that named a
     /// delay: the parser has no clock, so the executor dates the delay when the line arrives.
     retry_resets_at: Option<i64>,
+    /// The spawner ended before it reported the CLI's exit.
+    watchdog_lost: bool,
 }
 
 impl HeadlessRun<'_> {
     /// Watches the CLI until its final event, its exit (and the drain of its stdout), or a
     /// reason to stop it.
-    async fn supervise(
-        &mut self,
-        child: &mut Child,
-        pipes: &mut Pipes,
-        cancel: &CancellationToken,
-    ) {
+    async fn supervise(&mut self, child: &mut Proc, pipes: &mut Pipes, cancel: &CancellationToken) {
         // The first sample comes one period after the start: a run that ends sooner gets one
         // cheap sample of its leader when the final event arrives instead of a procfs scan at
         // spawn.
@@ -559,7 +629,10 @@ impl HeadlessRun<'_> {
         status: std::io::Result<ExitStatus>,
         stdout_open: bool,
     ) -> ControlFlow<()> {
-        self.child_status = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+        // An error here is a spawner that ended before its CLI: the CLI may still run, so it
+        // counts as killed, and `reap` ends what is left of its group and of its daemons.
+        self.watchdog_lost |= status.is_err();
+        self.child_status = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL)));
         self.drain_deadline = Instant::now() + DRAIN_AFTER_EXIT;
         if stdout_open {
             ControlFlow::Continue(())
@@ -686,12 +759,19 @@ impl HeadlessRun<'_> {
 
     /// The run's verdict is reached; now make sure the CLI and its group are gone, and return
     /// the CLI's exit status when there is one.
-    async fn reap(&mut self, child: &mut Child, pipes: &mut Pipes) -> Option<ExitStatus> {
+    async fn reap(
+        &mut self,
+        child: &mut Proc,
+        pipes: &mut Pipes,
+        watchdog: i32,
+    ) -> Option<ExitStatus> {
         let pgid = self.pid;
         let kill_grace = self.limits.kill_grace;
         let status = match self.child_status {
             Some(s) => Some(s),
-            None if self.stop.is_some() => terminate_group(pgid, Some(child), kill_grace).await,
+            None if self.stop.is_some() => {
+                terminate_group(pgid, Some(child), kill_grace, watchdog).await
+            }
             None => {
                 // Final event read: the answer stands. Keep draining stdout so a chatty CLI
                 // cannot block on a full pipe, and give it the post-result grace to exit.
@@ -702,14 +782,16 @@ impl HeadlessRun<'_> {
                     Ok(s) => s.ok(),
                     Err(_) => {
                         self.stop = Some(StopReason::PostResultGrace);
-                        terminate_group(pgid, Some(child), kill_grace).await
+                        terminate_group(pgid, Some(child), kill_grace, watchdog).await
                     }
                 }
             }
         };
         // Grandchildren that outlived the CLI (a background tool, an MCP server) go with it.
         if group_alive(pgid) {
-            terminate_group(pgid, None, kill_grace).await;
+            terminate_group(pgid, None, kill_grace, watchdog).await;
+        } else if self.watchdog_lost {
+            crate::group::sweep_orphans(watchdog).await;
         }
         status
     }

@@ -15,6 +15,7 @@ mod lines;
 pub mod probe;
 pub mod procfs;
 mod resolve;
+pub mod spawner;
 pub mod supervisor;
 #[cfg(feature = "tmux")]
 pub mod tmux;

@@ -91,6 +91,9 @@ pub struct SupervisorSpec {
     pub grace: Duration,
     /// `run_dir`, canonical, for the CLI's [`MARK_VAR`] (`--scope`).
     scope: Option<String>,
+    /// One spawner shared by every headless run of this spec, instead of a supervisor per run
+    /// (see [`crate::spawner`]); set by [`SupervisorSpec::shared`]. tmux panes ignore it.
+    pub(crate) spawner: Option<std::sync::Arc<crate::spawner::Spawner>>,
 }
 
 impl SupervisorSpec {
@@ -110,6 +113,36 @@ impl SupervisorSpec {
             run_dir,
             heartbeat: None,
             grace: Duration::from_secs(5),
+            spawner: None,
+        }
+    }
+
+    /// The same spec, with headless runs started by one spawner process shared by every clone
+    /// of it (started with the first run, or by [`SupervisorSpec::start_spawner`]) rather than
+    /// under a supervisor each. Call it last: the spawner takes the grace and heartbeat set so
+    /// far.
+    pub fn shared(mut self) -> Self {
+        self.spawner = Some(std::sync::Arc::new(crate::spawner::Spawner::new(
+            self.program.clone(),
+            self.run_dir.as_deref(),
+            self.scope.as_deref(),
+            self.heartbeat,
+            self.grace,
+        )));
+        self
+    }
+
+    /// Starts the shared spawner now, so that the first execution does not wait for it;
+    /// returns its pid (`None` without one, or when it cannot start: runs then fall back to a
+    /// supervisor each).
+    pub async fn start_spawner(&self) -> Option<i32> {
+        let spawner = self.spawner.as_ref()?;
+        match spawner.start().await {
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the spawner; each CLI gets a supervisor of its own");
+                None
+            }
         }
     }
 
@@ -281,7 +314,7 @@ fn parse_options(flag: &str, args: &[String]) -> Option<Options> {
 
 /// Writes to stderr without ever panicking: when the broker was killed nobody reads the pipe,
 /// and a failed write must not stop the supervisor from doing its job.
-fn say(message: std::fmt::Arguments<'_>) {
+pub(crate) fn say(message: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "kokino supervisor: {message}");
 }
 
@@ -450,7 +483,7 @@ fn subreaper() -> bool {
 }
 
 /// `<pid>:<start time>:<scope>`, the value of [`MARK_VAR`].
-fn mark(pid: i32, start: i64, scope: Option<&str>) -> String {
+pub(crate) fn mark(pid: i32, start: i64, scope: Option<&str>) -> String {
     format!("{pid}:{start}:{}", scope.unwrap_or(""))
 }
 
@@ -638,12 +671,22 @@ fn exit_like(status: std::process::ExitStatus) -> ! {
 
 fn write_claim(path: &Path, group: i32, owner: Option<(i32, i64)>) -> std::io::Result<()> {
     let start = procfs::start_time(group).unwrap_or(0);
-    let (owner_pid, owner_start) = owner
-        .or_else(|| {
-            let ppid = nix::unistd::getppid().as_raw();
-            procfs::start_time(ppid).map(|s| (ppid, s))
-        })
-        .unwrap_or((0, 0));
+    let owner = owner.or_else(|| {
+        let ppid = nix::unistd::getppid().as_raw();
+        procfs::start_time(ppid).map(|s| (ppid, s))
+    });
+    write_claim_file(path, group, start, owner)
+}
+
+/// Writes a claim: the group `group` led by a process that started at `start`, owned by the
+/// broker `owner` (pid and start time). Written whole or not at all (a rename).
+pub(crate) fn write_claim_file(
+    path: &Path,
+    group: i32,
+    start: i64,
+    owner: Option<(i32, i64)>,
+) -> std::io::Result<()> {
+    let (owner_pid, owner_start) = owner.unwrap_or((0, 0));
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{group} {start} {owner_pid} {owner_start}\n"))?;
     std::fs::rename(&tmp, path)

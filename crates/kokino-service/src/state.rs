@@ -28,6 +28,8 @@ pub(crate) struct Running {
     pub execution_id: String,
     pub cancel: CancellationToken,
     pub pid: Option<i32>,
+    /// The process that takes this run's heartbeats (its supervisor, or the broker's spawner).
+    pub watchdog: Option<i32>,
     pub started_at: DateTime<Utc>,
     pub mode: CommMode,
     pub rss_bytes: u64,
@@ -129,7 +131,15 @@ impl Inner {
         let tmux = detect_tmux(&cfg).await;
         let stop = CancellationToken::new();
         let (wakeups, homes) = crate::homes::Homes::new(cfg.cluster.as_ref(), &store, &stop);
-        let supervisor = cfg.supervisor();
+        // Headless CLIs are started by one spawner shared by the whole broker (a supervisor
+        // process per execution costs more CPU than a quick CLI); it starts now, so the first
+        // execution does not wait for it.
+        let supervisor = cfg.supervisor().map(|s| s.shared());
+        if let Some(s) = &supervisor {
+            if let Some(pid) = s.start_spawner().await {
+                tracing::debug!(pid, "spawner started");
+            }
+        }
         Ok(Inner {
             wakeups,
             homes,

@@ -47,8 +47,8 @@ async fn a_broker_killed_at_any_instant_leaves_no_process_behind() {
     );
 }
 
-/// The group's leader (the supervisor) and the broker both die, leaving the CLI and its
-/// grandchild in a group whose leader is gone. The next broker kills them at start-up.
+/// The group's leader (the CLI), its spawner and the broker all die, leaving the CLI's
+/// grandchild in a group whose leader is gone. The next broker kills it at start-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_kills_a_group_whose_leader_is_gone() {
     let w = World::new();
@@ -70,14 +70,15 @@ async fn recovery_kills_a_group_whose_leader_is_gone() {
         if let Some(pid) = v[0]["pid"].as_i64() {
             leader = Some(pid as i32);
         }
-        if leader.is_some() && agent_processes(&w, &b).len() >= 3 {
+        if leader.is_some() && agent_processes(&w, &b).len() >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let leader = leader.expect("the execution's process is listed");
-    // Leader first, then the broker before the rest of the group can notice anything.
-    kill_supervisor_and_broker(&mut b, leader);
+    // The spawner and the leader, with the broker, before the rest can notice anything.
+    let spawner = watchdog_pid(&b).await;
+    kill_supervisor_and_broker(&mut b, &[spawner, leader]);
     let _ = request.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = agent_processes(&w, &b);

@@ -1,8 +1,9 @@
 //! A CLI's helper that daemonizes (double fork and `setsid`, like the `codex app-server
 //! --managed-daemon` that Codex's TUI starts) leaves the CLI's process group and session, so a
-//! group kill cannot reach it. The supervisor is a child subreaper, so the daemon is re-parented
-//! to it and ended with the execution, headless and in tmux panes; when the supervisor itself is
-//! killed, the daemon carries the supervisor's mark and the next broker kills it at start-up.
+//! group kill cannot reach it. The spawner (headless) and the pane's supervisor (tmux) are child
+//! subreapers, so the daemon is re-parented to them and ended with the execution; when the
+//! watchdog itself is killed, the daemon carries its mark and the next broker kills it at
+//! start-up.
 
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ async fn a_daemon_goes_when_its_headless_execution_ends_or_is_cancelled() {
     let b = w.start();
     w.register(&b, "a", "claude-code", json!({})).await;
 
-    // The answer: by the time it arrives, the supervisor has ended the daemon.
+    // The answer: by the time it arrives, the spawner has ended the daemon.
     let (st, v) = b.execute("a", "fake:child=daemon hello").await;
     assert_eq!(st, 200, "{v}");
     assert_none_left(&w, &b, Duration::from_secs(2), "after the answer").await;
@@ -61,16 +62,16 @@ async fn a_daemon_goes_when_its_headless_execution_ends_or_is_cancelled() {
             .await
             .map(|r| r.status().as_u16())
     });
-    // The supervisor, the CLI and the daemon.
-    wait_for_daemon(&w, &b, 3).await;
+    // The CLI and the daemon (the spawner does not carry the world's environment).
+    wait_for_daemon(&w, &b, 2).await;
     let (st, v) = b.post("/agents/a/execute/cancel", json!({})).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(request.await.unwrap().ok(), Some(409));
     assert_none_left(&w, &b, Duration::from_secs(5), "after the cancel").await;
 }
 
-/// The supervisor is killed with SIGKILL together with its broker: nobody is left to end the
-/// daemon, which init adopted. The next broker finds it by the mark its supervisor set.
+/// The spawner is killed with SIGKILL together with its broker: nobody is left to end the
+/// daemon, which init adopted. The next broker finds it by the mark the spawner set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_kills_a_daemon_whose_supervisor_was_killed() {
     let w = World::new();
@@ -85,18 +86,15 @@ async fn recovery_kills_a_daemon_whose_supervisor_was_killed() {
             .send()
             .await;
     });
-    wait_for_daemon(&w, &b, 3).await;
-    let (_, v) = b.get("/agents/processes/status").await;
-    let leader = v[0]["pid"]
-        .as_i64()
-        .expect("the execution's process is listed") as i32;
-    kill_supervisor_and_broker(&mut b, leader);
+    wait_for_daemon(&w, &b, 2).await;
+    let spawner = watchdog_pid(&b).await;
+    kill_supervisor_and_broker(&mut b, &[spawner]);
     let _ = request.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = agent_processes(&w, &b);
     assert!(
         left.len() >= 2,
-        "the scenario needs the CLI and its daemon to outlive their supervisor: {left:?}\n{}",
+        "the scenario needs the CLI and its daemon to outlive their spawner: {left:?}\n{}",
         b.log_text()
     );
     let b2 = w.start();

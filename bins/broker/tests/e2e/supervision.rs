@@ -171,10 +171,23 @@ async fn event_retention_deletes_old_events_on_request() {
     }
 }
 
-/// Each CLI runs under `kokino-supervisor` when that small binary sits next to the broker (both
-/// come from one build), and under the broker binary itself when it does not.
+/// Each headless CLI is started by a spawner run by `kokino-supervisor` when that small binary
+/// sits next to the broker (both come from one build), and by the broker binary itself when it
+/// does not.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_small_supervisor_is_used_when_it_is_next_to_the_broker() {
+    let exe_name = |pid: i32| {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        Some(exe.file_name()?.to_string_lossy().into_owned())
+    };
+    let parent_of = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse::<i32>()
+            .ok()
+    };
     for alone in [false, true] {
         let w = World::new();
         let copy = w.path().join("alone");
@@ -196,25 +209,33 @@ async fn the_small_supervisor_is_used_when_it_is_next_to_the_broker() {
             let b = b.clone();
             tokio::spawn(async move { b.execute("s", "fake:sleep=1.5 hi").await })
         };
-        let mut names = Vec::new();
+        // The CLI, and the program and command line of its parent.
+        let mut parent = None;
         let seen = eventually(Duration::from_secs(10), || {
-            names = agent_processes(&w, &b)
+            let cli = agent_processes(&w, &b)
                 .into_iter()
-                .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
-                .filter_map(|exe| Some(exe.file_name()?.to_string_lossy().into_owned()))
-                .collect();
-            names.iter().any(|n| n.starts_with("kokino-fake-agent"))
+                .find(|&pid| exe_name(pid).is_some_and(|n| n.starts_with("kokino-fake-agent")));
+            parent = cli.and_then(parent_of).map(|pp| {
+                let cmdline = std::fs::read(format!("/proc/{pp}/cmdline")).unwrap_or_default();
+                (
+                    exe_name(pp),
+                    String::from_utf8_lossy(&cmdline).replace('\0', " "),
+                )
+            });
+            parent.is_some()
         })
         .await;
-        assert!(seen, "the CLI never ran: {names:?}");
+        assert!(seen, "the CLI never ran");
+        let (name, cmdline) = parent.unwrap();
         let want = if alone {
             "kokino-broker"
         } else {
             "kokino-supervisor"
         };
+        assert_eq!(name.as_deref(), Some(want), "alone={alone}: {cmdline}");
         assert!(
-            names.iter().any(|n| n == want),
-            "alone={alone}: no {want} among the CLI's processes: {names:?}"
+            cmdline.contains("--kokino-spawner"),
+            "alone={alone}: {cmdline}"
         );
         assert_eq!(run.await.unwrap().0, 200);
     }

@@ -378,6 +378,7 @@ impl TmuxExecutor {
             pid: pane.pid,
             start_time: procfs::start_time(pane.pid),
             cli_pid,
+            watchdog: self.supervisor.as_ref().map(|_| pane.pid),
         });
         if let Some(sid) = &req.session_id {
             let _ = events.send(ExecEvent::Stream(StreamEvent::SessionId(sid.clone())));

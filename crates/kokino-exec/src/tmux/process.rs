@@ -67,7 +67,7 @@ pub(crate) fn zombie_exit(pid: i32) -> Option<(Option<i32>, Option<i32>)> {
 /// that is swept either way.
 pub(crate) async fn terminate_group(pgid: i32, grace: Duration) {
     if crate::group::group_alive(pgid) {
-        crate::group::terminate_group(pgid, None, grace).await;
+        crate::group::terminate_group(pgid, None, grace, pgid).await;
     } else {
         crate::group::sweep_orphans(pgid).await;
     }

@@ -327,7 +327,7 @@ fn spawn_renewal(
         agent_key.to_string(),
         lease.token,
         cancel.clone(),
-        move || this.inner.running(&agent_key).and_then(|r| r.pid),
+        move || this.inner.running(&agent_key).and_then(|r| r.watchdog),
     ))
 }
 
@@ -372,6 +372,7 @@ async fn run_process(
             execution_id: exec.execution_id.clone(),
             cancel: cancel.clone(),
             pid: None,
+            watchdog: None,
             started_at: Utc::now(),
             mode,
             rss_bytes: 0,
@@ -436,7 +437,8 @@ impl Watch<'_> {
                 pid,
                 start_time,
                 cli_pid,
-            } => self.on_started(pid, start_time, cli_pid).await,
+                watchdog,
+            } => self.on_started(pid, start_time, cli_pid, watchdog).await,
             ExecEvent::Sample {
                 rss_bytes,
                 cpu_percent,
@@ -472,13 +474,22 @@ impl Watch<'_> {
     }
 
     /// The process is running: record it (table, store, event) and tell a streaming client.
-    /// `pid` leads the process group (the supervisor, when there is one) and is what recovery
-    /// needs; `cli_pid` is the CLI itself, what an operator looks for in `ps`.
-    async fn on_started(&mut self, pid: i32, start_time: Option<i64>, cli_pid: Option<i32>) {
+    /// `pid` leads the process group (the supervisor, when there is one, else the CLI) and is
+    /// what recovery needs; `cli_pid` is the CLI itself, what an operator looks for in `ps`;
+    /// `watchdog` takes the heartbeats of a cluster's lease renewals.
+    async fn on_started(
+        &mut self,
+        pid: i32,
+        start_time: Option<i64>,
+        cli_pid: Option<i32>,
+        watchdog: Option<i32>,
+    ) {
         let (b, exec) = (self.b, self.exec);
         let (id, cli) = (&exec.agent.spec.agent_id, exec.agent.spec.cli_type);
-        b.inner
-            .update_running(id, exec.token, |r| r.pid = Some(pid));
+        b.inner.update_running(id, exec.token, |r| {
+            r.pid = Some(pid);
+            r.watchdog = watchdog;
+        });
         // Not awaited here: the store commits this lazily (the supervisor's claim file already
         // names the process for recovery), and the run's events must keep flowing meanwhile.
         let (store, execution_id) = (b.inner.store.clone(), exec.execution_id.clone());
@@ -494,6 +505,7 @@ impl Watch<'_> {
         ev.metadata = json!({
             "pid": cli_pid.unwrap_or(pid),
             "pgid": pid,
+            "supervisorPid": watchdog,
             "executionId": exec.execution_id,
         });
         b.inner.events.emit(ev);

@@ -509,17 +509,26 @@ pub async fn assert_none_left(w: &World, b: &Broker, within: Duration, what: &st
     assert!(clean, "{what}: processes left: {left:?}\n{}", b.log_text());
 }
 
-/// A supervisor (`leader`) and its broker dying at the same instant: the broker is stopped
-/// first, so that it cannot notice the supervisor's death and end the group itself, then the
-/// supervisor and the broker are killed with SIGKILL.
-pub fn kill_supervisor_and_broker(b: &mut Broker, leader: i32) {
+/// A watchdog (the spawner of headless CLIs, or a pane's supervisor) and its broker dying at
+/// the same instant: the broker is stopped first, so that it cannot notice the watchdog's death
+/// and end the group itself, then `pids` (the watchdog, and whatever else the scenario kills
+/// with it) and the broker are killed with SIGKILL.
+pub fn kill_supervisor_and_broker(b: &mut Broker, pids: &[i32]) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(b.pid()),
         nix::sys::signal::Signal::SIGSTOP,
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(leader),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    kill_all(pids);
     b.kill9();
+}
+
+/// The process watching the latest started execution for the broker (`supervisorPid` of its
+/// `PROCESS_STARTED` event): the spawner for a headless run, the pane's supervisor in tmux.
+pub async fn watchdog_pid(b: &Broker) -> i32 {
+    let started = events(b, "type=PROCESS_STARTED&limit=1", 1).await;
+    started
+        .first()
+        .and_then(|e| e["metadata"]["supervisorPid"].as_i64())
+        .unwrap_or_else(|| panic!("no PROCESS_STARTED event names a watchdog: {started:?}"))
+        as i32
 }
