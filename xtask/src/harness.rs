@@ -199,7 +199,35 @@ impl Broker {
     pub(crate) fn cpu(&self) -> Cpu {
         Cpu::of(&format!("/proc/{}/stat", self.child.id()))
     }
-    /// The resident memory of the broker's live children (the supervisors of running CLIs).
+    /// The CPU time of the broker's spawner (the child started with `--kokino-spawner`): its
+    /// own, and that of the CLIs it started and reaped. Zero when it has none.
+    pub(crate) fn spawner_cpu(&self) -> Cpu {
+        let me = self.child.id().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if ppid == Some(me.as_str())
+                && cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == b"--kokino-spawner")
+            {
+                return Cpu::of(&format!("/proc/{pid}/stat"));
+            }
+        }
+        Cpu::default()
+    }
+    /// The resident memory of the broker's live children (its spawner, and the supervisors of
+    /// running CLIs).
     pub(crate) fn children_rss_mb(&self) -> f64 {
         let me = self.child.id().to_string();
         let mut kb = 0;

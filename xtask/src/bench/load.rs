@@ -203,7 +203,7 @@ pub(super) fn memory(world: &World, broker: &Broker, tag: &str) -> Result<()> {
     println!("  RSS with {AGENTS} agents registered     {registered:7.1} MB");
     println!("  RSS with {executing} executions in flight   {in_flight:7.1} MB   (goal: ≤ 64 MB)");
     println!(
-        "  (beside it, the {executing} supervisors of those CLIs hold {supervisors:.1} MB together; the broker's peak so far {:.1} MB)",
+        "  (beside it, its spawner and the {executing} CLIs' supervisors, if any, hold {supervisors:.1} MB together; the broker's peak so far {:.1} MB)",
         broker.peak_rss_mb()
     );
     Ok(())
@@ -283,18 +283,32 @@ pub(super) fn direct(world: &World, executions: usize, clients: usize) -> Result
     Ok(executions as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Prints the CPU time per execution: the broker's own, its supervisors' (what the broker's
-/// reaped children used beyond the CLIs themselves), beside the CLI's own CPU time measured on
-/// the direct spawns.
-pub(super) fn cpu_per_execution(broker: Cpu, executions: usize, direct: Cpu, direct_runs: usize) {
+/// Prints the CPU time per execution: the broker's own, its spawner's (the process that starts
+/// the CLIs), its supervisors' (what the broker's reaped children used beyond the CLIs
+/// themselves, when CLIs run under a supervisor each), beside the CLI's own CPU time measured on
+/// the direct spawns and through the broker (the spawner's reaped children).
+pub(super) fn cpu_per_execution(
+    broker: Cpu,
+    spawner: Cpu,
+    executions: usize,
+    direct: Cpu,
+    direct_runs: usize,
+) {
     let per = |s: f64, n: usize| s * 1000.0 / n.max(1) as f64;
     let cli = per(direct.children, direct_runs);
     let own = per(broker.own, executions);
-    let supervisor = per(broker.children, executions) - cli;
+    let spawner_own = per(spawner.own, executions);
+    let cli_spawned = per(spawner.children, executions);
     println!("\n== (b2) CPU time per execution (user + system, from /proc)");
     println!("  the CLI itself (fake agent, direct spawns)   {cli:6.2} ms");
+    println!("  the CLI itself, started by the spawner       {cli_spawned:6.2} ms");
     println!(
         "  the broker process                           {own:6.2} ms   (goal: less than the CLI)"
     );
-    println!("  its supervisor process (beyond the CLI)      {supervisor:6.2} ms");
+    println!("  its spawner process                          {spawner_own:6.2} ms");
+    if broker.children > 0.0 {
+        // CLIs that did not go through the spawner ran under a supervisor each.
+        let supervisor = per(broker.children, executions) - cli;
+        println!("  supervisors (beyond their CLIs)              {supervisor:6.2} ms");
+    }
 }

@@ -173,7 +173,7 @@ fn throughput(world: &World, broker: &Broker, args: &Args, tag: &str) -> Result<
     for i in 0..args.agents {
         world.register(broker, &format!("tp-{i}"))?;
     }
-    let before = broker.cpu();
+    let (before, spawner_before) = (broker.cpu(), broker.spawner_cpu());
     let addrs = [broker.addr.clone()];
     let broker_rate = load::through_broker(
         &addrs,
@@ -183,6 +183,7 @@ fn throughput(world: &World, broker: &Broker, args: &Args, tag: &str) -> Result<
         args.clients,
     )?;
     let broker_cpu = broker.cpu().since(before);
+    let spawner_cpu = broker.spawner_cpu().since(spawner_before);
 
     let before = Cpu::this_process();
     let direct_rate = load::direct(world, args.throughput_runs, args.clients)?;
@@ -195,6 +196,7 @@ fn throughput(world: &World, broker: &Broker, args: &Args, tag: &str) -> Result<
     );
     load::cpu_per_execution(
         broker_cpu,
+        spawner_cpu,
         args.throughput_runs,
         direct_cpu,
         args.throughput_runs,

@@ -77,7 +77,7 @@ async fn recovery_kills_a_group_whose_leader_is_gone() {
     }
     let leader = leader.expect("the execution's process is listed");
     // The spawner and the leader, with the broker, before the rest can notice anything.
-    let spawner = watchdog_pid(&b).await;
+    let spawner = watchdog_pid(&b, 1).await;
     kill_supervisor_and_broker(&mut b, &[spawner, leader]);
     let _ = request.await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -87,7 +87,7 @@ async fn recovery_kills_a_daemon_whose_supervisor_was_killed() {
             .await;
     });
     wait_for_daemon(&w, &b, 2).await;
-    let spawner = watchdog_pid(&b).await;
+    let spawner = watchdog_pid(&b, 1).await;
     kill_supervisor_and_broker(&mut b, &[spawner]);
     let _ = request.await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -240,3 +240,68 @@ async fn the_small_supervisor_is_used_when_it_is_next_to_the_broker() {
         assert_eq!(run.await.unwrap().0, 200);
     }
 }
+
+/// The spawner that starts headless CLIs is killed with SIGKILL while a CLI runs: the run ends
+/// as a killed CLI, the broker ends the CLI's group (nobody else would), and the next execution
+/// starts a new spawner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_spawner_ends_its_run_and_the_next_execution_gets_a_new_one() {
+    let w = World::new();
+    let cfg = w.path().join("k.toml");
+    std::fs::write(&cfg, "[limits]\nkill_grace_ms = 500\n").unwrap();
+    let b = std::sync::Arc::new(w.start_with(&["--config", &cfg.display().to_string()], &[]));
+    w.register(&b, "s", "claude-code", json!({})).await;
+    let (st, v) = b.execute("s", "warm up").await;
+    assert_eq!(st, 200, "{v}");
+    let first = watchdog_pid(&b, 1).await;
+    let run = {
+        let b = b.clone();
+        tokio::spawn(async move { b.execute("s", "fake:child fake:sleep=60").await })
+    };
+    // The CLI and its child.
+    assert!(
+        eventually(Duration::from_secs(10), || agent_processes(&w, &b).len()
+            >= 2)
+        .await
+    );
+    kill_all(&[first]);
+    let (st, body) = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the run ends once its spawner is gone")
+        .unwrap();
+    assert_eq!(st, 502, "{body}");
+    assert_eq!(body["details"]["classification"], "cli_error", "{body}");
+    assert_none_left(&w, &b, Duration::from_secs(5), "after the spawner died").await;
+
+    let (st, v) = b.execute("s", "again").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["content"], "echo: again");
+    let second = watchdog_pid(&b, 3).await;
+    assert_ne!(second, first, "a new spawner started the CLI");
+}
+
+/// A request too large for the spawner's socket (an environment of hundreds of kilobytes) is
+/// not refused: that CLI runs under a supervisor of its own, which the broker starts itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_too_large_for_the_spawner_runs_under_a_supervisor_of_its_own() {
+    let w = World::new();
+    let b = w.start();
+    // Four variables of 60 KB: each under the kernel's limit for one string (128 KB), the
+    // whole over the spawner's message limit.
+    let big = "x".repeat(60 * 1024);
+    let env: serde_json::Map<String, Value> = (0..4)
+        .map(|i| (format!("KOKINO_BIG_{i}"), Value::from(big.clone())))
+        .collect();
+    w.register(&b, "big", "claude-code", json!({ "env": env }))
+        .await;
+    let (st, v) = b.execute("big", "hello").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["content"], "echo: hello");
+    let started = events(&b, "type=PROCESS_STARTED&limit=1", 1).await;
+    let meta = &started[0]["metadata"];
+    // Under a supervisor, the supervisor leads the group and is the watchdog; the CLI is its
+    // child.
+    assert_eq!(meta["supervisorPid"], meta["pgid"], "{meta}");
+    assert_ne!(meta["pid"], meta["pgid"], "{meta}");
+    assert_none_left(&w, &b, Duration::from_secs(2), "after the answer").await;
+}

@@ -23,7 +23,14 @@ use nix::unistd::Pid;
 use super::wire;
 use super::RUN_VAR;
 use crate::procfs;
-use crate::supervisor::{mark, say, write_claim_file, MARK_VAR};
+use crate::supervisor::{mark, write_claim_file, MARK_VAR};
+
+/// Writes to stderr (the broker's) without ever panicking: a broker killed with SIGKILL no
+/// longer reads it, and that is exactly when the spawner must act.
+fn say(message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "kokino spawner: {message}");
+}
 
 /// The flag that makes a binary the spawner (the broker and `kokino-supervisor` check for it).
 pub const SPAWNER_FLAG: &str = "--kokino-spawner";
@@ -545,7 +552,10 @@ impl Spawner {
     /// The broker is gone or stalled: every run's group and every descendant of ours gets
     /// SIGTERM, a short grace, then SIGKILL; then the spawner ends.
     fn shutdown(&mut self, why: &str) -> ! {
-        say(format_args!("{why}"));
+        // A broker that stopped cleanly ended its runs first: nothing to say then.
+        if !self.runs.is_empty() || !self.adopted().is_empty() {
+            say(format_args!("{why}"));
+        }
         let grace = self
             .opts
             .heartbeat

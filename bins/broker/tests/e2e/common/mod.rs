@@ -522,13 +522,25 @@ pub fn kill_supervisor_and_broker(b: &mut Broker, pids: &[i32]) {
     b.kill9();
 }
 
-/// The process watching the latest started execution for the broker (`supervisorPid` of its
-/// `PROCESS_STARTED` event): the spawner for a headless run, the pane's supervisor in tmux.
-pub async fn watchdog_pid(b: &Broker) -> i32 {
-    let started = events(b, "type=PROCESS_STARTED&limit=1", 1).await;
+/// The processes that watched the broker's first `want` executions for it (`supervisorPid` of
+/// their `PROCESS_STARTED` events, oldest first): the spawner for a headless run, the pane's
+/// supervisor in tmux. Waits until that many events are stored.
+pub async fn watchdog_pids(b: &Broker, want: usize) -> Vec<i32> {
+    let mut started = events(b, "type=PROCESS_STARTED", want).await;
+    assert!(started.len() >= want, "{started:?}");
+    started.sort_by_key(|e| e["id"].as_i64());
     started
-        .first()
-        .and_then(|e| e["metadata"]["supervisorPid"].as_i64())
-        .unwrap_or_else(|| panic!("no PROCESS_STARTED event names a watchdog: {started:?}"))
-        as i32
+        .iter()
+        .map(|e| {
+            e["metadata"]["supervisorPid"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("a PROCESS_STARTED event names no watchdog: {e}"))
+                as i32
+        })
+        .collect()
+}
+
+/// The watchdog of the broker's latest execution, when it has started `count` in all.
+pub async fn watchdog_pid(b: &Broker, count: usize) -> i32 {
+    *watchdog_pids(b, count).await.last().expect("at least one")
 }
