@@ -153,6 +153,11 @@ impl ServiceConfig {
             return Ok(());
         };
         let name = self.binary_for(spec.cli_type);
+        // The common case (an allowed directory, or the type's own name) needs no PATH search,
+        // which costs a few `stat`s on every execution.
+        if self.allowed_binaries.check(binary, &[name]).is_ok() {
+            return Ok(());
+        }
         let path_var = std::env::var_os("PATH");
         let resolved = kokino_exec::resolve_binary(name, path_var.as_deref())
             .ok()

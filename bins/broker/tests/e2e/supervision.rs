@@ -209,18 +209,18 @@ async fn the_small_supervisor_is_used_when_it_is_next_to_the_broker() {
             let b = b.clone();
             tokio::spawn(async move { b.execute("s", "fake:sleep=1.5 hi").await })
         };
-        // The CLI, and the program and command line of its parent.
+        // The execution's CLI (not a start-up probe of the same binary), and the program and
+        // command line of its parent.
+        let started = events(&b, "type=PROCESS_STARTED", 1).await;
+        let cli = started
+            .first()
+            .and_then(|e| e["metadata"]["pid"].as_i64())
+            .expect("the execution's process is named") as i32;
         let mut parent = None;
         let seen = eventually(Duration::from_secs(10), || {
-            let cli = agent_processes(&w, &b)
-                .into_iter()
-                .find(|&pid| exe_name(pid).is_some_and(|n| n.starts_with("kokino-fake-agent")));
-            parent = cli.and_then(parent_of).map(|pp| {
+            parent = parent_of(cli).map(|pp| {
                 let cmdline = std::fs::read(format!("/proc/{pp}/cmdline")).unwrap_or_default();
-                (
-                    exe_name(pp),
-                    String::from_utf8_lossy(&cmdline).replace('\0', " "),
-                )
+                (exe_name(pp), String::from_utf8_lossy(&cmdline).replace('\0', " "))
             });
             parent.is_some()
         })

@@ -7,7 +7,7 @@
 //! heartbeat's, the grace of a run's leftovers) are checked on every wake-up, which comes at
 //! least every [`TICK`] while something is pending.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -116,6 +116,10 @@ struct Spawner {
     /// The broker, for the claim files.
     owner: Option<(i32, i64)>,
     runs: HashMap<i32, Run>,
+    /// Replies not yet taken by the socket. Sends never block: a stalled broker (SIGSTOP, a
+    /// full socket) must not stop the spawner from noticing exits, end of file or a missed
+    /// heartbeat.
+    outbox: VecDeque<Vec<u8>>,
     seen_heartbeats: u64,
     last_heartbeat: Instant,
 }
@@ -183,6 +187,7 @@ pub fn run_spawner(args: &[String]) -> ! {
         opts,
         me,
         runs: HashMap::new(),
+        outbox: VecDeque::new(),
         seen_heartbeats: 0,
         last_heartbeat: Instant::now(),
     };
@@ -194,7 +199,11 @@ pub fn run_spawner(args: &[String]) -> ! {
         let mut fds = [
             libc::pollfd {
                 fd: socket.as_raw_fd(),
-                events: libc::POLLIN,
+                events: if s.outbox.is_empty() {
+                    libc::POLLIN
+                } else {
+                    libc::POLLIN | libc::POLLOUT
+                },
                 revents: 0,
             },
             libc::pollfd {
@@ -211,14 +220,15 @@ pub fn run_spawner(args: &[String]) -> ! {
         // Children first: a CLI that exited before the broker's next request is settled in
         // the order things happened.
         s.reap();
-        if n > 0 && fds[0].revents != 0 {
+        if n > 0 && fds[0].revents & !libc::POLLOUT != 0 {
             match receive(&socket, &mut buf) {
-                Received::Message(len, fds) => s.handle(&socket, &buf[..len], fds),
+                Received::Message(len, fds) => s.handle(&buf[..len], fds),
                 Received::Nothing => {}
                 Received::Closed => s.shutdown("the broker is gone (its socket closed)"),
             }
         }
-        s.settle(&socket);
+        s.settle();
+        s.flush(&socket);
         s.check_heartbeat();
     }
 }
@@ -265,17 +275,6 @@ fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Received {
     Received::Message(msg.bytes, fds)
 }
 
-fn send(socket: &OwnedFd, tag: u8, fields: &[&[u8]]) {
-    let msg = wire::encode(tag, fields);
-    // A blocking send: the broker reads continuously, and if it is gone the send fails at once.
-    let _ = sendmsg::<()>(
-        socket.as_raw_fd(),
-        &[IoSlice::new(&msg)],
-        &[] as &[ControlMessage<'_>],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    );
-}
 
 fn drain(fd: &OwnedFd) {
     let mut b = [0u8; 64];
@@ -296,7 +295,35 @@ impl Spawner {
         }
     }
 
-    fn handle(&mut self, socket: &OwnedFd, msg: &[u8], fds: Vec<OwnedFd>) {
+    /// Queues a reply to the broker.
+    fn send(&mut self, tag: u8, fields: &[&[u8]]) {
+        self.outbox.push_back(wire::encode(tag, fields));
+    }
+
+    /// Sends what the socket takes now, without blocking.
+    fn flush(&mut self, socket: &OwnedFd) {
+        while let Some(msg) = self.outbox.front() {
+            match sendmsg::<()>(
+                socket.as_raw_fd(),
+                &[IoSlice::new(msg)],
+                &[] as &[ControlMessage<'_>],
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
+                Ok(_) => {
+                    self.outbox.pop_front();
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return,
+                // The broker is gone; its end of file comes next.
+                Err(_) => {
+                    self.outbox.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: &[u8], fds: Vec<OwnedFd>) {
         let Some((tag, fields)) = wire::decode(msg) else {
             say(format_args!("ignored a malformed request"));
             return;
@@ -319,8 +346,7 @@ impl Spawner {
                             }
                         }
                     }
-                    send(
-                        socket,
+                    self.send(
                         wire::STARTED,
                         &[
                             id.to_string().as_bytes(),
@@ -329,8 +355,7 @@ impl Spawner {
                         ],
                     );
                 }
-                Err((errno, message)) => send(
-                    socket,
+                Err((errno, message)) => self.send(
                     wire::FAILED,
                     &[
                         id.to_string().as_bytes(),
@@ -474,7 +499,7 @@ impl Spawner {
 
     /// Moves every exited run on: reported at once when it left nothing; else its leftovers get
     /// SIGTERM, then SIGKILL after the grace, and the run is reported when they are gone.
-    fn settle(&mut self, socket: &OwnedFd) {
+    fn settle(&mut self) {
         let exited: Vec<i32> = self
             .runs
             .values()
@@ -520,8 +545,7 @@ impl Spawner {
             if let Some(claim) = &run.claim {
                 let _ = std::fs::remove_file(claim);
             }
-            send(
-                socket,
+            self.send(
                 wire::EXITED,
                 &[
                     run.id.to_string().as_bytes(),
