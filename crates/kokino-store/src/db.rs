@@ -182,6 +182,17 @@ impl Tx {
         }
     }
 
+    /// Whether writes in this transaction take agent locks ([`Tx::lock_agents`]): PostgreSQL's
+    /// do; SQLite's write transaction holds the database's one write lock already.
+    pub(crate) fn locks_agents(&self) -> bool {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Tx::Sqlite(_) => false,
+            #[cfg(feature = "postgres")]
+            Tx::Postgres(_) => true,
+        }
+    }
+
     /// Takes the write locks of the given agents until the transaction ends. Every transaction
     /// that writes an agent's session, conversations or turns calls this before it writes; on
     /// SQLite, whose write transactions hold the one write lock already, it does nothing.
@@ -438,6 +449,85 @@ impl Query {
     }
 }
 
+/// Statements that run in one transaction and return their rows together: on SQLite as one
+/// query of several statements (one round trip to sqlx's connection thread instead of one per
+/// statement, which is where the execute path's writes spent their time), on PostgreSQL, which
+/// prepares one statement at a time, one after another.
+///
+/// Each statement is written with its own `$1`, `$2`…; on SQLite they are renumbered after the
+/// parameters of the statements before it, since SQLite binds `$n` over the whole query.
+#[derive(Debug, Default)]
+pub(crate) struct Batch(Vec<Query>);
+
+impl Batch {
+    /// Adds a statement.
+    pub(crate) fn push(&mut self, query: Query) -> &mut Self {
+        self.0.push(query);
+        self
+    }
+
+    /// Runs every statement, in order, and returns the rows they returned, in order. A statement
+    /// that fails fails the batch; the caller's transaction rolls back what ran before it.
+    pub(crate) async fn fetch_all(self, tx: &mut Tx) -> Result<Vec<Row>> {
+        match tx {
+            #[cfg(feature = "sqlite")]
+            Tx::Sqlite(_) => self.joined().fetch_all(tx).await,
+            #[cfg(feature = "postgres")]
+            Tx::Postgres(_) => {
+                let mut rows = Vec::new();
+                for q in self.0 {
+                    rows.extend(q.fetch_all(&mut *tx).await?);
+                }
+                Ok(rows)
+            }
+        }
+    }
+
+    /// The statements as one query, each one's `$n` shifted past the parameters before it.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    fn joined(self) -> Query {
+        let mut out = Query::new(String::new());
+        for q in self.0 {
+            if !out.sql.is_empty() {
+                out.sql.push_str(";\n");
+            }
+            out.sql.push_str(&renumber(&q.sql, out.args.len()));
+            out.args.extend(q.args);
+        }
+        out
+    }
+}
+
+/// `sql` with every placeholder `$n` replaced by `$(n + offset)`. Our statements carry no `$`
+/// in literals, so every `$` followed by digits is a placeholder.
+fn renumber(sql: &str, offset: usize) -> String {
+    if offset == 0 {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let start = i + 1;
+        let mut end = start;
+        while let Some(&(j, d)) = chars.peek() {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            end = j + 1;
+            chars.next();
+        }
+        if end > start {
+            let n: usize = sql[start..end].parse().unwrap_or(0);
+            out.push_str(&(n + offset).to_string());
+        }
+    }
+    out
+}
+
 // ---- rows ----
 
 /// One result row of either backend.
@@ -627,4 +717,30 @@ pub(crate) fn ms(t: DateTime<Utc>) -> DateTime<Utc> {
 /// `i64::MAX` (hundreds of millions of years in ms) are effectively infinite anyway.
 pub(crate) fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renumbers_placeholders_past_an_offset() {
+        assert_eq!(renumber("a = $1 AND b = $12", 0), "a = $1 AND b = $12");
+        assert_eq!(renumber("a = $1 AND b = $12", 3), "a = $4 AND b = $15");
+        assert_eq!(renumber("x = $2, y = '$'", 1), "x = $3, y = '$'");
+    }
+
+    #[test]
+    fn joins_statements_with_their_parameters_in_order() {
+        let mut b = Batch::default();
+        b.push(
+            Query::new("INSERT INTO t VALUES ($1, $2)")
+                .bind("a")
+                .bind("b"),
+        );
+        b.push(Query::new("UPDATE u SET v = $1").bind("c"));
+        let q = b.joined();
+        assert_eq!(q.sql, "INSERT INTO t VALUES ($1, $2);\nUPDATE u SET v = $3");
+        assert_eq!(q.args.len(), 3);
+    }
 }

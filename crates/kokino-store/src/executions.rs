@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::db::{now, saturating_i64, Arg, Fields, Query, Row, Tx};
+use crate::db::{now, saturating_i64, Arg, Batch, Fields, Query, Row, Tx};
 use crate::leases::Fence;
-use crate::sessions::touch_conversation;
+use crate::sessions::touch_statements;
 use crate::{FinishExecution, NewTurn, Result, Store, StoreError};
 
 pub(crate) const EXECUTION_COLUMNS: &str = "execution_id, agent_id, conversation_id, cli_type, \
@@ -147,9 +147,11 @@ pub(crate) async fn begin_execution_in(
     if let Some(fence) = fence {
         fence.check(tx).await?;
     }
-    let turn = insert_turn(
-        tx,
-        &new.conversation_id,
+    // One batch: a single round trip on SQLite (see `Batch`).
+    let mut batch = Batch::default();
+    batch.push(insert_turn_statement(
+        Arg::from(new.conversation_id.as_str()),
+        "$2",
         &NewTurn {
             turn_id: new.user_turn_id.clone(),
             role: Role::User,
@@ -157,25 +159,46 @@ pub(crate) async fn begin_execution_in(
             metadata: new.turn_metadata.clone(),
         },
         now,
-    )
-    .await?;
-    Query::new(
-        "INSERT INTO executions \
-             (execution_id, agent_id, conversation_id, cli_type, mode, state, \
-              user_turn_id, started_at) \
-         VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
-    )
-    .bind(&new.execution_id)
-    .bind(&new.agent_id)
-    .bind(&new.conversation_id)
-    .bind(new.cli_type.as_str())
-    .bind(new.mode.as_str())
-    .bind(&new.user_turn_id)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    touch_conversation(tx, &new.conversation_id, now).await?;
-    Ok(turn)
+    ));
+    batch.push(
+        Query::new(
+            "INSERT INTO executions \
+                 (execution_id, agent_id, conversation_id, cli_type, mode, state, \
+                  user_turn_id, started_at) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
+        )
+        .bind(&new.execution_id)
+        .bind(&new.agent_id)
+        .bind(&new.conversation_id)
+        .bind(new.cli_type.as_str())
+        .bind(new.mode.as_str())
+        .bind(&new.user_turn_id)
+        .bind(now),
+    );
+    touch_statements(
+        &mut batch,
+        Arg::from(new.conversation_id.as_str()),
+        "$2",
+        now,
+    );
+    let rows = batch.fetch_all(tx).await?;
+    let seq = match rows.first() {
+        Some(row) => Fields::new(row, "turns").int("seq")?,
+        None => {
+            return Err(StoreError::Database(
+                "the user turn's insert returned no row".into(),
+            ))
+        }
+    };
+    Ok(Turn {
+        turn_id: new.user_turn_id.clone(),
+        conversation_id: new.conversation_id.clone(),
+        seq,
+        role: Role::User,
+        content: new.prompt.clone(),
+        metadata: new.turn_metadata.clone(),
+        created_at: now,
+    })
 }
 
 /// The writes of [`Store::finish_execution`], in the caller's write transaction; with a fence,
@@ -186,100 +209,128 @@ pub(crate) async fn finish_execution_in(
     fin: &FinishExecution,
     fence: Option<&Fence<'_>>,
 ) -> Result<Option<Turn>> {
-    let row =
-        Query::new("SELECT conversation_id, agent_id FROM executions WHERE execution_id = $1")
-            .bind(&fin.execution_id)
-            .fetch_optional(&mut *tx)
+    // Where the writes must lock the agent (PostgreSQL) or check a lease, the execution's
+    // conversation and agent are read first; SQLite's write transaction holds its one lock
+    // already, so there the statements below find the conversation themselves.
+    if tx.locks_agents() || fence.is_some() {
+        let row =
+            Query::new("SELECT conversation_id, agent_id FROM executions WHERE execution_id = $1")
+                .bind(&fin.execution_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(row) = row else {
+            // The caller drops the transaction on the error, which rolls it back; nothing was
+            // written yet anyway.
+            return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
+        };
+        let f = Fields::new(&row, "executions");
+        tx.lock_conversation_agent(&f.text("conversation_id")?)
             .await?;
-    let Some(row) = row else {
-        // The caller drops the transaction on the error, which rolls it back; nothing was
-        // written yet anyway.
-        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
-    };
-    let f = Fields::new(&row, "executions");
-    let conversation_id = f.text("conversation_id")?;
-    tx.lock_conversation_agent(&conversation_id).await?;
-    let now = now();
-    if let Some(fence) = fence {
-        fence.check_covers(&fin.execution_id, &f.text("agent_id")?)?;
-        fence.check(tx).await?;
+        if let Some(fence) = fence {
+            fence.check_covers(&fin.execution_id, &f.text("agent_id")?)?;
+            fence.check(tx).await?;
+        }
     }
-
-    let turn = match &fin.turn {
-        Some(new_turn) => Some(insert_turn(tx, &conversation_id, new_turn, now).await?),
-        None => None,
-    };
+    let now = now();
+    // Every statement names the conversation through the execution (`$2` is its id), so a
+    // missing execution writes nothing, and on SQLite the whole batch is one round trip.
+    const CONVERSATION: &str = "(SELECT conversation_id FROM executions WHERE execution_id = $2)";
+    let mut batch = Batch::default();
+    if let Some(new_turn) = &fin.turn {
+        batch.push(insert_turn_statement(
+            Arg::from(fin.execution_id.as_str()),
+            CONVERSATION,
+            new_turn,
+            now,
+        ));
+    }
     let usage = fin.usage;
     let tokens = |pick: fn(&Usage) -> u64| usage.as_ref().map(|u| saturating_i64(pick(u)));
-    let updated = Query::new(
-        "UPDATE executions SET \
-             state = 'finished', outcome = $1, exit_code = $2, error_message = $3, \
-             duration_ms = $4, input_tokens = $5, output_tokens = $6, \
-             cache_read_tokens = $7, cache_creation_tokens = $8, cost_usd = $9, \
-             num_turns = $10, peak_rss_mb = $11, \
-             cli_session_id = COALESCE($12, cli_session_id), \
-             result_turn_id = COALESCE($13, result_turn_id), finished_at = $14 \
-         WHERE execution_id = $15",
-    )
-    .bind(fin.outcome.as_str())
-    .bind(fin.exit_code)
-    .bind(fin.error_message.as_deref())
-    .bind(fin.duration_ms)
-    .bind(tokens(|u| u.input_tokens))
-    .bind(tokens(|u| u.output_tokens))
-    .bind(tokens(|u| u.cache_read_tokens))
-    .bind(tokens(|u| u.cache_creation_tokens))
-    .bind(fin.cost_usd)
-    .bind(fin.num_turns)
-    .bind(fin.peak_rss_mb)
-    .bind(fin.cli_session_id.as_deref())
-    .bind(turn.as_ref().map(|t| t.turn_id.as_str()))
-    .bind(now)
-    .bind(&fin.execution_id)
-    .execute(&mut *tx)
-    .await?;
-    if updated == 0 {
-        // On PostgreSQL the conversation (and with it the execution) can be deleted between the
-        // read above and the lock; the answer is the same as if the deletion had come first.
-        // The caller drops the transaction on the error, which rolls the turn back.
-        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
-    }
-    touch_conversation(tx, &conversation_id, now).await?;
+    batch.push(
+        Query::new(
+            "UPDATE executions SET \
+                 state = 'finished', outcome = $1, exit_code = $2, error_message = $3, \
+                 duration_ms = $4, input_tokens = $5, output_tokens = $6, \
+                 cache_read_tokens = $7, cache_creation_tokens = $8, cost_usd = $9, \
+                 num_turns = $10, peak_rss_mb = $11, \
+                 cli_session_id = COALESCE($12, cli_session_id), \
+                 result_turn_id = COALESCE($13, result_turn_id), finished_at = $14 \
+             WHERE execution_id = $15 \
+             RETURNING conversation_id",
+        )
+        .bind(fin.outcome.as_str())
+        .bind(fin.exit_code)
+        .bind(fin.error_message.as_deref())
+        .bind(fin.duration_ms)
+        .bind(tokens(|u| u.input_tokens))
+        .bind(tokens(|u| u.output_tokens))
+        .bind(tokens(|u| u.cache_read_tokens))
+        .bind(tokens(|u| u.cache_creation_tokens))
+        .bind(fin.cost_usd)
+        .bind(fin.num_turns)
+        .bind(fin.peak_rss_mb)
+        .bind(fin.cli_session_id.as_deref())
+        .bind(fin.turn.as_ref().map(|t| t.turn_id.as_str()))
+        .bind(now)
+        .bind(&fin.execution_id),
+    );
+    touch_statements(
+        &mut batch,
+        Arg::from(fin.execution_id.as_str()),
+        CONVERSATION,
+        now,
+    );
+    let rows = batch.fetch_all(tx).await?;
+    // The rows: the turn's `seq` (when there is a turn), then the execution's conversation.
+    // None at all: the execution does not exist (on PostgreSQL it may have been deleted with
+    // its conversation since the read above), and nothing was written.
+    let (seq_row, updated) = match (&fin.turn, rows.as_slice()) {
+        (Some(_), [seq, updated]) => (Some(seq), updated),
+        (None, [updated]) => (None, updated),
+        _ => return Err(StoreError::ExecutionNotFound(fin.execution_id.clone())),
+    };
+    let conversation_id = Fields::new(updated, "executions").text("conversation_id")?;
+    let turn = match (&fin.turn, seq_row) {
+        (Some(t), Some(row)) => Some(Turn {
+            turn_id: t.turn_id.clone(),
+            conversation_id,
+            seq: Fields::new(row, "turns").int("seq")?,
+            role: t.role,
+            content: t.content.clone(),
+            metadata: t.metadata.clone(),
+            created_at: now,
+        }),
+        _ => None,
+    };
     Ok(turn)
 }
 
-/// Inserts a turn with the conversation's next `seq`. The caller's write transaction must
-/// serialise appends to the conversation (SQLite's write lock, PostgreSQL's agent lock): the
-/// UNIQUE (conversation_id, seq) constraint alone would only turn a race into an error.
-async fn insert_turn(
-    tx: &mut Tx,
-    conversation_id: &str,
+/// The insert of a turn with the conversation's next `seq`, returning that `seq`: `conversation`
+/// is bound as `$2`, and `which` is the SQL that names the conversation from it (`$2` itself, or
+/// a subquery; when that finds no conversation, nothing is inserted and no row is returned). The
+/// caller's write transaction must serialise appends to the conversation (SQLite's write lock,
+/// PostgreSQL's agent lock): the UNIQUE (conversation_id, seq) constraint alone would only turn
+/// a race into an error.
+fn insert_turn_statement(
+    conversation: Arg,
+    which: &str,
     turn: &NewTurn,
     at: DateTime<Utc>,
-) -> Result<Turn> {
-    let row = Query::new(
+) -> Query {
+    Query::new(format!(
         "INSERT INTO turns (turn_id, conversation_id, seq, role, content, metadata, created_at) \
-         SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6 \
-         FROM turns WHERE conversation_id = $2 \
-         RETURNING seq",
-    )
+         SELECT $1, c.id, \
+                COALESCE((SELECT MAX(seq) FROM turns WHERE conversation_id = c.id), 0) + 1, \
+                $3, $4, $5, $6 \
+         FROM (SELECT {which} AS id) c WHERE c.id IS NOT NULL \
+         RETURNING seq"
+    ))
     .bind(&turn.turn_id)
-    .bind(conversation_id)
+    .bind(conversation)
     .bind(turn.role.as_str())
     .bind(turn.content.as_str())
     .bind(Arg::json(&turn.metadata))
     .bind(at)
-    .fetch_one(tx)
-    .await?;
-    Ok(Turn {
-        turn_id: turn.turn_id.clone(),
-        conversation_id: conversation_id.to_owned(),
-        seq: Fields::new(&row, "turns").int("seq")?,
-        role: turn.role,
-        content: turn.content.clone(),
-        metadata: turn.metadata.clone(),
-        created_at: at,
-    })
 }
 
 fn decode_execution(row: &Row) -> Result<ExecutionRecord> {

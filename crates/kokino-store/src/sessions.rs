@@ -6,7 +6,7 @@ use kokino_core::{
 
 use std::sync::Arc;
 
-use crate::db::{now, saturating_i64, Arg, Fields, Query, Row, Tx};
+use crate::db::{now, saturating_i64, Arg, Batch, Fields, Query, Row, Tx};
 use crate::{Result, Store};
 use chrono::{DateTime, Utc};
 
@@ -433,23 +433,29 @@ impl Store {
 
 // ---- transaction steps shared by several operations ----
 
-/// Records activity on a conversation and on the session attached to it (if any).
-pub(crate) async fn touch_conversation(
-    tx: &mut Tx,
-    conversation_id: &str,
+/// The statements that touch a conversation (its `updated_at`, its session's last activity),
+/// added to `batch`: `conversation` is bound as `$2`
+/// and `which` is the SQL that names the conversation from it (`$2` itself, or a subquery).
+pub(crate) fn touch_statements(
+    batch: &mut Batch,
+    conversation: Arg,
+    which: &str,
     now: DateTime<Utc>,
-) -> Result<()> {
-    Query::new("UPDATE conversations SET updated_at = $1 WHERE conversation_id = $2")
+) {
+    batch.push(
+        Query::new(format!(
+            "UPDATE conversations SET updated_at = $1 WHERE conversation_id = {which}"
+        ))
         .bind(now)
-        .bind(conversation_id)
-        .execute(&mut *tx)
-        .await?;
-    Query::new("UPDATE sessions SET last_activity_at = $1 WHERE conversation_id = $2")
+        .bind(conversation.clone()),
+    );
+    batch.push(
+        Query::new(format!(
+            "UPDATE sessions SET last_activity_at = $1 WHERE conversation_id = {which}"
+        ))
         .bind(now)
-        .bind(conversation_id)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+        .bind(conversation),
+    );
 }
 
 async fn mark_ended(tx: &mut Tx, conversation_id: &str, now: DateTime<Utc>) -> Result<()> {

@@ -220,7 +220,10 @@ async fn the_small_supervisor_is_used_when_it_is_next_to_the_broker() {
         let seen = eventually(Duration::from_secs(10), || {
             parent = parent_of(cli).map(|pp| {
                 let cmdline = std::fs::read(format!("/proc/{pp}/cmdline")).unwrap_or_default();
-                (exe_name(pp), String::from_utf8_lossy(&cmdline).replace('\0', " "))
+                (
+                    exe_name(pp),
+                    String::from_utf8_lossy(&cmdline).replace('\0', " "),
+                )
             });
             parent.is_some()
         })

@@ -275,7 +275,6 @@ fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Received {
     Received::Message(msg.bytes, fds)
 }
 
-
 fn drain(fd: &OwnedFd) {
     let mut b = [0u8; 64];
     // SAFETY: reads into a local buffer from a non-blocking pipe we own.
