@@ -449,13 +449,18 @@ impl Query {
     }
 }
 
-/// Statements that run in one transaction and return their rows together: on SQLite as one
-/// query of several statements (one round trip to sqlx's connection thread instead of one per
-/// statement, which is where the execute path's writes spent their time), on PostgreSQL, which
-/// prepares one statement at a time, one after another.
+/// Statements that run together, in one round trip: on SQLite as one query of several
+/// statements (one trip to sqlx's connection thread instead of one per statement, which is where
+/// the execute path's writes spent their time), on PostgreSQL as one statement whose earlier
+/// statements are data-modifying `WITH` clauses of the last (one network round trip instead of
+/// one per statement).
 ///
-/// Each statement is written with its own `$1`, `$2`…; on SQLite they are renumbered after the
-/// parameters of the statements before it, since SQLite binds `$n` over the whole query.
+/// Only the last statement may return rows (`RETURNING`): PostgreSQL returns the main
+/// statement's rows alone. The statements must not depend on one another's changes: on
+/// PostgreSQL they all see the database as it was before the batch.
+///
+/// Each statement is written with its own `$1`, `$2`…; they are renumbered after the parameters
+/// of the statements before it, since both backends then bind `$n` over the whole query.
 #[derive(Debug, Default)]
 pub(crate) struct Batch(Vec<Query>);
 
@@ -466,32 +471,31 @@ impl Batch {
         self
     }
 
-    /// Runs every statement, in order, and returns the rows they returned, in order. A statement
-    /// that fails fails the batch; the caller's transaction rolls back what ran before it.
+    /// Runs every statement and returns the rows of the last. A statement that fails fails the
+    /// batch; the caller's transaction rolls back what ran before it.
     pub(crate) async fn fetch_all(self, tx: &mut Tx) -> Result<Vec<Row>> {
-        match tx {
-            #[cfg(feature = "sqlite")]
-            Tx::Sqlite(_) => self.joined().fetch_all(tx).await,
-            #[cfg(feature = "postgres")]
-            Tx::Postgres(_) => {
-                let mut rows = Vec::new();
-                for q in self.0 {
-                    rows.extend(q.fetch_all(&mut *tx).await?);
-                }
-                Ok(rows)
-            }
-        }
+        let postgres = tx.locks_agents();
+        self.joined(postgres).fetch_all(tx).await
     }
 
-    /// The statements as one query, each one's `$n` shifted past the parameters before it.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    fn joined(self) -> Query {
+    /// The statements as one query, each one's `$n` shifted past the parameters before it:
+    /// separated by `;` for SQLite, as `WITH` clauses of the last for PostgreSQL.
+    fn joined(self, as_with: bool) -> Query {
         let mut out = Query::new(String::new());
-        for q in self.0 {
-            if !out.sql.is_empty() {
-                out.sql.push_str(";\n");
+        let last = self.0.len().saturating_sub(1);
+        for (i, q) in self.0.into_iter().enumerate() {
+            let sql = renumber(&q.sql, out.args.len());
+            if !as_with {
+                if i > 0 {
+                    out.sql.push_str(";\n");
+                }
+                out.sql.push_str(&sql);
+            } else if i == last {
+                out.sql.push_str(&sql);
+            } else {
+                out.sql.push_str(if i == 0 { "WITH " } else { ", " });
+                out.sql.push_str(&format!("b{i} AS ({sql})\n"));
             }
-            out.sql.push_str(&renumber(&q.sql, out.args.len()));
             out.args.extend(q.args);
         }
         out
@@ -732,15 +736,28 @@ mod tests {
 
     #[test]
     fn joins_statements_with_their_parameters_in_order() {
-        let mut b = Batch::default();
-        b.push(
-            Query::new("INSERT INTO t VALUES ($1, $2)")
-                .bind("a")
-                .bind("b"),
+        let batch = || {
+            let mut b = Batch::default();
+            b.push(
+                Query::new("INSERT INTO t VALUES ($1, $2)")
+                    .bind("a")
+                    .bind("b"),
+            );
+            b.push(Query::new("UPDATE u SET v = $1").bind("c"));
+            b.push(Query::new("DELETE FROM w WHERE x = $1 RETURNING y").bind("d"));
+            b
+        };
+        let q = batch().joined(false);
+        assert_eq!(
+            q.sql,
+            "INSERT INTO t VALUES ($1, $2);\nUPDATE u SET v = $3;\nDELETE FROM w WHERE x = $4 RETURNING y"
         );
-        b.push(Query::new("UPDATE u SET v = $1").bind("c"));
-        let q = b.joined();
-        assert_eq!(q.sql, "INSERT INTO t VALUES ($1, $2);\nUPDATE u SET v = $3");
-        assert_eq!(q.args.len(), 3);
+        assert_eq!(q.args.len(), 4);
+        let q = batch().joined(true);
+        assert_eq!(
+            q.sql,
+            "WITH b0 AS (INSERT INTO t VALUES ($1, $2))\n, b1 AS (UPDATE u SET v = $3)\nDELETE FROM w WHERE x = $4 RETURNING y"
+        );
+        assert_eq!(q.args.len(), 4);
     }
 }

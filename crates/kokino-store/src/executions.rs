@@ -147,19 +147,8 @@ pub(crate) async fn begin_execution_in(
     if let Some(fence) = fence {
         fence.check(tx).await?;
     }
-    // One batch: a single round trip on SQLite (see `Batch`).
+    // One batch, one round trip (see `Batch`); the turn's insert comes last, for its `seq`.
     let mut batch = Batch::default();
-    batch.push(insert_turn_statement(
-        Arg::from(new.conversation_id.as_str()),
-        "$2",
-        &NewTurn {
-            turn_id: new.user_turn_id.clone(),
-            role: Role::User,
-            content: new.prompt.clone(),
-            metadata: new.turn_metadata.clone(),
-        },
-        now,
-    ));
     batch.push(
         Query::new(
             "INSERT INTO executions \
@@ -181,6 +170,17 @@ pub(crate) async fn begin_execution_in(
         "$2",
         now,
     );
+    batch.push(insert_turn_statement(
+        Arg::from(new.conversation_id.as_str()),
+        "$2",
+        &NewTurn {
+            turn_id: new.user_turn_id.clone(),
+            role: Role::User,
+            content: new.prompt.clone(),
+            metadata: new.turn_metadata.clone(),
+        },
+        now,
+    ));
     let rows = batch.fetch_all(tx).await?;
     let seq = match rows.first() {
         Some(row) => Fields::new(row, "turns").int("seq")?,
@@ -233,21 +233,25 @@ pub(crate) async fn finish_execution_in(
     }
     let now = now();
     // Every statement names the conversation through the execution (`$2` is its id), so a
-    // missing execution writes nothing, and on SQLite the whole batch is one round trip.
+    // missing execution writes nothing; the batch is one round trip. The last statement returns
+    // the turn's `seq` and conversation (or, without a turn, the execution's conversation).
     const CONVERSATION: &str = "(SELECT conversation_id FROM executions WHERE execution_id = $2)";
     let mut batch = Batch::default();
-    if let Some(new_turn) = &fin.turn {
-        batch.push(insert_turn_statement(
-            Arg::from(fin.execution_id.as_str()),
-            CONVERSATION,
-            new_turn,
-            now,
-        ));
-    }
+    touch_statements(
+        &mut batch,
+        Arg::from(fin.execution_id.as_str()),
+        CONVERSATION,
+        now,
+    );
     let usage = fin.usage;
     let tokens = |pick: fn(&Usage) -> u64| usage.as_ref().map(|u| saturating_i64(pick(u)));
+    let returning = if fin.turn.is_some() {
+        ""
+    } else {
+        " RETURNING conversation_id"
+    };
     batch.push(
-        Query::new(
+        Query::new(format!(
             "UPDATE executions SET \
                  state = 'finished', outcome = $1, exit_code = $2, error_message = $3, \
                  duration_ms = $4, input_tokens = $5, output_tokens = $6, \
@@ -255,9 +259,8 @@ pub(crate) async fn finish_execution_in(
                  num_turns = $10, peak_rss_mb = $11, \
                  cli_session_id = COALESCE($12, cli_session_id), \
                  result_turn_id = COALESCE($13, result_turn_id), finished_at = $14 \
-             WHERE execution_id = $15 \
-             RETURNING conversation_id",
-        )
+             WHERE execution_id = $15{returning}"
+        ))
         .bind(fin.outcome.as_str())
         .bind(fin.exit_code)
         .bind(fin.error_message.as_deref())
@@ -274,33 +277,32 @@ pub(crate) async fn finish_execution_in(
         .bind(now)
         .bind(&fin.execution_id),
     );
-    touch_statements(
-        &mut batch,
-        Arg::from(fin.execution_id.as_str()),
-        CONVERSATION,
-        now,
-    );
+    if let Some(new_turn) = &fin.turn {
+        batch.push(insert_turn_statement(
+            Arg::from(fin.execution_id.as_str()),
+            CONVERSATION,
+            new_turn,
+            now,
+        ));
+    }
+    // No row: the execution does not exist (on PostgreSQL it may have been deleted with its
+    // conversation since the read above), and nothing was written.
     let rows = batch.fetch_all(tx).await?;
-    // The rows: the turn's `seq` (when there is a turn), then the execution's conversation.
-    // None at all: the execution does not exist (on PostgreSQL it may have been deleted with
-    // its conversation since the read above), and nothing was written.
-    let (seq_row, updated) = match (&fin.turn, rows.as_slice()) {
-        (Some(_), [seq, updated]) => (Some(seq), updated),
-        (None, [updated]) => (None, updated),
-        _ => return Err(StoreError::ExecutionNotFound(fin.execution_id.clone())),
+    let Some(row) = rows.first() else {
+        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
     };
-    let conversation_id = Fields::new(updated, "executions").text("conversation_id")?;
-    let turn = match (&fin.turn, seq_row) {
-        (Some(t), Some(row)) => Some(Turn {
+    let f = Fields::new(row, "turns");
+    let turn = match &fin.turn {
+        Some(t) => Some(Turn {
             turn_id: t.turn_id.clone(),
-            conversation_id,
-            seq: Fields::new(row, "turns").int("seq")?,
+            conversation_id: f.text("conversation_id")?,
+            seq: f.int("seq")?,
             role: t.role,
             content: t.content.clone(),
             metadata: t.metadata.clone(),
             created_at: now,
         }),
-        _ => None,
+        None => None,
     };
     Ok(turn)
 }
@@ -323,7 +325,7 @@ fn insert_turn_statement(
                 COALESCE((SELECT MAX(seq) FROM turns WHERE conversation_id = c.id), 0) + 1, \
                 $3, $4, $5, $6 \
          FROM (SELECT {which} AS id) c WHERE c.id IS NOT NULL \
-         RETURNING seq"
+         RETURNING seq, conversation_id"
     ))
     .bind(&turn.turn_id)
     .bind(conversation)
