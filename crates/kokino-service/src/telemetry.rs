@@ -262,6 +262,8 @@ pub struct EventSink {
 
 const EVENT_QUEUE: usize = 10_000;
 const EVENT_BATCH: usize = 256;
+/// How long the writer waits for more events after the first of a batch.
+const EVENT_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl EventSink {
     /// Starts the writer task. It stops when every sink is dropped, after writing what is queued.
@@ -270,6 +272,17 @@ impl EventSink {
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(EVENT_BATCH);
             while rx.recv_many(&mut batch, EVENT_BATCH).await > 0 {
+                // An execution emits several events within milliseconds; waiting a moment for
+                // the rest writes them in one statement and one commit rather than one each
+                // (on PostgreSQL, a commit and its fsync per event).
+                let until = tokio::time::Instant::now() + EVENT_LINGER;
+                while batch.len() < EVENT_BATCH {
+                    let room = EVENT_BATCH - batch.len();
+                    match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
                 if let Err(e) = store.insert_events(&batch).await {
                     tracing::warn!(error = %e, count = batch.len(), "could not write telemetry events");
                 }

@@ -153,8 +153,8 @@ pub(crate) async fn begin_execution_in(
         Query::new(
             "INSERT INTO executions \
                  (execution_id, agent_id, conversation_id, cli_type, mode, state, \
-                  user_turn_id, started_at) \
-             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
+                  user_turn_id, started_at, instance_id) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8)",
         )
         .bind(&new.execution_id)
         .bind(&new.agent_id)
@@ -162,7 +162,10 @@ pub(crate) async fn begin_execution_in(
         .bind(new.cli_type.as_str())
         .bind(new.mode.as_str())
         .bind(&new.user_turn_id)
-        .bind(now),
+        .bind(now)
+        // A fenced execution belongs to the broker holding the lease: its instance id is
+        // recorded in the same write (see `Store::set_execution_instance`).
+        .bind(fence.map(|f| f.owner)),
     );
     touch_statements(
         &mut batch,

@@ -287,8 +287,8 @@ impl Store {
         .await
     }
 
-    /// Sets the execution's `instance_id` (called right after [`Store::begin_execution`] or
-    /// [`Store::begin_execution_fenced`]). [`StoreError::ExecutionNotFound`] for an unknown id.
+    /// Sets the execution's `instance_id` ([`Store::begin_execution_fenced`] already records the
+    /// lease's owner there). [`StoreError::ExecutionNotFound`] for an unknown id.
     pub async fn set_execution_instance(
         &self,
         execution_id: &str,

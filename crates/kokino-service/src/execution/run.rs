@@ -232,11 +232,9 @@ async fn begin(b: &Broker, request: Request, holds: &Holds) -> Result<Execution>
     };
     match &holds.lease {
         Some(l) => {
+            // The execution is recorded as this broker's (its `instance_id`) in the same write.
             store
                 .begin_execution_fenced(&new_execution, &l.owner, l.token)
-                .await?;
-            store
-                .set_execution_instance(&execution_id, &l.owner)
                 .await?;
         }
         None => {

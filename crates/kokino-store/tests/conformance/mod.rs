@@ -1341,10 +1341,17 @@ pub async fn stale_lease_holder_cannot_write(store: &Store) {
         .await
         .unwrap();
     assert_eq!((user.seq, user.role), (1, Role::User));
-    store
-        .set_execution_instance(&running.execution_id, "broker-a")
-        .await
-        .unwrap();
+    // The fenced write records the lease's owner as the execution's broker, in the same write.
+    assert_eq!(
+        store
+            .running_executions_of("broker-a")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.execution_id.as_str())
+            .collect::<Vec<_>>(),
+        [running.execution_id.as_str()]
+    );
     // A token that was never issued is refused at once, live lease or not.
     let err = store
         .begin_execution_fenced(&new_execution("alpha", &conv, "x"), "broker-a", a.token + 1)
