@@ -377,9 +377,9 @@ impl Conn {
                 )
                 .map_err(std::io::Error::from)
             });
-            match sent {
-                Ok(r) => return r.map(|_| ()),
-                Err(_would_block) => continue,
+            // `Err` is "would block": the readiness was cleared, wait for it again.
+            if let Ok(r) = sent {
+                return r.map(|_| ());
             }
         }
     }
