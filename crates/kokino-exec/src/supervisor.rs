@@ -1,5 +1,8 @@
-//! The supervisor: a tiny process between the broker and every CLI it starts, which makes sure
-//! that no process of an execution outlives the broker that started it.
+//! The supervisor: a tiny process between the broker and a CLI, which makes sure that no process
+//! of an execution outlives the broker that started it. Every CLI in a tmux pane runs under one;
+//! headless CLIs are started by the broker's shared spawner instead ([`crate::spawner`], which
+//! keeps the same rules once per broker), and get a supervisor of their own only when the
+//! spawner cannot take them.
 //!
 //! The broker cannot promise that on its own: `kill -9` of the broker at the wrong instant
 //! (after the CLI started, before its pid reached the database) leaves a CLI nobody knows about,
