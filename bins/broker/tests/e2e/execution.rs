@@ -188,12 +188,11 @@ async fn runs_of_one_agent_never_overlap_and_different_agents_run_in_parallel() 
             e.1 = *nanos
         }
     }
-    // Which agent each pid served comes from the execution events.
-    let (_, events) = b
-        .get("/api/metrics/events?type=PROCESS_STARTED&limit=100")
-        .await;
+    // Which agent each pid served comes from the execution events (written asynchronously, so
+    // waited for).
+    let started = events(&b, "type=PROCESS_STARTED&limit=100", 16).await;
     let mut by_agent: std::collections::HashMap<String, Vec<(u128, u128)>> = Default::default();
-    for ev in events["events"].as_array().unwrap() {
+    for ev in &started {
         let pid = ev["metadata"]["pid"].as_i64().unwrap() as i32;
         let agent = ev["agentId"].as_str().unwrap().to_owned();
         by_agent.entry(agent).or_default().push(intervals[&pid]);
@@ -264,10 +263,8 @@ async fn a_waiter_gives_up_with_lock_timeout_and_the_agent_stays_usable() {
     assert_eq!(long.await.unwrap(), 200);
     let (status, _) = b.execute("busy", "now free").await;
     assert_eq!(status, 200);
-    let (_, events) = b
-        .get("/api/metrics/events?type=LOCK_TIMEOUT&agentId=busy")
-        .await;
-    assert_eq!(events["events"].as_array().unwrap().len(), 1);
+    let timeouts = events(&b, "type=LOCK_TIMEOUT&agentId=busy", 1).await;
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
 }
 
 #[tokio::test]

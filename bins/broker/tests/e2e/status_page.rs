@@ -85,6 +85,22 @@ async fn run_script(chromium: &Path, script: &Path, args: &[&str], out: &Path) -
     serde_json::from_str(line).unwrap()
 }
 
+/// The events matching `query`, read with the token, once at least `want` are stored (events
+/// are written asynchronously) or after two seconds.
+async fn events_with_token(b: &Broker, token: &str, query: &str, want: usize) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        let path = format!("/api/metrics/events?{query}");
+        let (_, v) = call(b, token, "GET", &path, None).await;
+        last = v["events"].as_array().cloned().unwrap_or_default();
+        if last.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    last
+}
+
 async fn call(
     b: &Broker,
     token: &str,
@@ -182,15 +198,8 @@ async fn the_status_page_shows_live_executions_and_its_buttons_cancel_and_reset(
         agent_processes(&w, &b)
     );
     assert!(pid > 0, "the page showed the running CLI's pid");
-    let (_, ev) = call(
-        &b,
-        token,
-        "GET",
-        "/api/metrics/events?type=EXECUTION_CANCELLED&agentId=alpha",
-        None,
-    )
-    .await;
-    assert_eq!(ev["events"].as_array().unwrap().len(), 1, "{ev}");
+    let ev = events_with_token(&b, token, "type=EXECUTION_CANCELLED&agentId=alpha", 1).await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
     // End session (with the keyboard) and the breaker reset reached the broker.
     assert_eq!(result["sessionEndedByKeyboard"], true);
     let (_, alpha) = call(&b, token, "GET", "/agents/alpha", None).await;
@@ -205,15 +214,8 @@ async fn the_status_page_shows_live_executions_and_its_buttons_cancel_and_reset(
         .cloned()
         .unwrap();
     assert_eq!(flaky["state"], "closed", "{st}");
-    let (_, ev) = call(
-        &b,
-        token,
-        "GET",
-        "/api/metrics/events?type=CIRCUIT_RESET&agentId=flaky",
-        None,
-    )
-    .await;
-    assert_eq!(ev["events"].as_array().unwrap().len(), 1, "{ev}");
+    let ev = events_with_token(&b, token, "type=CIRCUIT_RESET&agentId=flaky", 1).await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
     if result["fallbackCleared"] == true {
         let (_, f) = call(&b, token, "GET", "/api/fallback/status", None).await;
         assert_eq!(f["forcedFallbacks"], json!([]), "{f}");
