@@ -259,8 +259,70 @@ extern "C" fn on_heartbeat(_: libc::c_int) {
     HEARTBEATS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The supervisor's answer to the signals meant for its CLI: none (see `run_supervisor`).
+/// A watchdog's answer to the signals meant for its CLIs: none (see [`watchdog_signals`]).
 extern "C" fn survive(_: libc::c_int) {}
+
+/// The heartbeats (SIGUSR1) this process has received so far.
+pub(crate) fn heartbeats() -> u64 {
+    HEARTBEATS.load(Ordering::Relaxed)
+}
+
+/// The signal rules of both watchdogs, the supervisor and the spawner: SIGUSR1 counts a
+/// heartbeat, and SIGTERM, SIGINT, SIGHUP and SIGPIPE are outlived. They are caught with a
+/// handler that does nothing, rather than ignored, because an exec resets caught signals to
+/// their defaults but keeps ignored ones ignored. So a CLI starts with the default actions and
+/// no hook has to run between fork and exec, which lets it be started with `posix_spawn`.
+pub(crate) fn watchdog_signals() {
+    // SAFETY: the handlers only touch an atomic or nothing, which is async-signal-safe.
+    unsafe {
+        let _ = signal::signal(Signal::SIGUSR1, SigHandler::Handler(on_heartbeat));
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGPIPE,
+        ] {
+            let _ = signal::signal(s, SigHandler::Handler(survive));
+        }
+    }
+}
+
+/// Marks every descriptor this process inherited beyond stdin, stdout and stderr close-on-exec,
+/// so that no CLI it starts holds one (a lifeline, the socket to the broker). On a kernel before
+/// 5.11, which has no `close_range`, at least `own`.
+pub(crate) fn cloexec_inherited(own: Option<RawFd>) {
+    // SAFETY: sets the close-on-exec flag of descriptors; touches no memory.
+    unsafe {
+        if libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        ) != 0
+        {
+            if let Some(fd) = own {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Makes this process a child subreaper: orphans of its descendants come to it rather than to
+/// init, so that none can escape by daemonizing. Says so when the kernel refuses (the group
+/// kill and the marks still apply then). Returns whether it is one.
+pub(crate) fn become_subreaper(who: &str) -> bool {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and changes only us.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        say_as(
+            who,
+            format_args!(
+                "cannot become a child subreaper: {}",
+                std::io::Error::last_os_error()
+            ),
+        );
+        return false;
+    }
+    true
+}
 
 /// What the supervisor watches, from its command line.
 #[derive(Debug, Default)]
@@ -317,8 +379,13 @@ fn parse_options(flag: &str, args: &[String]) -> Option<Options> {
 
 /// Writes to stderr without ever panicking: when the broker was killed nobody reads the pipe,
 /// and a failed write must not stop the supervisor from doing its job.
-pub(crate) fn say(message: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr(), "kokino supervisor: {message}");
+fn say(message: std::fmt::Arguments<'_>) {
+    say_as("supervisor", message);
+}
+
+/// [`say`] for either watchdog (`who`: `supervisor` or `spawner`).
+pub(crate) fn say_as(who: &str, message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "kokino {who}: {message}");
 }
 
 /// Whether the lifeline's write end has closed (or the pipe is otherwise unusable).
@@ -349,40 +416,12 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
         ));
         std::process::exit(2)
     };
-    // The supervisor outlives SIGTERM, SIGINT, SIGHUP and SIGPIPE: it catches them with a
-    // handler that does nothing, rather than ignoring them, because an exec resets caught
-    // signals to their defaults but keeps ignored ones ignored. So the CLI starts with the
-    // default actions and no hook has to run between fork and exec, which lets the CLI be
-    // started with `posix_spawn` instead of a fork of this process.
-    // SAFETY: the handlers only touch an atomic or nothing, which is async-signal-safe.
-    unsafe {
-        let _ = signal::signal(Signal::SIGUSR1, SigHandler::Handler(on_heartbeat));
-        for s in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGPIPE,
-        ] {
-            let _ = signal::signal(s, SigHandler::Handler(survive));
-        }
-    }
-    // Nothing we inherited beyond stdin, stdout and stderr goes on to the CLI: not our
-    // lifeline (only the broker's death may close it), nor a lifeline of another execution that
-    // a concurrent spawn let us inherit.
-    // SAFETY: sets the close-on-exec flag of descriptors; touches no memory.
-    unsafe {
-        if libc::close_range(
-            3,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-        ) != 0
-        {
-            // A kernel before 5.11: at least our own lifeline.
-            if let Some(fd) = opts.lifeline {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
-    }
+    // The supervisor outlives the signals meant for its CLI, and no descriptor it inherited
+    // beyond stdin, stdout and stderr goes on to the CLI: not its lifeline (only the broker's
+    // death may close it), nor a lifeline of another execution that a concurrent spawn let it
+    // inherit.
+    watchdog_signals();
+    cloexec_inherited(opts.lifeline);
     let group = nix::unistd::getpgrp().as_raw();
     if let Some(claim) = &opts.claim {
         if let Err(e) = write_claim(claim, group, opts.parent) {
@@ -399,18 +438,7 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
         ));
         std::process::exit(137)
     }
-    // Orphans of the CLI's descendants come to us rather than to init, so that none can
-    // escape by daemonizing. Failing that (a kernel without it), the group kill and the mark
-    // still apply.
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and changes only us.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        say(format_args!(
-            "cannot become a child subreaper: {}",
-            std::io::Error::last_os_error()
-        ));
-    } else {
-        SUBREAPER.store(true, Ordering::Relaxed);
-    }
+    SUBREAPER.store(become_subreaper("supervisor"), Ordering::Relaxed);
     let me = std::process::id() as i32;
     let mut cmd = Command::new(&opts.program[0]);
     cmd.args(&opts.program[1..]);
@@ -426,7 +454,7 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
         }
     };
     let mut reaper = Reaper::start(cli);
-    let mut seen = HEARTBEATS.load(Ordering::Relaxed);
+    let mut seen = heartbeats();
     let mut last = Instant::now();
     let mut ticks: u32 = 0;
     loop {
@@ -445,7 +473,7 @@ pub fn run_supervisor(flag: &str, args: &[String]) -> ! {
             }
             exit_like(status)
         }
-        let now = HEARTBEATS.load(Ordering::Relaxed);
+        let now = heartbeats();
         if now != seen {
             seen = now;
             last = Instant::now();
@@ -608,7 +636,7 @@ fn kill_own_group(reaper: &mut Reaper, group: i32, grace: Duration) -> ! {
     std::process::exit(137)
 }
 
-fn signal_each(pids: &[i32], sig: Signal) {
+pub(crate) fn signal_each(pids: &[i32], sig: Signal) {
     for &pid in pids {
         let _ = signal::kill(Pid::from_raw(pid), sig);
     }

@@ -474,8 +474,13 @@ impl Batch {
     /// Runs every statement and returns the rows of the last. A statement that fails fails the
     /// batch; the caller's transaction rolls back what ran before it.
     pub(crate) async fn fetch_all(self, tx: &mut Tx) -> Result<Vec<Row>> {
-        let postgres = tx.locks_agents();
-        self.joined(postgres).fetch_all(tx).await
+        let as_with = match tx {
+            #[cfg(feature = "sqlite")]
+            Tx::Sqlite(_) => false,
+            #[cfg(feature = "postgres")]
+            Tx::Postgres(_) => true,
+        };
+        self.joined(as_with).fetch_all(tx).await
     }
 
     /// The statements as one query, each one's `$n` shifted past the parameters before it:

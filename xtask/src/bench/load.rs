@@ -61,11 +61,7 @@ pub(super) fn burst(world: &World, broker: &Broker, tag: &str) -> Result<()> {
                 })
             })
             .collect();
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("spawner panicked"))??;
-        }
-        Ok(())
+        join_all(handles)
     })?;
     let direct = started.elapsed();
 
@@ -274,11 +270,7 @@ pub(super) fn direct(world: &World, executions: usize, clients: usize) -> Result
                 })
             })
             .collect();
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("spawner panicked"))??;
-        }
-        Ok(())
+        join_all(handles)
     })?;
     Ok(executions as f64 / started.elapsed().as_secs_f64())
 }
@@ -311,4 +303,13 @@ pub(super) fn cpu_per_execution(
         let supervisor = per(broker.children, executions) - cli;
         println!("  supervisors (beyond their CLIs)              {supervisor:6.2} ms");
     }
+}
+
+/// Waits for every thread of a scope and returns the first error any of them gave.
+fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<()>>>) -> Result<()> {
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+    }
+    Ok(())
 }

@@ -113,6 +113,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Prints the median and 99th percentile of a baseline, of the runs measured beside it, and of
+/// what those runs add to the baseline, with the goal for the last.
+fn print_added(
+    labels: [&str; 3],
+    mut baseline: Vec<Duration>,
+    mut measured: Vec<Duration>,
+    goal: &str,
+) {
+    baseline.sort();
+    measured.sort();
+    let quantiles = |v: &[Duration]| (ms(percentile(v, 0.5)), ms(percentile(v, 0.99)));
+    let (b50, b99) = quantiles(&baseline);
+    let (m50, m99) = quantiles(&measured);
+    let goal = format!("   (goal: {goal})");
+    for (label, p50, p99, note) in [
+        (labels[0], b50, b99, ""),
+        (labels[1], m50, m99, ""),
+        (labels[2], m50 - b50, m99 - b99, goal.as_str()),
+    ] {
+        println!("  {label:<21} median {p50:7.2} ms   p99 {p99:7.2} ms{note}");
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -141,24 +164,11 @@ fn overhead(world: &World, broker: &Broker, runs: usize, tag: &str) -> Result<()
         }
         direct.push(world.direct_spawn()?);
     }
-    via_http.sort();
-    direct.sort();
-    let (h50, h99) = (percentile(&via_http, 0.5), percentile(&via_http, 0.99));
-    let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
-    println!(
-        "  direct spawn      median {:7.2} ms   p99 {:7.2} ms",
-        ms(d50),
-        ms(d99)
-    );
-    println!(
-        "  HTTP execute      median {:7.2} ms   p99 {:7.2} ms",
-        ms(h50),
-        ms(h99)
-    );
-    println!(
-        "  overhead          median {:7.2} ms   p99 {:7.2} ms   (goal: ≤ 1 ms median, ≤ 5 ms p99)",
-        ms(h50) - ms(d50),
-        ms(h99) - ms(d99)
+    print_added(
+        ["direct spawn", "HTTP execute", "overhead"],
+        direct,
+        via_http,
+        "≤ 1 ms median, ≤ 5 ms p99",
     );
     Ok(())
 }
@@ -473,28 +483,11 @@ fn homes(world: &World, admin_url: &str, args: &Args) -> Result<()> {
             }
         }
     }
-    d.sort();
-    f.sort();
-    let (d50, d99, f50, f99) = (
-        percentile(&d, 0.5),
-        percentile(&d, 0.99),
-        percentile(&f, 0.5),
-        percentile(&f, 0.99),
-    );
-    println!(
-        "  direct (at the home)  median {:7.2} ms   p99 {:7.2} ms",
-        ms(d50),
-        ms(d99)
-    );
-    println!(
-        "  forwarded             median {:7.2} ms   p99 {:7.2} ms",
-        ms(f50),
-        ms(f99)
-    );
-    println!(
-        "  added by forwarding   median {:7.2} ms   p99 {:7.2} ms   (goal: ≤ 2 ms median)",
-        ms(f50) - ms(d50),
-        ms(f99) - ms(d99)
+    print_added(
+        ["direct (at the home)", "forwarded", "added by forwarding"],
+        d,
+        f,
+        "≤ 2 ms median",
     );
     drop(brokers);
     drop(db);

@@ -120,12 +120,6 @@ impl Spawner {
         }
     }
 
-    /// The running spawner's pid, if one runs.
-    pub async fn pid(&self) -> Option<i32> {
-        let conn = self.conn.lock().await;
-        conn.as_ref().filter(|c| !c.gone()).map(|c| c.pid)
-    }
-
     /// Starts the spawner now rather than with the first CLI, so the first execution does not
     /// wait for it. Returns its pid.
     pub async fn start(&self) -> Result<i32, String> {

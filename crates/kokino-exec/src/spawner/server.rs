@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, SigHandler, Signal};
@@ -23,13 +23,15 @@ use nix::unistd::Pid;
 use super::wire;
 use super::RUN_VAR;
 use crate::procfs;
-use crate::supervisor::{mark, write_claim_file, MARK_VAR};
+use crate::supervisor::{
+    become_subreaper, cloexec_inherited, heartbeats, mark, say_as, signal_each, watchdog_signals,
+    write_claim_file, MARK_VAR,
+};
 
 /// Writes to stderr (the broker's) without ever panicking: a broker killed with SIGKILL no
 /// longer reads it, and that is exactly when the spawner must act.
 fn say(message: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "kokino spawner: {message}");
+    say_as("spawner", message);
 }
 
 /// The flag that makes a binary the spawner (the broker and `kokino-supervisor` check for it).
@@ -38,13 +40,8 @@ pub const SPAWNER_FLAG: &str = "--kokino-spawner";
 /// How often deadlines are checked while a run's leftovers are ending or a heartbeat is due.
 const TICK: Duration = Duration::from_millis(10);
 
-static HEARTBEATS: AtomicU64 = AtomicU64::new(0);
 /// The write end of the self-pipe, for the SIGCHLD handler.
 static CHILD_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-extern "C" fn on_heartbeat(_: libc::c_int) {
-    HEARTBEATS.fetch_add(1, Ordering::Relaxed);
-}
 
 extern "C" fn on_child(_: libc::c_int) {
     let fd = CHILD_PIPE.load(Ordering::Relaxed);
@@ -55,8 +52,6 @@ extern "C" fn on_child(_: libc::c_int) {
         }
     }
 }
-
-extern "C" fn survive(_: libc::c_int) {}
 
 #[derive(Debug)]
 struct Options {
@@ -141,43 +136,17 @@ pub fn run_spawner(args: &[String]) -> ! {
             }
         };
     CHILD_PIPE.store(child_write.as_raw_fd(), Ordering::Relaxed);
-    // The same signal rules as the supervisor's: SIGTERM, SIGINT, SIGHUP and SIGPIPE are caught
-    // with a handler that does nothing (an exec resets caught signals, so every CLI starts with
-    // the defaults), since only the broker's death, or a missed heartbeat, may end the runs.
-    // SAFETY: the handlers only touch atomics or write(2), which are async-signal-safe.
+    // The supervisor's rules: heartbeats counted, the CLIs' signals outlived (only the broker's
+    // death, or a missed heartbeat, may end the runs), and no CLI inherits anything of ours
+    // beyond the three descriptors it is given: not the socket to the broker (a CLI holding it
+    // could write requests), nor the self-pipe. Orphans of the CLIs' descendants come here.
+    watchdog_signals();
+    // SAFETY: the handler only calls write(2), which is async-signal-safe.
     unsafe {
-        let _ = signal::signal(Signal::SIGUSR1, SigHandler::Handler(on_heartbeat));
         let _ = signal::signal(Signal::SIGCHLD, SigHandler::Handler(on_child));
-        for s in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGPIPE,
-        ] {
-            let _ = signal::signal(s, SigHandler::Handler(survive));
-        }
     }
-    // No CLI inherits anything of ours beyond the three descriptors it is given: not the socket
-    // to the broker (a CLI holding it could write requests), nor the self-pipe.
-    // SAFETY: sets the close-on-exec flag of descriptors; touches no memory.
-    unsafe {
-        if libc::close_range(
-            3,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-        ) != 0
-        {
-            libc::fcntl(opts.socket, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-    }
-    // Orphans of the CLIs' descendants come here rather than to init (see the supervisor).
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and changes only us.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        say(format_args!(
-            "cannot become a child subreaper: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    cloexec_inherited(Some(opts.socket));
+    become_subreaper("spawner");
     let me = std::process::id() as i32;
     let start = procfs::start_time(me).unwrap_or(0);
     let ppid = nix::unistd::getppid().as_raw();
@@ -558,7 +527,7 @@ impl Spawner {
         let Some(deadline) = self.opts.heartbeat else {
             return;
         };
-        let now = HEARTBEATS.load(Ordering::Relaxed);
+        let now = heartbeats();
         if now != self.seen_heartbeats || self.runs.is_empty() {
             self.seen_heartbeats = now;
             self.last_heartbeat = Instant::now();
@@ -631,12 +600,6 @@ impl Spawner {
             }
         }
         std::process::exit(0)
-    }
-}
-
-fn signal_each(pids: &[i32], sig: Signal) {
-    for &pid in pids {
-        let _ = signal::kill(Pid::from_raw(pid), sig);
     }
 }
 
