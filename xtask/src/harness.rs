@@ -111,7 +111,12 @@ impl World {
             .args(&extra)
             .env("KOKINO_FAKE_STATE", self.dir.join("state"))
             .env("KOKINO_FAKE_LOG", self.dir.join("witness.log"))
-            .env("KOKINO_LOG", "warn")
+            // KOKINO_BENCH_LOG=kokino_service=debug shows where each execution's time goes
+            // (the "execution phases" line).
+            .env(
+                "KOKINO_LOG",
+                std::env::var("KOKINO_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

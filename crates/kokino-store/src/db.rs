@@ -50,6 +50,26 @@ pub(crate) enum Tx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
+/// How far a write has gone when its caller hears that it is done.
+///
+/// Both levels are atomic and visible to every reader at once, and both survive the broker's
+/// death at any instant: a committed write is in the operating system's hands. They differ only
+/// on a crash of the machine itself (power loss, kernel panic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// On disk: the commit waited for the fsync (SQLite `synchronous=FULL`, PostgreSQL
+    /// `synchronous_commit=on`). Everything an answer or a decision depends on.
+    OnDisk,
+    /// Committed without waiting for the disk; on disk with the next [`Durability::OnDisk`]
+    /// commit at the latest. Both backends write their log in commit order and an fsync covers
+    /// everything before it (SQLite's WAL file; PostgreSQL flushes its WAL up to the commit's
+    /// position), so a later durable commit cannot be answered before this one is on disk too.
+    /// For writes that a durable write always follows before anyone relies on them: the user
+    /// turn and the running execution, which the execution's durable finish follows before
+    /// the caller gets its answer; telemetry; a process id that a claim file also names.
+    Committed,
+}
+
 /// Where a statement runs.
 pub(crate) enum On<'a> {
     /// A pooled reader connection (no transaction).
@@ -79,53 +99,60 @@ impl Db {
 
     /// Starts a transaction that will write. On SQLite it takes the database's write lock at
     /// once (`BEGIN IMMEDIATE`); on PostgreSQL writers run concurrently and serialise per agent
-    /// with [`Tx::lock_agents`].
+    /// with [`Tx::lock_agents`]. Its commit is on disk when it returns.
     pub(crate) async fn write_tx(&self) -> Result<Tx> {
+        self.write_tx_as(Durability::OnDisk).await
+    }
+
+    /// [`Db::write_tx`] whose commit may return before it is on disk (see
+    /// [`Durability::Committed`]).
+    pub(crate) async fn write_tx_as(&self, durability: Durability) -> Result<Tx> {
         match self {
             #[cfg(feature = "sqlite")]
-            Db::Sqlite(db) => db.write_tx().await,
+            Db::Sqlite(db) => db.write_tx(durability).await,
             #[cfg(feature = "postgres")]
-            Db::Postgres(db) => db.begin("BEGIN").await,
+            Db::Postgres(db) => db.begin(postgres::begin_statement(durability)).await,
         }
     }
 
-    /// Runs `op` in a write transaction and answers once it is committed. On SQLite the
-    /// transaction is shared with the other grouped writes queued at the same time (group
-    /// commit: one fsync for all of them, see [`group`]), so `op` may be called a second time
-    /// in a fresh transaction when the shared one fails. PostgreSQL commits concurrent
-    /// transactions in parallel and groups their WAL flushes itself, so there `op` runs in a
-    /// transaction of its own.
-    pub(crate) async fn grouped<T, F>(&self, op: F) -> Result<T>
+    /// Runs `op` in a write transaction and answers once it is committed, and on disk unless
+    /// `durability` says otherwise. On SQLite the transaction is shared with the other grouped
+    /// writes queued at the same time (group commit: one fsync for all of them, see [`group`]),
+    /// so `op` may be called a second time in a fresh transaction when the shared one fails.
+    /// PostgreSQL commits concurrent transactions in parallel and groups their WAL flushes
+    /// itself, so there `op` runs in a transaction of its own.
+    pub(crate) async fn grouped<T, F>(&self, durability: Durability, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
     {
-        self.grouped_as(false, op).await
+        self.grouped_as(false, durability, op).await
     }
 
     /// [`Db::grouped`] for writes that need not be on disk at once (telemetry, facts a claim
-    /// file already keeps): on SQLite they wait up to 50 ms for an urgent write to share their
-    /// commit, so that they add no fsync of their own while the broker is busy.
+    /// file already keeps): they are [`Durability::Committed`], and on SQLite they wait up to
+    /// 50 ms for an urgent write to share their commit, so that they add no commit of their
+    /// own while the broker is busy.
     pub(crate) async fn grouped_lazily<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
     {
-        self.grouped_as(true, op).await
+        self.grouped_as(true, Durability::Committed, op).await
     }
 
     #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
-    async fn grouped_as<T, F>(&self, lazy: bool, op: F) -> Result<T>
+    async fn grouped_as<T, F>(&self, lazy: bool, durability: Durability, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
     {
         match self {
             #[cfg(feature = "sqlite")]
-            Db::Sqlite(db) => db.group.write(lazy, op).await,
+            Db::Sqlite(db) => db.group.write(lazy, durability, op).await,
             #[cfg(feature = "postgres")]
             Db::Postgres(db) => {
-                let mut tx = db.begin("BEGIN").await?;
+                let mut tx = db.begin(postgres::begin_statement(durability)).await?;
                 let value = op(&mut tx).await?;
                 tx.commit().await?;
                 Ok(value)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::db::{now, saturating_i64, Arg, Batch, Fields, Query, Row, Tx};
+use crate::db::{now, saturating_i64, Arg, Batch, Durability, Fields, Query, Row, Tx};
 use crate::leases::Fence;
 use crate::sessions::touch_statements;
 use crate::{FinishExecution, NewTurn, Result, Store, StoreError};
@@ -25,11 +25,15 @@ impl Store {
     /// `running`) in one transaction, before any process starts.
     ///
     /// On SQLite the transaction is shared with the other executions' writes queued at the same
-    /// moment (group commit); it returns once that transaction is on disk.
+    /// moment (group commit). It returns once that transaction is committed, without waiting
+    /// for the disk ([`Durability::Committed`]): a crash of the broker cannot lose it, and the
+    /// execution's finish, which is on disk before the caller gets the answer, carries the user
+    /// turn to disk with it. A crash of the machine before the finish can lose an execution
+    /// that was never answered, and nothing else.
     pub async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
         let new = Arc::new(new.clone());
         self.db
-            .grouped(move |tx| {
+            .grouped(Durability::Committed, move |tx| {
                 let new = new.clone();
                 Box::pin(async move { begin_execution_in(tx, &new, None).await })
             })
@@ -76,7 +80,7 @@ impl Store {
     pub async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
         let fin = Arc::new(fin.clone());
         self.db
-            .grouped(move |tx| {
+            .grouped(Durability::OnDisk, move |tx| {
                 let fin = fin.clone();
                 Box::pin(async move { finish_execution_in(tx, &fin, None).await })
             })

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use kokino_core::{ExecutionRecord, NewExecution, Turn};
 
-use crate::db::{Db, Fields, On, Query, Tx};
+use crate::db::{Db, Durability, Fields, On, Query, Tx};
 use crate::executions::{begin_execution_in, finish_execution_in, found};
 use crate::{clamp_ttl, ttl_millis, FinishExecution, Lease, Result, Store, StoreError};
 
@@ -318,7 +318,8 @@ impl Store {
             owner,
             token,
         };
-        let mut tx = self.db.write_tx().await?;
+        // Committed without waiting for the disk, like `Store::begin_execution`.
+        let mut tx = self.db.write_tx_as(Durability::Committed).await?;
         // On any error the transaction is dropped, which rolls back whatever was written.
         let turn = begin_execution_in(&mut tx, new, Some(&fence)).await?;
         tx.commit().await?;

@@ -6,7 +6,7 @@ use kokino_core::{
 
 use std::sync::Arc;
 
-use crate::db::{now, saturating_i64, Arg, Batch, Fields, Query, Row, Tx};
+use crate::db::{now, saturating_i64, Arg, Batch, Durability, Fields, Query, Row, Tx};
 use crate::{Result, Store};
 use chrono::{DateTime, Utc};
 
@@ -252,13 +252,15 @@ impl Store {
     ) -> Result<()> {
         // Grouped with the executions' writes (on SQLite, one commit for all that are queued):
         // this write is on the execute path of every CLI that names its session as it starts.
+        // It must survive the broker's death from here on, which a commit does; the
+        // execution's durable finish carries it to disk.
         let ids = Arc::new((
             agent.clone(),
             conversation_id.to_owned(),
             cli_session_id.to_owned(),
         ));
         self.db
-            .grouped(move |tx| {
+            .grouped(Durability::Committed, move |tx| {
                 let ids = ids.clone();
                 Box::pin(async move {
                     let (agent, conversation_id, cli_session_id) = &*ids;

@@ -16,18 +16,20 @@
 //! therefore closures the task may call twice; each call starts from a transaction in which
 //! nothing of it was written.
 //!
+//! A batch whose writes are all [`Durability::Committed`] commits without an fsync; one durable
+//! write in it makes the whole batch durable.
+//!
 //! The task borrows the writer connection from the writer pool per batch, so the store's other
 //! writers (maintenance, registration, leases) keep their turn in that pool's queue.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Tx, TxFuture};
-use crate::error::from_sqlx;
+use super::{Durability, Tx, TxFuture};
 use crate::{Result, StoreError};
 
 /// The most writes one transaction takes. A bound keeps one batch's transaction short when a
@@ -49,6 +51,7 @@ struct Job {
     reply: oneshot::Sender<Result<Erased>>,
     /// The write may wait up to [`LAZY_WINDOW`] for an urgent one to share its commit.
     lazy: bool,
+    durability: Durability,
 }
 
 /// How long lazy writes (telemetry events, a process id already safe in a claim file) wait for
@@ -63,6 +66,14 @@ pub(crate) struct GroupWriter {
     stats: Arc<Counters>,
 }
 
+/// What the task writes through: the writer pool (one connection) and its relaxed-durability
+/// flag (see `sqlite::begin`).
+#[derive(Clone)]
+struct Writer {
+    pool: SqlitePool,
+    relaxed: Arc<AtomicBool>,
+}
+
 /// What the task has done so far (see [`crate::GroupCommitStats`]).
 #[derive(Debug, Default)]
 struct Counters {
@@ -73,10 +84,10 @@ struct Counters {
 impl GroupWriter {
     /// Starts the task that writes through `pool` (the one writer connection). The task ends
     /// when the last handle is dropped.
-    pub(crate) fn start(pool: SqlitePool) -> GroupWriter {
+    pub(crate) fn start(pool: SqlitePool, relaxed: Arc<AtomicBool>) -> GroupWriter {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let stats = Arc::new(Counters::default());
-        tokio::spawn(run(pool, jobs, stats.clone()));
+        tokio::spawn(run(Writer { pool, relaxed }, jobs, stats.clone()));
         GroupWriter { queue, stats }
     }
 
@@ -91,7 +102,7 @@ impl GroupWriter {
     /// Runs `op` in the next group transaction and answers once that transaction is committed.
     /// A `lazy` write may wait a little for an urgent one to share its commit (see
     /// [`LAZY_WINDOW`]).
-    pub(crate) async fn write<T, F>(&self, lazy: bool, op: F) -> Result<T>
+    pub(crate) async fn write<T, F>(&self, lazy: bool, durability: Durability, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
@@ -103,7 +114,12 @@ impl GroupWriter {
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable("the store's writer has stopped".to_owned());
         self.queue
-            .send(Job { op, reply, lazy })
+            .send(Job {
+                op,
+                reply,
+                lazy,
+                durability,
+            })
             .await
             .map_err(|_| gone())?;
         let value = answer.await.map_err(|_| gone())??;
@@ -114,7 +130,7 @@ impl GroupWriter {
 }
 
 /// The task: one batch at a time, each as large as what is queued when the previous one ends.
-async fn run(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counters>) {
+async fn run(writer: Writer, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counters>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if batch.iter().all(|job| job.lazy) {
@@ -141,14 +157,14 @@ async fn run(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counter
         // The panic itself is reported by the panic hook; its callers' answers were dropped
         // with the batch, which they hear as the writer having stopped.
         let jobs_now = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let _ = tokio::spawn(commit(pool.clone(), jobs_now, stats.clone())).await;
+        let _ = tokio::spawn(commit(writer.clone(), jobs_now, stats.clone())).await;
     }
 }
 
 /// Writes one batch and answers its callers.
-async fn commit(pool: SqlitePool, mut batch: Vec<Job>, stats: Arc<Counters>) {
+async fn commit(writer: Writer, mut batch: Vec<Job>, stats: Arc<Counters>) {
     if batch.len() > 1 {
-        if let Ok(values) = together(&pool, &batch).await {
+        if let Ok(values) = together(&writer, &batch).await {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
                 .writes
@@ -162,7 +178,7 @@ async fn commit(pool: SqlitePool, mut batch: Vec<Job>, stats: Arc<Counters>) {
     // One write alone, or a batch that failed: each in its own transaction, with its own
     // answer.
     for job in batch {
-        let answer = alone(&pool, &job).await;
+        let answer = alone(&writer, &job).await;
         if answer.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -172,8 +188,14 @@ async fn commit(pool: SqlitePool, mut batch: Vec<Job>, stats: Arc<Counters>) {
 }
 
 /// All of `batch` in one transaction; any failure rolls all of it back.
-async fn together(pool: &SqlitePool, batch: &[Job]) -> Result<Vec<Erased>> {
-    let mut tx = begin(pool).await?;
+async fn together(writer: &Writer, batch: &[Job]) -> Result<Vec<Erased>> {
+    // One write that must be on disk makes the whole commit wait for the disk.
+    let durability = if batch.iter().any(|j| j.durability == Durability::OnDisk) {
+        Durability::OnDisk
+    } else {
+        Durability::Committed
+    };
+    let mut tx = begin(writer, durability).await?;
     let mut values = Vec::with_capacity(batch.len());
     for job in batch {
         values.push((job.op)(&mut tx).await?);
@@ -183,18 +205,14 @@ async fn together(pool: &SqlitePool, batch: &[Job]) -> Result<Vec<Erased>> {
 }
 
 /// One write in a transaction of its own.
-async fn alone(pool: &SqlitePool, job: &Job) -> Result<Erased> {
-    let mut tx = begin(pool).await?;
+async fn alone(writer: &Writer, job: &Job) -> Result<Erased> {
+    let mut tx = begin(writer, job.durability).await?;
     let value = (job.op)(&mut tx).await?;
     tx.commit().await?;
     Ok(value)
 }
 
 /// A transaction holding SQLite's write lock (see the backend's module documentation).
-async fn begin(pool: &SqlitePool) -> Result<Tx> {
-    let tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(from_sqlx)?;
-    Ok(Tx::Sqlite(tx))
+async fn begin(writer: &Writer, durability: Durability) -> Result<Tx> {
+    super::sqlite::begin(&writer.pool, &writer.relaxed, durability).await
 }

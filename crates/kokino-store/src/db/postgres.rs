@@ -27,7 +27,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, Postgres};
 
-use super::{ms, Arg, Query, Tx};
+use super::{ms, Arg, Durability, Query, Tx};
 use crate::error::{from_migrate, from_sqlx};
 use crate::{Result, StoreError, LEASE_RELEASED_CHANNEL};
 
@@ -139,6 +139,17 @@ impl PgDb {
             .await
             .map_err(from_sqlx)?;
         Ok(Tx::Postgres(tx))
+    }
+}
+
+/// The statement that opens a write transaction of this durability. A
+/// [`Durability::Committed`] transaction commits without waiting for the WAL flush
+/// (`synchronous_commit` off for it alone); the server flushes its WAL in order, so the next
+/// durable commit carries it to disk. One simple query, so no extra round trip.
+pub(super) fn begin_statement(durability: Durability) -> &'static str {
+    match durability {
+        Durability::OnDisk => "BEGIN",
+        Durability::Committed => "BEGIN; SET LOCAL synchronous_commit TO OFF",
     }
 }
 
@@ -268,3 +279,31 @@ pub(crate) fn release_sql() -> String {
 /// transaction may have waited for the agent's lock, and the lease must be live now, not when
 /// the transaction began.
 pub(crate) const FENCE_LIVE: &str = "expires_at > clock_timestamp() FOR SHARE";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relaxed transaction turns `synchronous_commit` off for itself alone.
+    #[tokio::test]
+    async fn relaxed_commits_are_asynchronous_for_themselves_only() {
+        let Ok(url) = std::env::var("KOKINO_TEST_DATABASE_URL") else {
+            println!("skipped: KOKINO_TEST_DATABASE_URL is not set");
+            return;
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        let show = "SELECT current_setting('synchronous_commit')";
+        for (durability, setting) in [(Durability::Committed, "off"), (Durability::OnDisk, "on")] {
+            let mut tx = pool.begin_with(begin_statement(durability)).await.unwrap();
+            let inside: String = sqlx::query_scalar(show).fetch_one(&mut *tx).await.unwrap();
+            assert_eq!(inside, setting, "{durability:?}");
+            tx.commit().await.unwrap();
+            let after: String = sqlx::query_scalar(show).fetch_one(&pool).await.unwrap();
+            assert_eq!(after, "on", "after a {durability:?} transaction");
+        }
+    }
+}

@@ -15,6 +15,8 @@
 //!   [`super::Tx::lock_agents`] has nothing to do here.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -24,7 +26,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row as _, Sqlite};
 
-use super::{Arg, Fields, Query, Tx};
+use super::{Arg, Durability, Fields, Query, Tx};
 use crate::error::{from_migrate, from_sqlx};
 use crate::{Result, StoreError};
 
@@ -60,6 +62,9 @@ pub(crate) struct SqliteDb {
     pub(super) writer: SqlitePool,
     /// The execute path's writes, committed in groups through `writer` (see [`super::group`]).
     pub(crate) group: super::group::GroupWriter,
+    /// Set while the writer connection runs with `synchronous=NORMAL` (see [`begin_statement`]);
+    /// the writer pool puts it back to `FULL` before anyone else gets the connection.
+    relaxed: Arc<AtomicBool>,
 }
 
 impl SqliteDb {
@@ -87,8 +92,29 @@ impl SqliteDb {
         let unavailable = |e: sqlx::Error| {
             StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
         };
+        let relaxed = Arc::new(AtomicBool::new(false));
+        let flag = relaxed.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A transaction that committed without waiting for the disk left the connection at
+            // `synchronous=NORMAL`. Every transaction states its level when it begins, but a
+            // single statement outside one (`On::Write`) does not: put the default back before
+            // the connection goes to its next user, so that nothing else is relaxed by
+            // accident.
+            .after_release(move |conn, _| {
+                let flag = flag.clone();
+                Box::pin(async move {
+                    if flag.swap(false, Ordering::AcqRel) {
+                        // Not a cached statement: SQLite applies this pragma when it prepares
+                        // it, so stepping a cached one again would change nothing.
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .persistent(false)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
@@ -98,22 +124,18 @@ impl SqliteDb {
             .connect_with(options)
             .await
             .map_err(unavailable)?;
-        let group = super::group::GroupWriter::start(writer.clone());
+        let group = super::group::GroupWriter::start(writer.clone(), relaxed.clone());
         Ok(Self {
             readers,
             writer,
             group,
+            relaxed,
         })
     }
 
     /// Starts a transaction holding SQLite's write lock (see the module documentation).
-    pub(super) async fn write_tx(&self) -> Result<Tx> {
-        let tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(from_sqlx)?;
-        Ok(Tx::Sqlite(tx))
+    pub(super) async fn write_tx(&self, durability: Durability) -> Result<Tx> {
+        begin(&self.writer, &self.relaxed, durability).await
     }
 
     /// Starts a read transaction: under WAL its statements share one snapshot.
@@ -143,6 +165,44 @@ impl SqliteDb {
 }
 
 /// Extracts the file path from `sqlite://path`, `sqlite:path` or a bare path.
+/// Starts a write transaction of this durability on `writer`, the one writer connection.
+///
+/// `synchronous` cannot change inside a transaction, so it is set in the same call as the
+/// `BEGIN` (one round trip to sqlx's worker thread, which runs the text with `sqlite3_exec`).
+/// Under WAL, `NORMAL` commits without an fsync and the next `FULL` commit's fsync of the WAL
+/// file covers it; a checkpoint syncs the WAL before copying it (see [`Durability`]).
+pub(super) async fn begin(
+    writer: &SqlitePool,
+    relaxed: &AtomicBool,
+    durability: Durability,
+) -> Result<Tx> {
+    let statement = match durability {
+        Durability::OnDisk => "PRAGMA synchronous = FULL; BEGIN IMMEDIATE",
+        Durability::Committed => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+    };
+    match writer.begin_with(statement).await {
+        Ok(tx) => {
+            if durability == Durability::Committed {
+                // Set while this transaction holds the connection, so that its own release is
+                // the one that sees it (set before, a release still under way could take it).
+                relaxed.store(true, Ordering::Release);
+            }
+            Ok(Tx::Sqlite(tx))
+        }
+        Err(e) => {
+            if durability == Durability::Committed {
+                // The pragma may have run before `BEGIN` failed (the write lock busy past the
+                // timeout, an I/O error): put the default back.
+                let _ = sqlx::query("PRAGMA synchronous = FULL")
+                    .persistent(false)
+                    .execute(writer)
+                    .await;
+            }
+            Err(from_sqlx(e))
+        }
+    }
+}
+
 fn database_path(url: &str) -> Result<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -263,4 +323,50 @@ pub(crate) async fn lease_owner(tx: &mut Tx, agent_id: &str) -> Result<Option<St
         .await?
         .map(|row| Fields::new(&row, "agent_leases").text("owner"))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Not cached: SQLite evaluates a pragma when it prepares it.
+    async fn synchronous(tx: &mut Tx) -> i64 {
+        let Tx::Sqlite(tx) = tx else {
+            unreachable!("a SQLite transaction")
+        };
+        sqlx::query_scalar("PRAGMA synchronous")
+            .persistent(false)
+            .fetch_one(&mut **tx)
+            .await
+            .unwrap()
+    }
+
+    /// A transaction that commits without waiting for the disk runs at `NORMAL`, and the writer
+    /// connection is back at `FULL` for whoever uses it next, a lone statement included.
+    #[tokio::test]
+    async fn relaxed_commits_leave_the_writer_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("k.db").display().to_string())
+            .await
+            .unwrap();
+        for (durability, level) in [(Durability::Committed, 1), (Durability::OnDisk, 2)] {
+            let mut tx = db.write_tx(durability).await.unwrap();
+            assert_eq!(synchronous(&mut tx).await, level, "{durability:?}");
+            tx.commit().await.unwrap();
+            let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .persistent(false)
+                .fetch_one(&db.writer)
+                .await
+                .unwrap();
+            assert_eq!(after, 2, "the writer after a {durability:?} transaction");
+        }
+        // Also after a relaxed transaction that was rolled back (dropped).
+        drop(db.write_tx(Durability::Committed).await.unwrap());
+        let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .persistent(false)
+            .fetch_one(&db.writer)
+            .await
+            .unwrap();
+        assert_eq!(after, 2);
+    }
 }
