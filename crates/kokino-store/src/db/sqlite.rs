@@ -96,6 +96,11 @@ impl SqliteDb {
         let flag = relaxed.clone();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // sqlx pings a connection before lending it by default, one round trip to its
+            // worker thread on every acquire. A connection to a local file cannot go stale
+            // the way a network connection can, and a broken one fails its next statement
+            // with an error anyway.
+            .test_before_acquire(false)
             // A transaction that committed without waiting for the disk left the connection at
             // `synchronous=NORMAL`. Every transaction states its level when it begins, but a
             // single statement outside one (`On::Write`) does not: put the default back before
@@ -121,6 +126,7 @@ impl SqliteDb {
         MIGRATOR.run(&writer).await.map_err(from_migrate)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(unavailable)?;
@@ -354,7 +360,7 @@ mod tests {
             assert_eq!(synchronous(&mut tx).await, level, "{durability:?}");
             tx.commit().await.unwrap();
             let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .persistent(false)
+                .persistent(false)
                 .fetch_one(&db.writer)
                 .await
                 .unwrap();
