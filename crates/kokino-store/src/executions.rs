@@ -79,6 +79,11 @@ impl Store {
     /// moment (group commit); it returns once that transaction is on disk.
     pub async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
         let fin = Arc::new(fin.clone());
+        if self.db.kind() == "sqlite" {
+            // On SQLite the finish is one batch that needs nothing read first: alone in its
+            // group, it and its transaction go to sqlx's thread in one trip.
+            return self.db.grouped_plan(move || finish_plan(&fin)).await;
+        }
         self.db
             .grouped(Durability::OnDisk, move |tx| {
                 let fin = fin.clone();
@@ -238,6 +243,19 @@ pub(crate) async fn finish_execution_in(
             fence.check(tx).await?;
         }
     }
+    let (batch, decode) = finish_plan(fin);
+    decode(batch.fetch_all(tx).await?)
+}
+
+/// What [`finish_plan`] returns: the batch of a finish and what makes its answer of its rows.
+pub(crate) type FinishPlan = (
+    Batch,
+    Box<dyn FnOnce(Vec<Row>) -> Result<Option<Turn>> + Send>,
+);
+
+/// The statements of a finish, with no lock or fence (on SQLite the write transaction holds the
+/// one lock), and the decoding of their rows.
+pub(crate) fn finish_plan(fin: &FinishExecution) -> FinishPlan {
     let now = now();
     // Every statement names the conversation through the execution (`$2` is its id), so a
     // missing execution writes nothing; the batch is one round trip. The last statement returns
@@ -292,26 +310,29 @@ pub(crate) async fn finish_execution_in(
             now,
         ));
     }
-    // No row: the execution does not exist (on PostgreSQL it may have been deleted with its
-    // conversation since the read above), and nothing was written.
-    let rows = batch.fetch_all(tx).await?;
-    let Some(row) = rows.first() else {
-        return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
+    let (execution_id, new_turn) = (fin.execution_id.clone(), fin.turn.clone());
+    let decode = move |rows: Vec<Row>| {
+        // No row: the execution does not exist (on PostgreSQL it may have been deleted with its
+        // conversation since the read above), and nothing was written.
+        let Some(row) = rows.first() else {
+            return Err(StoreError::ExecutionNotFound(execution_id));
+        };
+        let f = Fields::new(row, "turns");
+        let turn = match new_turn {
+            Some(t) => Some(Turn {
+                turn_id: t.turn_id,
+                conversation_id: f.text("conversation_id")?,
+                seq: f.int("seq")?,
+                role: t.role,
+                content: t.content,
+                metadata: t.metadata,
+                created_at: now,
+            }),
+            None => None,
+        };
+        Ok(turn)
     };
-    let f = Fields::new(row, "turns");
-    let turn = match &fin.turn {
-        Some(t) => Some(Turn {
-            turn_id: t.turn_id.clone(),
-            conversation_id: f.text("conversation_id")?,
-            seq: f.int("seq")?,
-            role: t.role,
-            content: t.content.clone(),
-            metadata: t.metadata.clone(),
-            created_at: now,
-        }),
-        None => None,
-    };
-    Ok(turn)
+    (batch, Box::new(decode))
 }
 
 /// The insert of a turn with the conversation's next `seq`, returning that `seq`: `conversation`

@@ -5,7 +5,7 @@ mod conformance;
 
 use std::path::Path;
 
-use kokino_core::{AgentId, CliType};
+use kokino_core::{AgentId, CliType, ExecutionState};
 use kokino_store::{Store, StoreError};
 use sqlx::Connection;
 use tempfile::TempDir;
@@ -364,4 +364,66 @@ async fn concurrent_writes_share_commits() {
         let (_, turns) = other.get_conversation(conv).await.unwrap().unwrap();
         assert_eq!(turns.len(), 2 * PER_AGENT);
     }
+}
+
+/// A finish alone in its group goes as one query with its own `BEGIN … COMMIT`. When a statement
+/// in it fails, nothing of it stays written (not the touches of the session and conversation
+/// that ran before the failing insert), the caller hears the error, and the writer goes on.
+#[tokio::test]
+async fn a_lone_finish_that_fails_writes_nothing_and_the_writer_goes_on() {
+    let (store, _dir) = sqlite_store().await;
+    store
+        .upsert_agent(&conformance::spec("agent-1"))
+        .await
+        .unwrap();
+    let agent = AgentId::parse("agent-1").unwrap();
+    let session = store
+        .create_session(&agent, CliType::ClaudeCode, None)
+        .await
+        .unwrap();
+    let conv = session.conversation_id;
+    let new = conformance::new_execution("agent-1", &conv, "hello");
+    store.begin_execution(&new).await.unwrap();
+    let before = store.get_conversation(&conv).await.unwrap().unwrap();
+    let session_before = store.get_session(&agent).await.unwrap();
+
+    // The answer's turn id collides with the user turn's: the last statement fails.
+    let mut clash = conformance::finish(&new.execution_id, "answer");
+    clash.turn.as_mut().unwrap().turn_id = new.user_turn_id.clone();
+    let err = store.finish_execution(&clash).await.unwrap_err();
+    assert!(!err.is_unavailable(), "a constraint, not an outage: {err}");
+    assert_eq!(
+        format!(
+            "{:?}",
+            store.get_conversation(&conv).await.unwrap().unwrap()
+        ),
+        format!("{before:?}"),
+        "the failed finish left something written"
+    );
+    assert_eq!(
+        format!("{:?}", store.get_session(&agent).await.unwrap()),
+        format!("{session_before:?}")
+    );
+    let execution = store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(execution.state, ExecutionState::Running);
+
+    // The next write works, on the same store.
+    let turn = store
+        .finish_execution(&conformance::finish(&new.execution_id, "answer"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(turn.seq, 2);
+    let execution = store
+        .get_execution(&new.execution_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(execution.state, ExecutionState::Finished);
+    let (_, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
+    assert_eq!(turns.len(), 2);
 }

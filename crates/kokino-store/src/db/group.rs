@@ -29,7 +29,7 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Durability, Tx, TxFuture};
+use super::{Batch, Durability, Query, Row, Tx, TxFuture};
 use crate::{Result, StoreError};
 
 /// The most writes one transaction takes. A bound keeps one batch's transaction short when a
@@ -52,7 +52,19 @@ struct Job {
     /// The write may wait up to [`LAZY_WINDOW`] for an urgent one to share its commit.
     lazy: bool,
     durability: Durability,
+    /// The write as one query with its own transaction, for when it is alone in its group.
+    trip: Option<Trip>,
 }
+
+/// A write that is one batch: its statements and what makes its answer of their rows (see
+/// [`GroupWriter::write_plan`]).
+pub(crate) type Plan<T> = (Batch, Box<dyn FnOnce(Vec<Row>) -> Result<T> + Send>);
+
+/// Turns rows into a write's answer.
+type Decode = Box<dyn FnOnce(Vec<Row>) -> Result<Erased> + Send>;
+
+/// Builds a write's one-trip query (`BEGIN IMMEDIATE; …; COMMIT`) and its decoding.
+type Trip = Box<dyn Fn() -> (Query, Decode) + Send + Sync>;
 
 /// How long lazy writes (telemetry events, a process id already safe in a claim file) wait for
 /// an urgent write to carry them before they are committed on their own. Under load an urgent
@@ -111,6 +123,43 @@ impl GroupWriter {
             let fut = op(tx);
             Box::pin(async move { fut.await.map(|v| Box::new(v) as Erased) })
         });
+        self.submit(op, lazy, durability, None).await
+    }
+
+    /// A durable write that is one batch of statements needing nothing read first (see
+    /// [`super::Db::grouped_plan`]). Alone in its group, the batch goes to sqlx's thread
+    /// together with its `BEGIN IMMEDIATE` and `COMMIT`, one trip instead of three.
+    pub(crate) async fn write_plan<T, P>(&self, plan: P) -> Result<T>
+    where
+        T: Send + 'static,
+        P: Fn() -> Plan<T> + Send + Sync + 'static,
+    {
+        let plan = Arc::new(plan);
+        let for_op = plan.clone();
+        let op: Op = Box::new(move |tx| {
+            let (batch, decode) = for_op();
+            Box::pin(
+                async move { decode(batch.fetch_all(tx).await?).map(|v| Box::new(v) as Erased) },
+            )
+        });
+        let trip: Trip = Box::new(move || {
+            let (batch, decode) = plan();
+            let mut query = batch.joined(false);
+            query.sql = format!("BEGIN IMMEDIATE;\n{};\nCOMMIT", query.sql);
+            let decode: Decode = Box::new(move |rows| decode(rows).map(|v| Box::new(v) as Erased));
+            (query, decode)
+        });
+        self.submit(op, false, Durability::OnDisk, Some(trip)).await
+    }
+
+    /// Queues a write and waits for its answer.
+    async fn submit<T: Send + 'static>(
+        &self,
+        op: Op,
+        lazy: bool,
+        durability: Durability,
+        trip: Option<Trip>,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable("the store's writer has stopped".to_owned());
         self.queue
@@ -119,6 +168,7 @@ impl GroupWriter {
                 reply,
                 lazy,
                 durability,
+                trip,
             })
             .await
             .map_err(|_| gone())?;
@@ -163,6 +213,17 @@ async fn run(writer: Writer, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counters>
 
 /// Writes one batch and answers its callers.
 async fn commit(writer: Writer, mut batch: Vec<Job>, stats: Arc<Counters>) {
+    if let [job] = batch.as_slice() {
+        if let Some(trip) = &job.trip {
+            if let Some(answer) = one_trip(&writer, trip).await {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.writes.fetch_add(1, Ordering::Relaxed);
+                let job = batch.pop().expect("one job");
+                let _ = job.reply.send(answer);
+                return;
+            }
+        }
+    }
     if batch.len() > 1 {
         if let Ok(values) = together(&writer, &batch).await {
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +245,26 @@ async fn commit(writer: Writer, mut batch: Vec<Job>, stats: Arc<Counters>) {
             stats.writes.fetch_add(1, Ordering::Relaxed);
         }
         let _ = job.reply.send(answer);
+    }
+}
+
+/// A lone write with its transaction in one query. `None` when it failed, wherever it failed:
+/// the connection may then still be inside the transaction, so it is closed (which rolls back)
+/// rather than second-guessed, and the caller runs the write again on its own, like any failed
+/// write, so that its answer is that run's error. The connection is at `synchronous=FULL`
+/// here: relaxed transactions put it back when they release it (see `sqlite::begin`).
+async fn one_trip(writer: &Writer, trip: &Trip) -> Option<Result<Erased>> {
+    let mut conn = writer.pool.acquire().await.ok()?;
+    let (query, decode) = trip();
+    match super::sqlite::prepare(&query.sql, &query.args)
+        .fetch_all(&mut *conn)
+        .await
+    {
+        Ok(rows) => Some(decode(rows.into_iter().map(Row::from).collect())),
+        Err(_) => {
+            conn.close_on_drop();
+            None
+        }
     }
 }
 
