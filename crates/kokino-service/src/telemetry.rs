@@ -169,7 +169,7 @@ pub const METRICS: &[MetricDef] = &[
         name: STORE_GROUP_COMMITS_TOTAL,
         kind: "counter",
         labels: &[],
-        help: "SQLite only: the commits (each one fsync) that carried those writes; writes per commit is how much group commit saved.",
+        help: "SQLite only: the commits that carried those writes (one fsync each when a write in it must be on disk, none when all of them only need to be committed: see \"Durability\" in `ARCHITECTURE.md`); writes per commit is how much group commit saved.",
     },
     MetricDef {
         name: CIRCUIT_BREAKERS,
