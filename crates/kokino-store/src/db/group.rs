@@ -213,14 +213,19 @@ async fn run(writer: Writer, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counters>
 
 /// Writes one batch and answers its callers.
 async fn commit(writer: Writer, mut batch: Vec<Job>, stats: Arc<Counters>) {
-    if let [job] = batch.as_slice() {
-        if let Some(trip) = &job.trip {
+    // One urgent write that can go in one trip goes first, on its own: the lazy writes that
+    // came with it (telemetry, a process id) would add their statements' trips to the time its
+    // caller waits, and they need no fsync; they follow in a commit of their own.
+    let urgent: Vec<usize> = (0..batch.len()).filter(|&i| !batch[i].lazy).collect();
+    if let [i] = urgent[..] {
+        if let Some(trip) = &batch[i].trip {
             if let Some(answer) = one_trip(&writer, trip).await {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.writes.fetch_add(1, Ordering::Relaxed);
-                let job = batch.pop().expect("one job");
-                let _ = job.reply.send(answer);
-                return;
+                let _ = batch.remove(i).reply.send(answer);
+                if batch.is_empty() {
+                    return;
+                }
             }
         }
     }
