@@ -759,3 +759,39 @@ async fn next(
         .expect("a notice within the wait")
         .unwrap()
 }
+
+/// The pools check a connection (a ping) only when it was idle for over a second. Connections
+/// that the server dropped (a restart, an administrator's `pg_terminate_backend`) while they sat
+/// idle are found and replaced before anyone gets them: reads and writes go on without an error.
+#[tokio::test]
+async fn connections_the_server_dropped_while_idle_are_replaced() {
+    let Some((store, db)) = pg_store().await else {
+        return;
+    };
+    store
+        .upsert_agent(&conformance::spec("agent-1"))
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+    let mut admin = admin_connection(&db.admin_url).await;
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db.name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty(), "the store held no connection to end");
+    admin.close().await.ok();
+    // The server really dropped them; they are found the next time they are lent after being
+    // idle past the check's threshold (sqlx measures idleness with the real clock).
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    store.ping().await.unwrap();
+    let agent = AgentId::parse("agent-1").unwrap();
+    store
+        .create_session(&agent, CliType::ClaudeCode, None)
+        .await
+        .unwrap();
+    assert!(store.get_agent(&agent).await.unwrap().is_some());
+}

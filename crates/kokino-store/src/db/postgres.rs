@@ -97,15 +97,11 @@ impl PgDb {
         let _ = migration_conn.close().await;
 
         let options = options.options([("statement_timeout", STATEMENT_TIMEOUT)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+        let pool = pool_options(MAX_CONNECTIONS)
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        let readers = PgPoolOptions::new()
-            .max_connections(READER_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+        let readers = pool_options(READER_CONNECTIONS)
             .connect_with(options)
             .await
             .map_err(unavailable)?;
@@ -140,6 +136,31 @@ impl PgDb {
             .map_err(from_sqlx)?;
         Ok(Tx::Postgres(tx))
     }
+}
+
+/// How long a pooled connection may have been idle before it is checked (a ping) when it is
+/// lent again.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// A pool of at most `max` connections. sqlx pings every connection before lending it by
+/// default: one more round trip to the server on every statement of the execute path. Here only
+/// connections idle for over a second are checked. A server restart takes longer than that, so a
+/// connection it broke has been idle at least that long by the time the server answers again (or
+/// it was returned while the server was down, and the ping sqlx runs on every return closed it);
+/// a connection in steady use cannot have been broken unnoticed.
+fn pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_IDLE_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// The statement that opens a write transaction of this durability. A
