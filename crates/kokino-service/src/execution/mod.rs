@@ -31,6 +31,7 @@ pub(crate) async fn execute(
     req: ExecuteRequest,
     progress: Option<mpsc::UnboundedSender<Progress>>,
 ) -> Result<ExecuteResponse> {
+    let entered = std::time::Instant::now();
     let id = AgentId::parse(agent_id)?;
     validate(b, &req)?;
     if crate::shutdown::is_shutting_down(b) {
@@ -49,6 +50,7 @@ pub(crate) async fn execute(
         guard,
         lease,
         permit,
+        entered,
     };
     // From here on the run belongs to its own task: a caller that disconnects does not stop
     // it, and its result is stored whatever happens to the request.

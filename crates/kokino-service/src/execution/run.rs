@@ -37,6 +37,8 @@ pub(crate) struct Admitted {
     pub guard: LockGuard,
     pub lease: Option<LeaseHold>,
     pub permit: Option<ExecutionPermit>,
+    /// When the service took the request, for the phase timings.
+    pub entered: Instant,
 }
 
 /// One execution once its user turn is stored: what running it, storing its outcome and
@@ -128,7 +130,7 @@ impl Holds {
 
 /// The execution proper, with the lock held.
 pub(super) async fn run(b: &Broker, admitted: Admitted) -> Result<ExecuteResponse> {
-    let permit = admitted.permit;
+    let (permit, entered) = (admitted.permit, admitted.entered);
     let mut holds = Holds {
         guard: admitted.guard,
         lease: admitted.lease,
@@ -161,9 +163,12 @@ pub(super) async fn run(b: &Broker, admitted: Admitted) -> Result<ExecuteRespons
     let ran = exec.phase.elapsed();
     let answer = super::finish::finish(b, &exec, result, permit, holds.fence()).await;
     // Where the time of an execution goes, for `cargo xtask bench` and for operators
-    // chasing latency (KOKINO_LOG=kokino_service=debug).
+    // chasing latency (KOKINO_LOG=kokino_service=debug): before the user turn is stored (the
+    // agent and session reads, admission, the lock wait), storing it, the run, storing the
+    // outcome.
     tracing::debug!(
         agent = %exec.agent.spec.agent_id,
+        before_ms = exec.phase.duration_since(entered).as_secs_f64() * 1e3,
         user_turn_ms = persisted_user_turn.as_secs_f64() * 1e3,
         run_ms = (ran - persisted_user_turn).as_secs_f64() * 1e3,
         finish_ms = (exec.phase.elapsed() - ran).as_secs_f64() * 1e3,
