@@ -50,6 +50,10 @@ pub(crate) enum Tx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
+/// A write that is one batch: its statements and what makes its answer of their rows (see
+/// [`Db::grouped_plan`]).
+pub(crate) type Plan<T> = (Batch, Box<dyn FnOnce(Vec<Row>) -> Result<T> + Send>);
+
 /// How far a write has gone when its caller hears that it is done.
 ///
 /// Both levels are atomic and visible to every reader at once, and both survive the broker's
@@ -141,23 +145,22 @@ impl Db {
         self.grouped_as(true, Durability::Committed, op).await
     }
 
-    /// [`Db::grouped`] for a durable write that is one batch of statements needing nothing read
-    /// or locked first: `plan` builds the batch and the decoding of its rows (and may be called
-    /// again, for a retry). Alone in its group on SQLite, the batch and its transaction go to
-    /// sqlx's thread in one trip. On PostgreSQL it runs like [`Db::grouped`].
-    pub(crate) async fn grouped_plan<T, P>(&self, plan: P) -> Result<T>
+    /// [`Db::grouped`] for a write that is one batch of statements needing nothing read or
+    /// locked first: `plan` builds the batch and the decoding of its rows (and may be called
+    /// again, for a retry). The one urgent write of its group on SQLite, the batch and its
+    /// transaction go to sqlx's thread in one trip. On PostgreSQL it runs like [`Db::grouped`],
+    /// without the agent's lock: only for writes that need none.
+    pub(crate) async fn grouped_plan<T, P>(&self, durability: Durability, plan: P) -> Result<T>
     where
         T: Send + 'static,
-        P: Fn() -> group::Plan<T> + Send + Sync + 'static,
+        P: Fn() -> Plan<T> + Send + Sync + 'static,
     {
         match self {
             #[cfg(feature = "sqlite")]
-            Db::Sqlite(db) => db.group.write_plan(plan).await,
+            Db::Sqlite(db) => db.group.write_plan(durability, plan).await,
             #[cfg(feature = "postgres")]
             Db::Postgres(db) => {
-                let mut tx = db
-                    .begin(postgres::begin_statement(Durability::OnDisk))
-                    .await?;
+                let mut tx = db.begin(postgres::begin_statement(durability)).await?;
                 let (batch, decode) = plan();
                 let value = decode(batch.fetch_all(&mut tx).await?)?;
                 tx.commit().await?;

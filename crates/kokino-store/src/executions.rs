@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::db::{now, saturating_i64, Arg, Batch, Durability, Fields, Query, Row, Tx};
+use crate::db::{now, saturating_i64, Arg, Batch, Durability, Fields, Plan, Query, Row, Tx};
 use crate::leases::Fence;
 use crate::sessions::touch_statements;
 use crate::{FinishExecution, NewTurn, Result, Store, StoreError};
@@ -32,6 +32,13 @@ impl Store {
     /// that was never answered, and nothing else.
     pub async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
         let new = Arc::new(new.clone());
+        if self.db.kind() == "sqlite" {
+            // One batch needing nothing read or locked first (see `finish_execution`).
+            return self
+                .db
+                .grouped_plan(Durability::Committed, move || begin_plan(&new, None))
+                .await;
+        }
         self.db
             .grouped(Durability::Committed, move |tx| {
                 let new = new.clone();
@@ -82,7 +89,10 @@ impl Store {
         if self.db.kind() == "sqlite" {
             // On SQLite the finish is one batch that needs nothing read first: alone in its
             // group, it and its transaction go to sqlx's thread in one trip.
-            return self.db.grouped_plan(move || finish_plan(&fin)).await;
+            return self
+                .db
+                .grouped_plan(Durability::OnDisk, move || finish_plan(&fin))
+                .await;
         }
         self.db
             .grouped(Durability::OnDisk, move |tx| {
@@ -151,11 +161,18 @@ pub(crate) async fn begin_execution_in(
     // An unknown conversation has no agent to lock; the turn insert then fails on its foreign
     // key, on both backends.
     tx.lock_conversation_agent(&new.conversation_id).await?;
-    // Taken after the locks: acquiring them may have been a wait.
-    let now = now();
     if let Some(fence) = fence {
         fence.check(tx).await?;
     }
+    let (batch, decode) = begin_plan(new, fence.map(|f| f.owner));
+    decode(batch.fetch_all(tx).await?)
+}
+
+/// The statements of a begin, with no lock or fence (on SQLite the write transaction holds the
+/// one lock), and the decoding of their rows. `owner` is the broker a fenced execution belongs
+/// to.
+pub(crate) fn begin_plan(new: &NewExecution, owner: Option<&str>) -> Plan<Turn> {
+    let now = now();
     // One batch, one round trip (see `Batch`); the turn's insert comes last, for its `seq`.
     let mut batch = Batch::default();
     batch.push(
@@ -174,7 +191,7 @@ pub(crate) async fn begin_execution_in(
         .bind(now)
         // A fenced execution belongs to the broker holding the lease: its instance id is
         // recorded in the same write (see `Store::set_execution_instance`).
-        .bind(fence.map(|f| f.owner)),
+        .bind(owner),
     );
     touch_statements(
         &mut batch,
@@ -193,24 +210,27 @@ pub(crate) async fn begin_execution_in(
         },
         now,
     ));
-    let rows = batch.fetch_all(tx).await?;
-    let seq = match rows.first() {
-        Some(row) => Fields::new(row, "turns").int("seq")?,
-        None => {
-            return Err(StoreError::Database(
-                "the user turn's insert returned no row".into(),
-            ))
-        }
+    let new = new.clone();
+    let decode = move |rows: Vec<Row>| {
+        let seq = match rows.first() {
+            Some(row) => Fields::new(row, "turns").int("seq")?,
+            None => {
+                return Err(StoreError::Database(
+                    "the user turn's insert returned no row".into(),
+                ))
+            }
+        };
+        Ok(Turn {
+            turn_id: new.user_turn_id,
+            conversation_id: new.conversation_id,
+            seq,
+            role: Role::User,
+            content: new.prompt,
+            metadata: new.turn_metadata,
+            created_at: now,
+        })
     };
-    Ok(Turn {
-        turn_id: new.user_turn_id.clone(),
-        conversation_id: new.conversation_id.clone(),
-        seq,
-        role: Role::User,
-        content: new.prompt.clone(),
-        metadata: new.turn_metadata.clone(),
-        created_at: now,
-    })
+    (batch, Box::new(decode))
 }
 
 /// The writes of [`Store::finish_execution`], in the caller's write transaction; with a fence,
@@ -247,15 +267,9 @@ pub(crate) async fn finish_execution_in(
     decode(batch.fetch_all(tx).await?)
 }
 
-/// What [`finish_plan`] returns: the batch of a finish and what makes its answer of its rows.
-pub(crate) type FinishPlan = (
-    Batch,
-    Box<dyn FnOnce(Vec<Row>) -> Result<Option<Turn>> + Send>,
-);
-
 /// The statements of a finish, with no lock or fence (on SQLite the write transaction holds the
 /// one lock), and the decoding of their rows.
-pub(crate) fn finish_plan(fin: &FinishExecution) -> FinishPlan {
+pub(crate) fn finish_plan(fin: &FinishExecution) -> Plan<Option<Turn>> {
     let now = now();
     // Every statement names the conversation through the execution (`$2` is its id), so a
     // missing execution writes nothing; the batch is one round trip. The last statement returns

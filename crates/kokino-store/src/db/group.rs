@@ -29,7 +29,7 @@ use std::sync::Arc;
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Batch, Durability, Query, Row, Tx, TxFuture};
+use super::{Durability, Plan, Query, Row, Tx, TxFuture};
 use crate::{Result, StoreError};
 
 /// The most writes one transaction takes. A bound keeps one batch's transaction short when a
@@ -56,15 +56,19 @@ struct Job {
     trip: Option<Trip>,
 }
 
-/// A write that is one batch: its statements and what makes its answer of their rows (see
-/// [`GroupWriter::write_plan`]).
-pub(crate) type Plan<T> = (Batch, Box<dyn FnOnce(Vec<Row>) -> Result<T> + Send>);
-
 /// Turns rows into a write's answer.
 type Decode = Box<dyn FnOnce(Vec<Row>) -> Result<Erased> + Send>;
 
-/// Builds a write's one-trip query (`BEGIN IMMEDIATE; …; COMMIT`) and its decoding.
-type Trip = Box<dyn Fn() -> (Query, Decode) + Send + Sync>;
+/// A write's one-trip query (`BEGIN IMMEDIATE; …; COMMIT`), its decoding, and whether it runs
+/// at `synchronous=NORMAL` (see [`Durability::Committed`]).
+struct OneTrip {
+    query: Query,
+    decode: Decode,
+    relaxed: bool,
+}
+
+/// Builds a write's [`OneTrip`].
+type Trip = Box<dyn Fn() -> OneTrip + Send + Sync>;
 
 /// How long lazy writes (telemetry events, a process id already safe in a claim file) wait for
 /// an urgent write to carry them before they are committed on their own. Under load an urgent
@@ -126,10 +130,11 @@ impl GroupWriter {
         self.submit(op, lazy, durability, None).await
     }
 
-    /// A durable write that is one batch of statements needing nothing read first (see
-    /// [`super::Db::grouped_plan`]). Alone in its group, the batch goes to sqlx's thread
-    /// together with its `BEGIN IMMEDIATE` and `COMMIT`, one trip instead of three.
-    pub(crate) async fn write_plan<T, P>(&self, plan: P) -> Result<T>
+    /// A write that is one batch of statements needing nothing read first (see
+    /// [`super::Db::grouped_plan`]). The one urgent write of its group, the batch goes to
+    /// sqlx's thread together with its `BEGIN IMMEDIATE` and `COMMIT`, one trip instead of
+    /// three.
+    pub(crate) async fn write_plan<T, P>(&self, durability: Durability, plan: P) -> Result<T>
     where
         T: Send + 'static,
         P: Fn() -> Plan<T> + Send + Sync + 'static,
@@ -142,14 +147,27 @@ impl GroupWriter {
                 async move { decode(batch.fetch_all(tx).await?).map(|v| Box::new(v) as Erased) },
             )
         });
+        let relaxed = durability == Durability::Committed;
         let trip: Trip = Box::new(move || {
             let (batch, decode) = plan();
             let mut query = batch.joined(false);
-            query.sql = format!("BEGIN IMMEDIATE;\n{};\nCOMMIT", query.sql);
+            // `synchronous` cannot change inside a transaction: the pragma comes first, in the
+            // same query (sqlx runs its statements in order, preparing each after the one
+            // before it has run).
+            let pragma = if relaxed {
+                "PRAGMA synchronous = NORMAL;\n"
+            } else {
+                ""
+            };
+            query.sql = format!("{pragma}BEGIN IMMEDIATE;\n{};\nCOMMIT", query.sql);
             let decode: Decode = Box::new(move |rows| decode(rows).map(|v| Box::new(v) as Erased));
-            (query, decode)
+            OneTrip {
+                query,
+                decode,
+                relaxed,
+            }
         });
-        self.submit(op, false, Durability::OnDisk, Some(trip)).await
+        self.submit(op, false, durability, Some(trip)).await
     }
 
     /// Queues a write and waits for its answer.
@@ -253,14 +271,25 @@ async fn commit(writer: Writer, mut batch: Vec<Job>, stats: Arc<Counters>) {
     }
 }
 
-/// A lone write with its transaction in one query. `None` when it failed, wherever it failed:
-/// the connection may then still be inside the transaction, so it is closed (which rolls back)
+/// A write with its transaction in one query. `None` when it failed, wherever it failed: the
+/// connection may then still be inside the transaction, so it is closed (which rolls back)
 /// rather than second-guessed, and the caller runs the write again on its own, like any failed
-/// write, so that its answer is that run's error. The connection is at `synchronous=FULL`
-/// here: relaxed transactions put it back when they release it (see `sqlite::begin`).
+/// write, so that its answer is that run's error. `COMMIT` is the query's last statement, so a
+/// query that failed did not commit. The connection is at `synchronous=FULL` when it is lent:
+/// relaxed writes set it to `NORMAL` in their own query and put `FULL` back when they release
+/// it (see `sqlite::begin`).
 async fn one_trip(writer: &Writer, trip: &Trip) -> Option<Result<Erased>> {
     let mut conn = writer.pool.acquire().await.ok()?;
-    let (query, decode) = trip();
+    let OneTrip {
+        query,
+        decode,
+        relaxed,
+    } = trip();
+    if relaxed {
+        // Set while this write holds the connection (see `sqlite::begin`), so that its release
+        // puts `FULL` back.
+        writer.relaxed.store(true, Ordering::Release);
+    }
     match super::sqlite::prepare(&query.sql, &query.args)
         .fetch_all(&mut *conn)
         .await

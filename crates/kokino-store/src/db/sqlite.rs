@@ -110,10 +110,7 @@ impl SqliteDb {
                 let flag = flag.clone();
                 Box::pin(async move {
                     if flag.swap(false, Ordering::AcqRel) {
-                        // Not a cached statement: SQLite applies this pragma when it prepares
-                        // it, so stepping a cached one again would change nothing.
                         sqlx::query("PRAGMA synchronous = FULL")
-                            .persistent(false)
                             .execute(&mut *conn)
                             .await?;
                     }
@@ -200,7 +197,6 @@ pub(super) async fn begin(
                 // The pragma may have run before `BEGIN` failed (the write lock busy past the
                 // timeout, an I/O error): put the default back.
                 let _ = sqlx::query("PRAGMA synchronous = FULL")
-                    .persistent(false)
                     .execute(writer)
                     .await;
             }
@@ -335,13 +331,11 @@ pub(crate) async fn lease_owner(tx: &mut Tx, agent_id: &str) -> Result<Option<St
 mod tests {
     use super::*;
 
-    /// Not cached: SQLite evaluates a pragma when it prepares it.
     async fn synchronous(tx: &mut Tx) -> i64 {
         let Tx::Sqlite(tx) = tx else {
             unreachable!("a SQLite transaction")
         };
         sqlx::query_scalar("PRAGMA synchronous")
-            .persistent(false)
             .fetch_one(&mut **tx)
             .await
             .unwrap()
@@ -360,7 +354,6 @@ mod tests {
             assert_eq!(synchronous(&mut tx).await, level, "{durability:?}");
             tx.commit().await.unwrap();
             let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
-                .persistent(false)
                 .fetch_one(&db.writer)
                 .await
                 .unwrap();
@@ -369,10 +362,46 @@ mod tests {
         // Also after a relaxed transaction that was rolled back (dropped).
         drop(db.write_tx(Durability::Committed).await.unwrap());
         let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .persistent(false)
             .fetch_one(&db.writer)
             .await
             .unwrap();
         assert_eq!(after, 2);
+    }
+
+    /// A write that goes in one trip (`PRAGMA …; BEGIN IMMEDIATE; …; COMMIT`, a cached
+    /// statement) runs at its own level every time, and leaves the writer at `FULL`.
+    #[tokio::test]
+    async fn one_trip_writes_run_at_their_level_and_leave_the_writer_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("k.db").display().to_string())
+            .await
+            .unwrap();
+        let levels = [
+            (Durability::Committed, 1),
+            (Durability::Committed, 1),
+            (Durability::OnDisk, 2),
+            (Durability::Committed, 1),
+        ];
+        for (durability, level) in levels {
+            let seen: i64 = db
+                .group
+                .write_plan(durability, || {
+                    let mut batch = super::super::Batch::default();
+                    // A table-valued pragma is read when the statement runs.
+                    batch.push(Query::new("SELECT synchronous FROM pragma_synchronous"));
+                    let decode = |rows: Vec<super::super::Row>| {
+                        Fields::new(&rows[0], "pragma_synchronous").int("synchronous")
+                    };
+                    (batch, Box::new(decode))
+                })
+                .await
+                .unwrap();
+            assert_eq!(seen, level, "{durability:?}");
+            let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&db.writer)
+                .await
+                .unwrap();
+            assert_eq!(after, 2, "the writer after a {durability:?} write");
+        }
     }
 }
