@@ -54,6 +54,41 @@ pub struct World {
     pub dir: tempfile::TempDir,
 }
 
+/// A broker that a test killed (every `Broker` is killed with SIGKILL when dropped) leaves its
+/// private tmux server running, as a crashed broker does; the next broker on that data
+/// directory would take it over, but a test's directory is deleted with the world. End every
+/// tmux server whose socket is in this world, so that no test leaves processes behind.
+impl Drop for World {
+    fn drop(&mut self) {
+        for socket in tmux_sockets(self.dir.path(), 4) {
+            let _ = Command::new("tmux")
+                .arg("-S")
+                .arg(&socket)
+                .arg("kill-server")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The tmux sockets (`tmux.sock`) under `dir`, at most `depth` directories down.
+fn tmux_sockets(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 => found.extend(tmux_sockets(&path, depth - 1)),
+            Ok(_) if entry.file_name() == "tmux.sock" => found.push(path),
+            _ => {}
+        }
+    }
+    found
+}
+
 impl World {
     pub fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
