@@ -26,10 +26,10 @@ impl Store {
     ///
     /// On SQLite the transaction is shared with the other executions' writes queued at the same
     /// moment (group commit). It returns once that transaction is committed, without waiting
-    /// for the disk ([`Durability::Committed`]): a crash of the broker cannot lose it, and the
-    /// execution's finish, which is on disk before the caller gets the answer, carries the user
-    /// turn to disk with it. A crash of the machine before the finish can lose an execution
-    /// that was never answered, and nothing else.
+    /// for the disk (see "Durability" in `ARCHITECTURE.md`): a crash of the broker cannot lose
+    /// it, and the execution's finish, which is on disk before the caller gets the answer,
+    /// carries the user turn to disk with it. A crash of the machine before the finish can lose
+    /// an execution that was never answered, and nothing else.
     pub async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
         let new = Arc::new(new.clone());
         if self.db.kind() == "sqlite" {
@@ -87,8 +87,8 @@ impl Store {
     pub async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
         let fin = Arc::new(fin.clone());
         if self.db.kind() == "sqlite" {
-            // On SQLite the finish is one batch that needs nothing read first: alone in its
-            // group, it and its transaction go to sqlx's thread in one trip.
+            // On SQLite the finish is one batch that needs nothing read first: as the only
+            // urgent write of its group, it and its transaction go to sqlx's thread in one trip.
             return self
                 .db
                 .grouped_plan(Durability::OnDisk, move || finish_plan(&fin))

@@ -62,7 +62,7 @@ pub(crate) struct SqliteDb {
     pub(super) writer: SqlitePool,
     /// The execute path's writes, committed in groups through `writer` (see [`super::group`]).
     pub(crate) group: super::group::GroupWriter,
-    /// Set while the writer connection runs with `synchronous=NORMAL` (see [`begin_statement`]);
+    /// Set while the writer connection runs with `synchronous=NORMAL` (see [`begin`]);
     /// the writer pool puts it back to `FULL` before anyone else gets the connection.
     relaxed: Arc<AtomicBool>,
 }
@@ -167,7 +167,6 @@ impl SqliteDb {
     }
 }
 
-/// Extracts the file path from `sqlite://path`, `sqlite:path` or a bare path.
 /// Starts a write transaction of this durability on `writer`, the one writer connection.
 ///
 /// `synchronous` cannot change inside a transaction, so it is set in the same call as the
@@ -205,6 +204,7 @@ pub(super) async fn begin(
     }
 }
 
+/// Extracts the file path from `sqlite://path`, `sqlite:path` or a bare path.
 fn database_path(url: &str) -> Result<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
