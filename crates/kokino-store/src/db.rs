@@ -145,27 +145,30 @@ impl Db {
         self.grouped_as(true, Durability::Committed, op).await
     }
 
-    /// [`Db::grouped`] for a write that is one batch of statements needing nothing read or
-    /// locked first: `plan` builds the batch and the decoding of its rows (and may be called
-    /// again, for a retry). The one urgent write of its group on SQLite, the batch and its
-    /// transaction go to sqlx's thread in one trip. On PostgreSQL it runs like [`Db::grouped`],
-    /// without the agent's lock: only for writes that need none.
-    pub(crate) async fn grouped_plan<T, P>(&self, durability: Durability, plan: P) -> Result<T>
+    /// [`Db::grouped`] for a write that, where one writer holds the database's only lock
+    /// (SQLite), is one batch of statements needing nothing read first: there `plan` builds the
+    /// batch and the decoding of its rows (and may be called again, for a retry), and as the
+    /// only urgent write of its group the batch and its transaction go to sqlx's thread in one
+    /// trip. Where writers lock agents themselves (PostgreSQL), `op` runs instead, locks
+    /// included, like [`Db::grouped`].
+    #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub(crate) async fn grouped_plan<T, P, F>(
+        &self,
+        durability: Durability,
+        plan: P,
+        op: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
         P: Fn() -> Plan<T> + Send + Sync + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
     {
         match self {
             #[cfg(feature = "sqlite")]
             Db::Sqlite(db) => db.group.write_plan(durability, plan).await,
             #[cfg(feature = "postgres")]
-            Db::Postgres(db) => {
-                let mut tx = db.begin(postgres::begin_statement(durability)).await?;
-                let (batch, decode) = plan();
-                let value = decode(batch.fetch_all(&mut tx).await?)?;
-                tx.commit().await?;
-                Ok(value)
-            }
+            Db::Postgres(_) => self.grouped_as(false, durability, op).await,
         }
     }
 

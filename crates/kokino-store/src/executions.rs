@@ -32,18 +32,16 @@ impl Store {
     /// an execution that was never answered, and nothing else.
     pub async fn begin_execution(&self, new: &NewExecution) -> Result<Turn> {
         let new = Arc::new(new.clone());
-        if self.db.kind() == "sqlite" {
-            // One batch needing nothing read or locked first (see `finish_execution`).
-            return self
-                .db
-                .grouped_plan(Durability::Committed, move || begin_plan(&new, None))
-                .await;
-        }
+        let for_plan = new.clone();
         self.db
-            .grouped(Durability::Committed, move |tx| {
-                let new = new.clone();
-                Box::pin(async move { begin_execution_in(tx, &new, None).await })
-            })
+            .grouped_plan(
+                Durability::Committed,
+                move || begin_plan(&for_plan, None),
+                move |tx| {
+                    let new = new.clone();
+                    Box::pin(async move { begin_execution_in(tx, &new, None).await })
+                },
+            )
             .await
     }
 
@@ -86,19 +84,16 @@ impl Store {
     /// moment (group commit); it returns once that transaction is on disk.
     pub async fn finish_execution(&self, fin: &FinishExecution) -> Result<Option<Turn>> {
         let fin = Arc::new(fin.clone());
-        if self.db.kind() == "sqlite" {
-            // On SQLite the finish is one batch that needs nothing read first: as the only
-            // urgent write of its group, it and its transaction go to sqlx's thread in one trip.
-            return self
-                .db
-                .grouped_plan(Durability::OnDisk, move || finish_plan(&fin))
-                .await;
-        }
+        let for_plan = fin.clone();
         self.db
-            .grouped(Durability::OnDisk, move |tx| {
-                let fin = fin.clone();
-                Box::pin(async move { finish_execution_in(tx, &fin, None).await })
-            })
+            .grouped_plan(
+                Durability::OnDisk,
+                move || finish_plan(&for_plan),
+                move |tx| {
+                    let fin = fin.clone();
+                    Box::pin(async move { finish_execution_in(tx, &fin, None).await })
+                },
+            )
             .await
     }
 

@@ -366,6 +366,11 @@ async fn concurrent_writes_share_commits() {
     }
 }
 
+async fn execution_state(store: &Store, execution_id: &str) -> ExecutionState {
+    let execution = store.get_execution(execution_id).await.unwrap().unwrap();
+    execution.state
+}
+
 /// A finish alone in its group goes as one query with its own `BEGIN … COMMIT`. When a statement
 /// in it fails, nothing of it stays written (not the touches of the session and conversation
 /// that ran before the failing insert), the caller hears the error, and the writer goes on.
@@ -404,12 +409,10 @@ async fn a_lone_finish_that_fails_writes_nothing_and_the_writer_goes_on() {
         format!("{:?}", store.get_session(&agent).await.unwrap()),
         format!("{session_before:?}")
     );
-    let execution = store
-        .get_execution(&new.execution_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(execution.state, ExecutionState::Running);
+    assert_eq!(
+        execution_state(&store, &new.execution_id).await,
+        ExecutionState::Running
+    );
 
     // The next write works, on the same store.
     let turn = store
@@ -418,12 +421,10 @@ async fn a_lone_finish_that_fails_writes_nothing_and_the_writer_goes_on() {
         .unwrap()
         .unwrap();
     assert_eq!(turn.seq, 2);
-    let execution = store
-        .get_execution(&new.execution_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(execution.state, ExecutionState::Finished);
+    assert_eq!(
+        execution_state(&store, &new.execution_id).await,
+        ExecutionState::Finished
+    );
     let (_, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
     assert_eq!(turns.len(), 2);
 }

@@ -234,8 +234,8 @@ async fn commit(writer: Writer, mut batch: Vec<Job>, stats: Arc<Counters>) {
     // One urgent write that can go in one trip goes first, on its own: the lazy writes that
     // came with it (telemetry, a process id) would add their statements' trips to the time its
     // caller waits, and they need no fsync; they follow in a commit of their own.
-    let urgent: Vec<usize> = (0..batch.len()).filter(|&i| !batch[i].lazy).collect();
-    if let [i] = urgent[..] {
+    let mut urgent = (0..batch.len()).filter(|&i| !batch[i].lazy);
+    if let (Some(i), None) = (urgent.next(), urgent.next()) {
         if let Some(trip) = &batch[i].trip {
             if let Some(answer) = one_trip(&writer, trip).await {
                 stats.commits.fetch_add(1, Ordering::Relaxed);

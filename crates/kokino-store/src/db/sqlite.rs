@@ -331,6 +331,22 @@ pub(crate) async fn lease_owner(tx: &mut Tx, agent_id: &str) -> Result<Option<St
 mod tests {
     use super::*;
 
+    async fn temp_db() -> (SqliteDb, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("k.db").display().to_string())
+            .await
+            .unwrap();
+        (db, dir)
+    }
+
+    /// The level the writer connection is at for its next user.
+    async fn writer_synchronous(db: &SqliteDb) -> i64 {
+        sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&db.writer)
+            .await
+            .unwrap()
+    }
+
     async fn synchronous(tx: &mut Tx) -> i64 {
         let Tx::Sqlite(tx) = tx else {
             unreachable!("a SQLite transaction")
@@ -345,37 +361,27 @@ mod tests {
     /// connection is back at `FULL` for whoever uses it next, a lone statement included.
     #[tokio::test]
     async fn relaxed_commits_leave_the_writer_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = SqliteDb::open(&dir.path().join("k.db").display().to_string())
-            .await
-            .unwrap();
+        let (db, _dir) = temp_db().await;
         for (durability, level) in [(Durability::Committed, 1), (Durability::OnDisk, 2)] {
             let mut tx = db.write_tx(durability).await.unwrap();
             assert_eq!(synchronous(&mut tx).await, level, "{durability:?}");
             tx.commit().await.unwrap();
-            let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
-                .fetch_one(&db.writer)
-                .await
-                .unwrap();
-            assert_eq!(after, 2, "the writer after a {durability:?} transaction");
+            assert_eq!(
+                writer_synchronous(&db).await,
+                2,
+                "the writer after a {durability:?} transaction"
+            );
         }
         // Also after a relaxed transaction that was rolled back (dropped).
         drop(db.write_tx(Durability::Committed).await.unwrap());
-        let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&db.writer)
-            .await
-            .unwrap();
-        assert_eq!(after, 2);
+        assert_eq!(writer_synchronous(&db).await, 2);
     }
 
     /// A write that goes in one trip (`PRAGMA …; BEGIN IMMEDIATE; …; COMMIT`, a cached
     /// statement) runs at its own level every time, and leaves the writer at `FULL`.
     #[tokio::test]
     async fn one_trip_writes_run_at_their_level_and_leave_the_writer_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = SqliteDb::open(&dir.path().join("k.db").display().to_string())
-            .await
-            .unwrap();
+        let (db, _dir) = temp_db().await;
         let levels = [
             (Durability::Committed, 1),
             (Durability::Committed, 1),
@@ -397,11 +403,11 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(seen, level, "{durability:?}");
-            let after: i64 = sqlx::query_scalar("PRAGMA synchronous")
-                .fetch_one(&db.writer)
-                .await
-                .unwrap();
-            assert_eq!(after, 2, "the writer after a {durability:?} write");
+            assert_eq!(
+                writer_synchronous(&db).await,
+                2,
+                "the writer after a {durability:?} write"
+            );
         }
     }
 }
