@@ -256,10 +256,13 @@ pub async fn run_headless(
     // waits for the broker's bookkeeping below.
     let mut pipes = Pipes::take(io, cmd.stdin, limits.max_line_bytes);
     let start_time = start_time.or_else(|| procfs::start_time(pid));
-    // Under a supervisor of its own, the CLI is the supervisor's child, found by looking.
-    let cli_pid = match (&child, watchdog) {
-        (Proc::Local(_), Some(_)) => find_child(pid).await,
-        _ => None,
+    // Under a supervisor of its own (not the shared spawner), the group's leader is that
+    // supervisor and the CLI is its child, found by looking.
+    let own_supervisor = matches!(child, Proc::Local(_)) && watchdog.is_some();
+    let cli_pid = if own_supervisor {
+        find_child(pid).await
+    } else {
+        None
     };
     let _ = events.send(ExecEvent::Started {
         pid,
@@ -297,8 +300,7 @@ pub async fn run_headless(
     if let Some(c) = &claim {
         let _ = std::fs::remove_file(c);
     }
-    let supervised = matches!(child, Proc::Local(_)) && watchdog.is_some();
-    run.finish(status, &mut pipes.stderr, supervised).await
+    run.finish(status, &mut pipes.stderr, own_supervisor).await
 }
 
 /// The broker's ends of a CLI's stdin, stdout and stderr.
