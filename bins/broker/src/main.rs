@@ -32,7 +32,13 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some(kokino_exec::spawner::SPAWNER_FLAG) {
         kokino_exec::spawner::run_spawner(&argv[2..]);
     }
+    // The settings come first: they say how many threads the runtime gets.
+    let settings = match config::load(config::Args::parse()) {
+        Ok(settings) => settings,
+        Err(e) => fail(&e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads)
         .enable_all()
         .build()
     {
@@ -42,19 +48,17 @@ fn main() {
             std::process::exit(1);
         }
     };
-    runtime.block_on(async_main());
-}
-
-async fn async_main() {
-    let args = config::Args::parse();
-    if let Err(e) = run(args).await {
-        eprintln!("kokino-broker: {e:#}");
-        std::process::exit(1);
+    if let Err(e) = runtime.block_on(run(settings)) {
+        fail(&e);
     }
 }
 
-async fn run(args: config::Args) -> Result<()> {
-    let settings = config::load(args)?;
+fn fail(e: &anyhow::Error) -> ! {
+    eprintln!("kokino-broker: {e:#}");
+    std::process::exit(1);
+}
+
+async fn run(settings: config::Settings) -> Result<()> {
     init_logging(settings.json_logs);
 
     let handle = PrometheusBuilder::new()

@@ -49,6 +49,29 @@ fn bad_settings_are_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/token"));
+
+    // The runtime's thread count is read before the runtime starts, and checked like the rest.
+    std::fs::write(&cfg, "worker_threads = 0\n").unwrap();
+    let out = broker_cmd(&w).arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("worker_threads must be greater than 0"),
+        "{err}"
+    );
+    let out = broker_cmd(&w)
+        .args(["--worker-threads", "100000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 1024"), "{err}");
+    let out = broker_cmd(&w)
+        .args(["--worker-threads", "two"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--worker-threads"));
 }
 
 #[tokio::test]
