@@ -13,6 +13,19 @@ use anyhow::{bail, Context, Result};
 
 /// Builds the broker and the fake agent in release mode and returns their directory.
 pub(crate) fn build_release() -> Result<PathBuf> {
+    // Two builds compared in turn on one machine (the noise between runs is larger than many
+    // changes): each one's binaries copied to a directory of their own.
+    if let Some(dir) = std::env::var_os("KOKINO_BENCH_BIN_DIR") {
+        let dir = PathBuf::from(dir);
+        println!(
+            "==> using the binaries in {} (KOKINO_BENCH_BIN_DIR)",
+            dir.display()
+        );
+        if !dir.join("kokino-broker").exists() {
+            bail!("{} has no kokino-broker", dir.display());
+        }
+        return Ok(dir);
+    }
     let root = crate::workspace_root();
     println!("==> building release binaries");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))

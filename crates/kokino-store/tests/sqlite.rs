@@ -428,3 +428,113 @@ async fn a_lone_finish_that_fails_writes_nothing_and_the_writer_goes_on() {
     let (_, turns) = store.get_conversation(&conv).await.unwrap().unwrap();
     assert_eq!(turns.len(), 2);
 }
+
+/// Every kind of write on the execute path, from many executions at once, some of them failing:
+/// each caller gets its own answer, whatever group its write fell into. The user turn and the
+/// answer get their own numbers, a process id is recorded or "not found" for an execution that
+/// does not exist, and a write whose statement fails fails alone while the others are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_grouped_write_gets_its_own_answer_when_others_fail() {
+    const AGENTS: usize = 6;
+    const PER_AGENT: usize = 10;
+    let (store, _dir) = sqlite_store().await;
+    let mut conversations = Vec::new();
+    for i in 0..AGENTS {
+        let id = format!("agent-{i}");
+        store.upsert_agent(&conformance::spec(&id)).await.unwrap();
+        let agent = AgentId::parse(&id).unwrap();
+        let session = store
+            .create_session(&agent, CliType::ClaudeCode, None)
+            .await
+            .unwrap();
+        conversations.push((agent, session.conversation_id));
+    }
+    let before = store.group_commit_stats().unwrap();
+    let mut handles = Vec::new();
+    for (agent, conv) in conversations.clone() {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for n in 0..PER_AGENT {
+                let new = conformance::new_execution(agent.as_str(), &conv, &format!("p{n}"));
+                // Started together, as the execute path does: the process id and telemetry
+                // are lazy and join whatever urgent write comes next.
+                let cli_session = format!("cli-{agent}");
+                let event = kokino_store::NewEvent {
+                    event_type: "GROUP_TEST".into(),
+                    agent_id: Some(agent.to_string()),
+                    cli_type: None,
+                    duration_ms: Some(n as i64),
+                    success: Some(true),
+                    metadata: serde_json::json!({}),
+                };
+                let (user_turn, pid, missing, session, events) = tokio::join!(
+                    store.begin_execution(&new),
+                    async {
+                        tokio::task::yield_now().await;
+                        store
+                            .set_execution_process(&new.execution_id, 1000 + n as i64, Some(7))
+                            .await
+                    },
+                    store.set_execution_process("no-such-execution", 1, None),
+                    store.set_cli_session(&agent, &conv, &cli_session),
+                    store.insert_events(std::slice::from_ref(&event)),
+                );
+                let user_turn = user_turn.unwrap();
+                assert_eq!(
+                    user_turn.seq,
+                    2 * n as i64 + 1,
+                    "{agent}: the user turn's number"
+                );
+                // The pid may have been written before the begin in its own group: "not
+                // found" then, as for any unknown execution; after it, recorded.
+                let pid_recorded = pid.is_ok();
+                let e = missing.unwrap_err();
+                assert!(e.to_string().contains("no-such-execution"), "{e}");
+                session.unwrap();
+                events.unwrap();
+                // An answer whose turn id collides with the user turn's fails, alone.
+                let mut clash = conformance::finish(&new.execution_id, "answer");
+                clash.turn.as_mut().unwrap().turn_id = new.user_turn_id.clone();
+                let good = conformance::finish(&new.execution_id, "answer");
+                let (clash, answer) = tokio::join!(
+                    store.finish_execution(&clash),
+                    store.finish_execution(&good),
+                );
+                assert!(clash.is_err(), "{agent}: the clashing finish failed");
+                let answer = answer.unwrap().expect("the answer's turn");
+                assert_eq!(answer.seq, 2 * n as i64 + 2, "{agent}: the answer's number");
+                if pid_recorded {
+                    let e = store
+                        .get_execution(&new.execution_id)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(e.pid, Some(1000 + n as i64));
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    // Every write was committed once, in a group or on its own after its group failed.
+    let after = store.group_commit_stats().unwrap();
+    assert!(after.writes > before.writes, "{before:?} → {after:?}");
+    for (agent, conv) in &conversations {
+        let (_, turns) = store.get_conversation(conv).await.unwrap().unwrap();
+        assert_eq!(turns.len(), 2 * PER_AGENT, "{agent}");
+        let seqs: Vec<i64> = turns.iter().map(|t| t.seq).collect();
+        assert_eq!(seqs, (1..=2 * PER_AGENT as i64).collect::<Vec<_>>());
+        let session = store.get_session(agent).await.unwrap().unwrap();
+        assert_eq!(session.cli_session_id, Some(format!("cli-{agent}")));
+        let events = store
+            .list_events(&kokino_store::EventFilter {
+                event_type: Some("GROUP_TEST".into()),
+                agent_id: Some(agent.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), PER_AGENT, "{agent}");
+    }
+}
