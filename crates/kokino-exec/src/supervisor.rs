@@ -723,6 +723,34 @@ pub(crate) fn write_claim_file(
     std::fs::rename(&tmp, path)
 }
 
+/// Writes a claim (see [`write_claim_file`]) over the one already in the file at `path`, or
+/// creates it: one write of a fixed-width record at its start, which a crash of the writer
+/// cannot leave half done, so no rename is needed. A `group` of 0 blanks the claim: it names no
+/// group, and [`reap_leftovers`] removes it.
+pub(crate) fn write_claim_in_place(
+    path: &Path,
+    group: i32,
+    start: i64,
+    owner: Option<(i32, i64)>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let (owner_pid, owner_start) = owner.unwrap_or((0, 0));
+    // Every record has this width, so that a shorter one leaves nothing of a longer one behind
+    // (the widest, four numbers of up to 20 characters and their spaces, takes 83).
+    let record = format!("{group} {start} {owner_pid} {owner_start}");
+    let record = format!("{record:<width$}\n", width = CLAIM_WIDTH);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all_at(record.as_bytes(), 0)
+}
+
+/// The width of a claim written in place, newline excluded.
+const CLAIM_WIDTH: usize = 95;
+
 fn remove_claim(path: Option<&Path>) {
     if let Some(p) = path {
         let _ = std::fs::remove_file(p);
@@ -857,6 +885,11 @@ pub fn reap_leftovers(run_dir: &Path) -> Vec<Leftover> {
         if owner_pid != me && owner_pid > 1 && procfs::is_same_process(owner_pid, owner_start) {
             continue;
         }
+        if pgid == 0 {
+            // A blanked claim (a spawner's free slot): there is nothing to kill.
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
         let killed = procfs::kill_recorded_group(pgid, start);
         wait_group_gone(pgid, Duration::from_secs(5));
         let _ = std::fs::remove_file(&path);
@@ -948,5 +981,44 @@ mod tests {
     fn claims_round_trip() {
         assert_eq!(parse_claim("10 20 30 40\n"), Some((10, 20, 30, 40)));
         assert_eq!(parse_claim("10 20"), None);
+    }
+
+    /// A claim written in place over a longer one reads as the new one alone, and the widest
+    /// record fits.
+    #[test]
+    fn claims_written_in_place_leave_nothing_of_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1-slot0.claim");
+        let widest = (i32::MIN, i64::MIN, i32::MIN, i64::MIN);
+        write_claim_in_place(&path, widest.0, widest.1, Some((widest.2, widest.3))).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.len(), CLAIM_WIDTH + 1, "{text:?}");
+        assert_eq!(parse_claim(&text), Some(widest));
+        write_claim_in_place(&path, 12, 34, Some((5, 6))).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(parse_claim(&text), Some((12, 34, 5, 6)));
+        write_claim_in_place(&path, 0, 0, None).unwrap();
+        assert_eq!(
+            parse_claim(&std::fs::read_to_string(&path).unwrap()),
+            Some((0, 0, 0, 0))
+        );
+    }
+
+    /// A blanked claim (a free slot) names nothing to kill: recovery removes it when its broker
+    /// is gone, and leaves it to a broker that still lives.
+    #[test]
+    fn blank_claims_are_removed_without_killing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("1-slot0.claim");
+        // An owner that cannot exist: pid 2^22 + 1 is above the kernel's largest.
+        write_claim_in_place(&gone, 0, 0, Some((4_194_305, 1))).unwrap();
+        // A live owner that is not this process: its parent.
+        let parent = nix::unistd::getppid().as_raw();
+        let start = procfs::start_time(parent).unwrap();
+        let live = dir.path().join("2-slot0.claim");
+        write_claim_in_place(&live, 0, 0, Some((parent, start))).unwrap();
+        assert_eq!(reap_leftovers(dir.path()), Vec::new());
+        assert!(!gone.exists(), "the dead broker's blank claim is removed");
+        assert!(live.exists(), "a live broker's slot is left to it");
     }
 }

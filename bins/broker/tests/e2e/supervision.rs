@@ -308,3 +308,61 @@ async fn a_cli_too_large_for_the_spawner_runs_under_a_supervisor_of_its_own() {
     assert_ne!(meta["pid"], meta["pgid"], "{meta}");
     assert_none_left(&w, &b, Duration::from_secs(2), "after the answer").await;
 }
+
+/// The spawner's claim files are reused: each run writes its claim over a free one instead of
+/// creating a file (and the file system an inode) per run. After runs one at a time, one blank
+/// claim is left; two at once need two; while a run lasts its claim names its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_files_are_reused_from_run_to_run() {
+    let w = World::new();
+    let b = std::sync::Arc::new(w.start());
+    w.register(&b, "a", "claude-code", json!({})).await;
+    w.register(&b, "b", "claude-code", json!({})).await;
+    let run_dir = w.data_dir().join("run");
+    let claims = || {
+        let mut found: Vec<(String, String)> = std::fs::read_dir(&run_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "claim"))
+            .map(|e| {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                (e.file_name().to_string_lossy().into_owned(), text)
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let blank = |text: &str| text.split_whitespace().next() == Some("0");
+    for n in 0..5 {
+        let (st, v) = b.execute("a", &format!("hello {n}")).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let after_one_at_a_time = claims();
+    assert_eq!(after_one_at_a_time.len(), 1, "{after_one_at_a_time:?}");
+    assert!(blank(&after_one_at_a_time[0].1), "{after_one_at_a_time:?}");
+
+    let runs: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|agent| {
+            let b = b.clone();
+            tokio::spawn(async move { b.execute(agent, "fake:sleep=1 hi").await })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || claims()
+            .iter()
+            .filter(|(_, text)| !blank(text))
+            .count()
+            == 2)
+        .await,
+        "two running CLIs, two claims naming their groups: {:?}",
+        claims()
+    );
+    for run in runs {
+        let (st, v) = run.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+    }
+    let after = claims();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.iter().all(|(_, text)| blank(text)), "{after:?}");
+}

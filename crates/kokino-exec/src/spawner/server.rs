@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use super::RUN_VAR;
 use crate::procfs;
 use crate::supervisor::{
     become_subreaper, cloexec_inherited, heartbeats, mark, say_as, signal_each, watchdog_signals,
-    write_claim_file, MARK_VAR,
+    write_claim_in_place, MARK_VAR,
 };
 
 /// Writes to stderr (the broker's) without ever panicking: a broker killed with SIGKILL no
@@ -92,7 +92,8 @@ fn parse(args: &[String]) -> Option<Options> {
 struct Run {
     id: u64,
     pid: i32,
-    claim: Option<PathBuf>,
+    /// The claim slot naming this run's group (see [`ClaimSlots`]).
+    claim: Option<u32>,
     /// The raw wait status, once the CLI exited.
     status: Option<i32>,
     /// When what the CLI left behind gets SIGKILL; set when its leftovers got SIGTERM.
@@ -111,12 +112,35 @@ struct Spawner {
     /// The broker, for the claim files.
     owner: Option<(i32, i64)>,
     runs: HashMap<i32, Run>,
+    claims: ClaimSlots,
     /// Replies not yet taken by the socket. Sends never block: a stalled broker (SIGSTOP, a
     /// full socket) must not stop the spawner from noticing exits, end of file or a missed
     /// heartbeat.
     outbox: VecDeque<Vec<u8>>,
     seen_heartbeats: u64,
     last_heartbeat: Instant,
+}
+
+/// The claim files of this spawner's runs, reused: a run takes a free slot (or a new one) and
+/// gives it back when it ends.
+#[derive(Default)]
+struct ClaimSlots {
+    free: Vec<u32>,
+    /// Slots handed out so far, all named `<spawner pid>-slot<n>.claim` for `n` below it.
+    next: u32,
+}
+
+impl ClaimSlots {
+    fn take(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+}
+
+fn claim_path(dir: &Path, me: i32, slot: u32) -> PathBuf {
+    dir.join(format!("{me}-slot{slot}.claim"))
 }
 
 /// The spawner's main: `args` is what follows [`SPAWNER_FLAG`]. Never returns.
@@ -156,6 +180,7 @@ pub fn run_spawner(args: &[String]) -> ! {
         opts,
         me,
         runs: HashMap::new(),
+        claims: ClaimSlots::default(),
         outbox: VecDeque::new(),
         seen_heartbeats: 0,
         last_heartbeat: Instant::now(),
@@ -306,10 +331,12 @@ impl Spawner {
                     let start = procfs::start_time(pid).unwrap_or(0);
                     let run = self.runs.get_mut(&pid).expect("just inserted");
                     if let Some(dir) = &self.opts.claims {
-                        let path = dir.join(format!("{}-s{id}.claim", self.me));
-                        match write_claim_file(&path, pid, start, self.owner) {
-                            Ok(()) => run.claim = Some(path),
+                        let slot = self.claims.take();
+                        let path = claim_path(dir, self.me, slot);
+                        match write_claim_in_place(&path, pid, start, self.owner) {
+                            Ok(()) => run.claim = Some(slot),
                             Err(e) => {
+                                self.claims.free.push(slot);
                                 say(format_args!("cannot write claim {}: {e}", path.display()))
                             }
                         }
@@ -510,8 +537,18 @@ impl Spawner {
                 }
             }
             let run = self.runs.remove(&pid).expect("listed above");
-            if let Some(claim) = &run.claim {
-                let _ = std::fs::remove_file(claim);
+            if let (Some(slot), Some(dir)) = (run.claim, &self.opts.claims) {
+                // Blanked, not removed: the next run writes its claim into the same file,
+                // which spares the file system an inode created and deleted per run (ext4
+                // scans its recently deleted inodes on every creation). A blank claim names no
+                // group, and recovery removes it like any claim it cannot read.
+                let path = claim_path(dir, self.me, slot);
+                match write_claim_in_place(&path, 0, 0, self.owner) {
+                    Ok(()) => self.claims.free.push(slot),
+                    Err(_) => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
             }
             self.send(
                 wire::EXITED,
@@ -594,9 +631,9 @@ impl Spawner {
             signal_each(&left, Signal::SIGKILL);
             std::thread::sleep(Duration::from_millis(10));
         }
-        for run in self.runs.values() {
-            if let Some(claim) = &run.claim {
-                let _ = std::fs::remove_file(claim);
+        if let Some(dir) = &self.opts.claims {
+            for slot in 0..self.claims.next {
+                let _ = std::fs::remove_file(claim_path(dir, self.me, slot));
             }
         }
         std::process::exit(0)
