@@ -149,9 +149,32 @@ pub(crate) struct LeaseHold {
     pub owner: String,
     pub token: i64,
     released: bool,
+    /// When the database last extended the lease, by this broker's clock: at its acquisition,
+    /// then at each renewal (see [`spawn_renewal`]).
+    renewed_at: Arc<std::sync::Mutex<Instant>>,
+    /// How many runs in a row it has been handed over to (see [`ParkedLeases`]).
+    handovers: u32,
 }
 
+/// At most this many runs in a row take the lease over from the run before; then it goes back
+/// to the database, so that another broker waiting for the agent gets its turn.
+const MAX_HANDOVERS: u32 = 16;
+
 impl LeaseHold {
+    /// The instant the renewals of a run holding this lease update.
+    pub fn renewed_at(&self) -> Arc<std::sync::Mutex<Instant>> {
+        self.renewed_at.clone()
+    }
+
+    /// Whether the agent's next run here may take the lease over without a write: it was
+    /// extended less than half a lifetime ago, so that it stays valid until that run's first
+    /// renewal (a quarter of a lifetime after the run starts), and it has not been handed over
+    /// too often in a row.
+    pub fn can_hand_over(&self, cfg: &ClusterConfig) -> bool {
+        let renewed = *self.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
+        self.handovers < MAX_HANDOVERS && renewed.elapsed() < cfg.lease_ttl / 2
+    }
+
     pub async fn release(mut self) {
         self.released = true;
         if let Err(e) = self
@@ -204,6 +227,8 @@ pub(crate) async fn acquire(
                 owner: cfg.instance_id.clone(),
                 token: lease.token,
                 released: false,
+                renewed_at: Arc::new(std::sync::Mutex::new(Instant::now())),
+                handovers: 0,
             };
             return Ok(Some((hold, lease)));
         }
@@ -244,6 +269,7 @@ pub(crate) fn spawn_renewal(
     cfg: ClusterConfig,
     agent_id: String,
     token: i64,
+    renewed_at: Arc<std::sync::Mutex<Instant>>,
     cancel: CancellationToken,
     guard_pid: impl Fn() -> Option<i32> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
@@ -255,11 +281,13 @@ pub(crate) fn spawn_renewal(
             if let Some(pid) = guard_pid() {
                 kokino_exec::supervisor::heartbeat(pid);
             }
+            let asked = Instant::now();
             match store
                 .renew_lease(&agent_id, &cfg.instance_id, token, cfg.lease_ttl)
                 .await
             {
-                Ok(true) => {}
+                // The database extended it at some instant after `asked`.
+                Ok(true) => *renewed_at.lock().unwrap_or_else(|e| e.into_inner()) = asked,
                 Ok(false) => {
                     tracing::error!(agent = %agent_id, token, "lost the agent's lease; stopping its run");
                     cancel.cancel();
@@ -269,4 +297,142 @@ pub(crate) fn spawn_renewal(
             }
         }
     })
+}
+
+/// Leases kept between runs of one agent on this broker.
+///
+/// When a run ends while another run of the same agent waits for this broker's lock, the lease
+/// is not given back to the database only to be taken again at once (two durable writes, and on
+/// a busy agent most of what a run costs in the database): it is parked here, and the next run
+/// takes it over with its token, so its fenced writes pass as the last run's did. A parked lease
+/// nobody takes within a quarter of a lifetime, or at shutdown, is released.
+#[derive(Default)]
+pub(crate) struct ParkedLeases {
+    slots: std::sync::Mutex<std::collections::HashMap<String, (LeaseHold, u64)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl ParkedLeases {
+    fn slots(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (LeaseHold, u64)>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Parks `hold` for the agent's next run; the returned number names this parking.
+    fn park(&self, hold: LeaseHold) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        if let Some((earlier, _)) = self
+            .slots()
+            .insert(hold.agent_id.clone(), (hold, generation))
+        {
+            // Cannot happen (one run of an agent at a time here holds its lease); a lease
+            // displaced anyway is released rather than forgotten.
+            drop(earlier);
+        }
+        generation
+    }
+
+    /// The agent's parked lease, if one is parked and may still be taken over; one parked too
+    /// long is released.
+    pub async fn take(&self, agent_id: &str, cfg: &ClusterConfig) -> Option<LeaseHold> {
+        let (mut hold, _) = self.slots().remove(agent_id)?;
+        if !hold.can_hand_over(cfg) {
+            hold.release().await;
+            return None;
+        }
+        hold.handovers += 1;
+        Some(hold)
+    }
+
+    /// The parking `generation` of the agent's lease, if it is still parked.
+    fn take_parking(&self, agent_id: &str, generation: u64) -> Option<LeaseHold> {
+        let mut slots = self.slots();
+        match slots.get(agent_id) {
+            Some((_, g)) if *g == generation => slots.remove(agent_id).map(|(hold, _)| hold),
+            _ => None,
+        }
+    }
+}
+
+/// Parks the lease of a run that ended while the agent's next run waits for this broker's lock
+/// (see [`ParkedLeases`]), and releases it if that run does not take it in time.
+pub(crate) fn park(
+    parked: &Arc<ParkedLeases>,
+    hold: LeaseHold,
+    cfg: &ClusterConfig,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: &CancellationToken,
+) {
+    let agent_id = hold.agent_id.clone();
+    let generation = parked.park(hold);
+    let (parked, stop, wait) = (parked.clone(), stop.clone(), cfg.lease_ttl / 4);
+    tasks.spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => {}
+        }
+        if let Some(hold) = parked.take_parking(&agent_id, generation) {
+            hold.release().await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("k.db").display());
+        // Leases name agents without a foreign key: no agent needs to exist.
+        (Store::open(&url).await.unwrap(), dir)
+    }
+
+    fn config(ttl: Duration) -> ClusterConfig {
+        ClusterConfig {
+            instance_id: "me".into(),
+            lease_ttl: ttl,
+            guard_program: PathBuf::from("/bin/true"),
+            advertise_url: None,
+        }
+    }
+
+    /// A parked lease that no run takes goes back to the database after a quarter of a
+    /// lifetime; one taken in time keeps its token and counts the handover; one extended too
+    /// long ago is released instead of handed over.
+    #[tokio::test]
+    async fn parked_leases_are_taken_over_in_time_or_released() {
+        let (store, _dir) = store().await;
+        let cfg = config(Duration::from_millis(800));
+        let (tasks, stop) = (
+            tokio_util::task::TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let parked = Arc::new(ParkedLeases::default());
+        let far = Instant::now() + Duration::from_secs(5);
+
+        let (hold, lease) = acquire(&store, "a", &cfg, far, None)
+            .await
+            .unwrap()
+            .unwrap();
+        park(&parked, hold, &cfg, &tasks, &stop);
+        let taken = parked.take("a", &cfg).await.expect("taken in time");
+        assert_eq!((taken.token, taken.handovers), (lease.token, 1));
+
+        park(&parked, taken, &cfg, &tasks, &stop);
+        tokio::time::sleep(cfg.lease_ttl / 4 + Duration::from_millis(100)).await;
+        assert!(parked.take("a", &cfg).await.is_none(), "released, not kept");
+        assert!(store.lease_holder("a").await.unwrap().is_none());
+
+        // Extended too long ago: released at the taking.
+        let (hold, _) = acquire(&store, "a", &cfg, far, None)
+            .await
+            .unwrap()
+            .unwrap();
+        *hold.renewed_at.lock().unwrap() = Instant::now() - cfg.lease_ttl;
+        parked.park(hold);
+        assert!(parked.take("a", &cfg).await.is_none());
+        assert!(store.lease_holder("a").await.unwrap().is_none());
+    }
 }

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub shadow_sessions: Mutex<HashMap<AgentId, String>>,
     /// Cluster mode: database notifications that wake lease waiters.
     pub wakeups: Option<crate::cluster::Wakeups>,
+    /// Cluster mode: leases kept for the agents' next runs here.
+    pub parked_leases: std::sync::Arc<crate::cluster::ParkedLeases>,
     /// Cluster mode with an advertised address: agents' home brokers.
     pub homes: Option<crate::homes::Homes>,
 }
@@ -143,6 +145,7 @@ impl Inner {
         Ok(Inner {
             wakeups,
             homes,
+            parked_leases: std::sync::Arc::default(),
             store,
             cfg,
             locks: AgentLocks::new(),

@@ -294,3 +294,72 @@ async fn breakers_and_fallback_changed_on_one_broker_are_seen_by_the_others() {
     assert_eq!(s, 503, "{body}");
     assert_eq!(body["code"], "CIRCUIT_OPEN");
 }
+
+/// `owner|token` of an agent's lease row, as the database has it.
+fn lease_row(db: &TestDb, agent: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            &db.url,
+            "-At",
+            "-c",
+            &format!("SELECT owner || '|' || token FROM agent_leases WHERE agent_id = '{agent}'"),
+        ])
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Runs of one agent queued on one broker hand its lease on, run to run, instead of giving it
+/// back to the database and taking it again: one acquisition for the whole queue (the token
+/// stays 1), and the lease goes back to the database once the queue is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_runs_on_one_broker_hand_the_lease_on() {
+    let Ok(base) = std::env::var("KOKINO_TEST_DATABASE_URL") else {
+        eprintln!("skipped: KOKINO_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let db = TestDb::create(&base);
+    let w = World::new();
+    let cfg = w.path().join("cluster.toml");
+    std::fs::write(
+        &cfg,
+        "[cluster]\nlease_ttl_ms = 2000\n[doctor]\nenabled = false\n",
+    )
+    .unwrap();
+    let b = std::sync::Arc::new(w.start_with(
+        &[
+            "--config",
+            &cfg.display().to_string(),
+            "--database-url",
+            &db.url,
+            "--instance-id",
+            "solo",
+        ],
+        &[],
+    ));
+    w.register(&b, "h", "codex", json!({})).await;
+    let runs: Vec<_> = (0..4)
+        .map(|n| {
+            let b = b.clone();
+            tokio::spawn(async move { b.execute("h", &format!("q{n} fake:sleep=0.2")).await })
+        })
+        .collect();
+    for run in runs {
+        let (st, v) = run.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+    }
+    // The last run had nobody waiting: its lease goes back (owner '' once released).
+    assert!(
+        eventually(Duration::from_secs(3), || lease_row(&db, "h") == "|1").await,
+        "one acquisition for four queued runs, released at the end: {}",
+        lease_row(&db, "h")
+    );
+    // The next run acquires it afresh.
+    let (st, v) = b.execute("h", "again").await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        eventually(Duration::from_secs(3), || lease_row(&db, "h") == "|2").await,
+        "{}",
+        lease_row(&db, "h")
+    );
+}

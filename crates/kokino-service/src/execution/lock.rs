@@ -78,6 +78,11 @@ async fn lease(
     let Some(c) = &b.inner.cfg.cluster else {
         return Ok(None);
     };
+    // The lease of the agent's run that ended while this one waited for the lock.
+    if let Some(hold) = b.inner.parked_leases.take(id.as_str(), c).await {
+        crate::homes::check_home(b, id).await?;
+        return Ok(Some(hold));
+    }
     let deadline = tokio::time::Instant::now() + wait.saturating_sub(guard.waited());
     let wakeups = b.inner.wakeups.as_ref();
     match crate::cluster::acquire(&b.inner.store, id.as_str(), c, deadline, wakeups).await? {

@@ -7,7 +7,7 @@ use chrono::Utc;
 use kokino_cli::{first_prompt_with_system, SessionArg, StreamEvent};
 use kokino_core::breaker::ExecutionPermit;
 use kokino_core::lock::LockGuard;
-use kokino_core::{AgentRecord, CommMode, NewExecution, SessionRecord};
+use kokino_core::{AgentId, AgentRecord, CommMode, NewExecution, SessionRecord};
 use kokino_exec::{CancellationToken, ExecEvent, RunResult};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -117,12 +117,25 @@ impl Holds {
     }
 
     /// Stops renewing, releases the lease, then the lock: the next waiter sees a finished run.
-    async fn release(self) {
+    /// When the agent's next run already waits for the lock here, the lease is parked for it
+    /// instead (see [`crate::cluster::ParkedLeases`]).
+    async fn release(self, b: &Broker) {
         if let Some(r) = self.renewal {
             r.abort();
         }
         if let Some(l) = self.lease {
-            l.release().await;
+            let waiting = AgentId::parse(&l.agent_id)
+                .is_ok_and(|id| b.inner.locks.status(&id).queue_length > 0);
+            match &b.inner.cfg.cluster {
+                Some(c) if waiting && l.can_hand_over(c) => crate::cluster::park(
+                    &b.inner.parked_leases,
+                    l,
+                    c,
+                    &b.inner.tasks,
+                    &b.inner.stop,
+                ),
+                _ => l.release().await,
+            }
         }
         drop(self.guard);
     }
@@ -188,10 +201,20 @@ pub(super) async fn run(b: &Broker, admitted: Admitted) -> Result<ExecuteRespons
                     }),
                 };
                 shadow_legs::record(&this, &exec.agent, &exec.execution_id, legs).await;
-                holds.release().await;
+                holds.release(&this).await;
             });
         }
-        _ => holds.release().await,
+        _ if holds.lease.is_some() => {
+            // The caller has its answer; giving the lease back (a durable write to the shared
+            // database) goes on without it. The agent's lock here stays held until that write
+            // is done, so that this broker's next run of the agent starts after it, and other
+            // brokers wait for the lease as they would.
+            let this = b.clone();
+            b.inner
+                .tasks
+                .spawn(async move { holds.release(&this).await });
+        }
+        _ => holds.release(b).await,
     }
     answer
 }
@@ -329,6 +352,7 @@ fn spawn_renewal(
         cluster.clone(),
         agent_key.to_string(),
         lease.token,
+        lease.renewed_at(),
         cancel.clone(),
         move || this.inner.running(&agent_key).and_then(|r| r.watchdog),
     ))
