@@ -538,3 +538,39 @@ async fn each_grouped_write_gets_its_own_answer_when_others_fail() {
         assert_eq!(events.len(), PER_AGENT, "{agent}");
     }
 }
+
+/// With fewer indexes on `executions` (written on every begin and finish), every query that reads
+/// executions by state or by finish time is still a search of an index, never a scan of the
+/// table. The finish-time indexes hold finished executions only, which `finished_at >= $1`
+/// implies; the planner may prefer the state index where it cannot tell which is narrower.
+#[tokio::test]
+async fn execution_queries_search_an_index() {
+    let (store, dir) = sqlite_store().await;
+    drop(store);
+    let url = format!("sqlite://{}", dir.path().join("kokino.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let queries = [
+        "SELECT cli_type, agent_id, outcome, COUNT(*) FROM executions \
+         WHERE state = 'finished' AND finished_at >= ?1 AND outcome IS NOT NULL \
+         GROUP BY cli_type, agent_id, outcome",
+        "SELECT cli_type, duration_ms FROM executions \
+         WHERE duration_ms IS NOT NULL AND finished_at >= ?1 AND cli_type = 'codex'",
+        "SELECT finished_at FROM executions WHERE finished_at >= ?1 ORDER BY finished_at",
+        "SELECT * FROM executions WHERE state = 'running' ORDER BY started_at",
+        "SELECT * FROM executions WHERE state = 'running' AND instance_id = ?1",
+    ];
+    for query in queries {
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
+            .bind("2025-01-01T00:00:00.000Z")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows
+            .iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
+            .collect();
+        let plan = plan.join("; ");
+        assert!(!plan.contains("SCAN executions"), "{query}: {plan}");
+        assert!(plan.contains("SEARCH executions USING"), "{query}: {plan}");
+    }
+}
