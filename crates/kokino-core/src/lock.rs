@@ -59,6 +59,11 @@ impl LockGuard {
     pub fn waited(&self) -> Duration {
         self.waited
     }
+
+    /// Whether another caller waits for this agent's lock now.
+    pub fn others_waiting(&self) -> bool {
+        self.slot.waiters.load(Ordering::Acquire) > 0
+    }
 }
 
 impl Drop for LockGuard {
@@ -200,12 +205,15 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(locks.status(&a).queue_length, 5);
+        assert!(first.others_waiting());
         drop(first);
         for t in tasks {
             t.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
         assert!(!locks.status(&a).locked);
+        let alone = locks.acquire(&a, Duration::from_secs(1)).await.unwrap();
+        assert!(!alone.others_waiting());
     }
 
     #[tokio::test(start_paused = true)]

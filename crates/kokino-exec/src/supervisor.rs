@@ -717,10 +717,15 @@ pub(crate) fn write_claim_file(
     start: i64,
     owner: Option<(i32, i64)>,
 ) -> std::io::Result<()> {
-    let (owner_pid, owner_start) = owner.unwrap_or((0, 0));
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{group} {start} {owner_pid} {owner_start}\n"))?;
+    std::fs::write(&tmp, format!("{}\n", claim_record(group, start, owner)))?;
     std::fs::rename(&tmp, path)
+}
+
+/// A claim's text, newline excluded: what [`parse_claim`] reads.
+fn claim_record(group: i32, start: i64, owner: Option<(i32, i64)>) -> String {
+    let (owner_pid, owner_start) = owner.unwrap_or((0, 0));
+    format!("{group} {start} {owner_pid} {owner_start}")
 }
 
 /// Writes a claim (see [`write_claim_file`]) over the one already in the file at `path`, or
@@ -734,11 +739,14 @@ pub(crate) fn write_claim_in_place(
     owner: Option<(i32, i64)>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let (owner_pid, owner_start) = owner.unwrap_or((0, 0));
     // Every record has this width, so that a shorter one leaves nothing of a longer one behind
-    // (the widest, four numbers of up to 20 characters and their spaces, takes 83).
-    let record = format!("{group} {start} {owner_pid} {owner_start}");
-    let record = format!("{record:<width$}\n", width = CLAIM_WIDTH);
+    // (the widest, two pids of 11 characters and two start times of 20 with their three
+    // spaces, takes 65).
+    let record = format!(
+        "{:<width$}\n",
+        claim_record(group, start, owner),
+        width = CLAIM_WIDTH
+    );
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -323,23 +323,14 @@ async fn concurrent_writes_share_commits() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("kokino.db").display());
     let store = Store::open(&url).await.unwrap();
-    let mut conversations = Vec::new();
-    for i in 0..AGENTS {
-        let id = format!("agent-{i}");
-        store.upsert_agent(&conformance::spec(&id)).await.unwrap();
-        let session = store
-            .create_session(&AgentId::parse(&id).unwrap(), CliType::ClaudeCode, None)
-            .await
-            .unwrap();
-        conversations.push((id, session.conversation_id));
-    }
+    let conversations = agents_with_sessions(&store, AGENTS).await;
     let before = store.group_commit_stats().unwrap();
     let mut handles = Vec::new();
     for (agent, conv) in conversations.clone() {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
             for n in 0..PER_AGENT {
-                let new = conformance::new_execution(&agent, &conv, &format!("prompt {n}"));
+                let new = conformance::new_execution(agent.as_str(), &conv, &format!("prompt {n}"));
                 store.begin_execution(&new).await.unwrap();
                 store
                     .finish_execution(&conformance::finish(&new.execution_id, "answer"))
@@ -364,6 +355,22 @@ async fn concurrent_writes_share_commits() {
         let (_, turns) = other.get_conversation(conv).await.unwrap().unwrap();
         assert_eq!(turns.len(), 2 * PER_AGENT);
     }
+}
+
+/// `n` agents, `agent-0`…, each with a session: their ids and conversations.
+async fn agents_with_sessions(store: &Store, n: usize) -> Vec<(AgentId, String)> {
+    let mut conversations = Vec::new();
+    for i in 0..n {
+        let id = format!("agent-{i}");
+        store.upsert_agent(&conformance::spec(&id)).await.unwrap();
+        let agent = AgentId::parse(&id).unwrap();
+        let session = store
+            .create_session(&agent, CliType::ClaudeCode, None)
+            .await
+            .unwrap();
+        conversations.push((agent, session.conversation_id));
+    }
+    conversations
 }
 
 async fn execution_state(store: &Store, execution_id: &str) -> ExecutionState {
@@ -438,22 +445,14 @@ async fn each_grouped_write_gets_its_own_answer_when_others_fail() {
     const AGENTS: usize = 6;
     const PER_AGENT: usize = 10;
     let (store, _dir) = sqlite_store().await;
-    let mut conversations = Vec::new();
-    for i in 0..AGENTS {
-        let id = format!("agent-{i}");
-        store.upsert_agent(&conformance::spec(&id)).await.unwrap();
-        let agent = AgentId::parse(&id).unwrap();
-        let session = store
-            .create_session(&agent, CliType::ClaudeCode, None)
-            .await
-            .unwrap();
-        conversations.push((agent, session.conversation_id));
-    }
+    let conversations = agents_with_sessions(&store, AGENTS).await;
     let before = store.group_commit_stats().unwrap();
     let mut handles = Vec::new();
     for (agent, conv) in conversations.clone() {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
+            // The writes that succeeded, each of which must be counted once.
+            let mut written = 0;
             for n in 0..PER_AGENT {
                 let new = conformance::new_execution(agent.as_str(), &conv, &format!("p{n}"));
                 // Started together, as the execute path does: the process id and telemetry
@@ -511,15 +510,24 @@ async fn each_grouped_write_gets_its_own_answer_when_others_fail() {
                         .unwrap();
                     assert_eq!(e.pid, Some(1000 + n as i64));
                 }
+                // The begin, the session id, the events, the answer, and the pid if recorded.
+                written += 4 + u64::from(pid_recorded);
             }
+            written
         }));
     }
+    let mut written = 0;
     for h in handles {
-        h.await.unwrap();
+        written += h.await.unwrap();
     }
-    // Every write was committed once, in a group or on its own after its group failed.
+    // Every write that succeeded was committed once, in a group or on its own after its group
+    // failed, and no failed write was counted.
     let after = store.group_commit_stats().unwrap();
-    assert!(after.writes > before.writes, "{before:?} → {after:?}");
+    assert_eq!(
+        after.writes - before.writes,
+        written,
+        "{before:?} → {after:?}"
+    );
     for (agent, conv) in &conversations {
         let (_, turns) = store.get_conversation(conv).await.unwrap().unwrap();
         assert_eq!(turns.len(), 2 * PER_AGENT, "{agent}");

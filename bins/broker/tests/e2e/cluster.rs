@@ -17,6 +17,18 @@ struct TestDb {
 }
 
 impl TestDb {
+    /// A fresh database on the server `KOKINO_TEST_DATABASE_URL` names; `None`, saying that
+    /// the test is skipped, without it.
+    fn from_env() -> Option<TestDb> {
+        match std::env::var("KOKINO_TEST_DATABASE_URL") {
+            Ok(base) => Some(TestDb::create(&base)),
+            Err(_) => {
+                eprintln!("skipped: KOKINO_TEST_DATABASE_URL is not set");
+                None
+            }
+        }
+    }
+
     fn create(base: &str) -> TestDb {
         let name = format!("kokino_cluster_{}", uuid_like());
         let status = Command::new("psql")
@@ -63,11 +75,9 @@ fn signal(b: &Broker, sig: nix::sys::signal::Signal) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_brokers_never_run_one_agent_twice_through_a_kill_and_a_pause() {
-    let Ok(base) = std::env::var("KOKINO_TEST_DATABASE_URL") else {
-        eprintln!("skipped: KOKINO_TEST_DATABASE_URL is not set");
+    let Some(db) = TestDb::from_env() else {
         return;
     };
-    let db = TestDb::create(&base);
     let w = World::new();
     let cfg = w.path().join("cluster.toml");
     std::fs::write(&cfg, "[cluster]\nlease_ttl_ms = 1500\n[limits]\nkill_grace_ms = 300\n[doctor]\nenabled = false\n").unwrap();
@@ -232,11 +242,9 @@ async fn three_brokers_never_run_one_agent_twice_through_a_kill_and_a_pause() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breakers_and_fallback_changed_on_one_broker_are_seen_by_the_others() {
-    let Ok(base) = std::env::var("KOKINO_TEST_DATABASE_URL") else {
-        eprintln!("skipped: KOKINO_TEST_DATABASE_URL is not set");
+    let Some(db) = TestDb::from_env() else {
         return;
     };
-    let db = TestDb::create(&base);
     let w = World::new();
     let cfg = w.path().join("cluster.toml");
     std::fs::write(&cfg, "[doctor]\nenabled = false\n").unwrap();
@@ -314,11 +322,9 @@ fn lease_row(db: &TestDb, agent: &str) -> String {
 /// stays 1), and the lease goes back to the database once the queue is empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queued_runs_on_one_broker_hand_the_lease_on() {
-    let Ok(base) = std::env::var("KOKINO_TEST_DATABASE_URL") else {
-        eprintln!("skipped: KOKINO_TEST_DATABASE_URL is not set");
+    let Some(db) = TestDb::from_env() else {
         return;
     };
-    let db = TestDb::create(&base);
     let w = World::new();
     let cfg = w.path().join("cluster.toml");
     std::fs::write(

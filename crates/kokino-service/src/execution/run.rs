@@ -7,7 +7,7 @@ use chrono::Utc;
 use kokino_cli::{first_prompt_with_system, SessionArg, StreamEvent};
 use kokino_core::breaker::ExecutionPermit;
 use kokino_core::lock::LockGuard;
-use kokino_core::{AgentId, AgentRecord, CommMode, NewExecution, SessionRecord};
+use kokino_core::{AgentRecord, CommMode, NewExecution, SessionRecord};
 use kokino_exec::{CancellationToken, ExecEvent, RunResult};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -124,16 +124,16 @@ impl Holds {
             r.abort();
         }
         if let Some(l) = self.lease {
-            let waiting = AgentId::parse(&l.agent_id)
-                .is_ok_and(|id| b.inner.locks.status(&id).queue_length > 0);
             match &b.inner.cfg.cluster {
-                Some(c) if waiting && l.can_hand_over(c) => crate::cluster::park(
-                    &b.inner.parked_leases,
-                    l,
-                    c,
-                    &b.inner.tasks,
-                    &b.inner.stop,
-                ),
+                Some(c) if self.guard.others_waiting() && l.can_hand_over(c) => {
+                    crate::cluster::park(
+                        &b.inner.parked_leases,
+                        l,
+                        c,
+                        &b.inner.tasks,
+                        &b.inner.stop,
+                    )
+                }
                 _ => l.release().await,
             }
         }
