@@ -24,6 +24,8 @@ use crate::{Result, StoreError};
 
 #[cfg(feature = "sqlite")]
 pub(crate) mod group;
+#[cfg(feature = "sqlite")]
+pub(crate) mod native;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
@@ -38,7 +40,7 @@ pub(crate) enum Db {
     Postgres(postgres::PgDb),
 }
 
-/// What a grouped write's future borrows: the transaction it runs in (see [`Db::grouped`]).
+/// What a grouped write's future borrows: the transaction it runs in (see [`Db::grouped_plan`]).
 pub(crate) type TxFuture<'t, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>;
 
@@ -119,40 +121,16 @@ impl Db {
         }
     }
 
-    /// Runs `op` in a write transaction and answers once it is committed, and on disk unless
-    /// `durability` says otherwise. On SQLite the transaction is shared with the other grouped
-    /// writes queued at the same time (group commit: one fsync for all of them, see [`group`]),
-    /// so `op` may be called a second time in a fresh transaction when the shared one fails.
-    /// PostgreSQL commits concurrent transactions in parallel and groups their WAL flushes
-    /// itself, so there `op` runs in a transaction of its own.
-    pub(crate) async fn grouped<T, F>(&self, durability: Durability, op: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
-    {
-        self.grouped_as(false, durability, op).await
-    }
-
-    /// [`Db::grouped`] for writes that need not be on disk at once (telemetry, facts a claim
-    /// file already keeps): they are [`Durability::Committed`], and on SQLite they wait up to
-    /// 50 ms for an urgent write to share their commit, so that they add no commit of their
-    /// own while the broker is busy.
-    pub(crate) async fn grouped_lazily<T, F>(&self, op: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
-    {
-        self.grouped_as(true, Durability::Committed, op).await
-    }
-
-    /// [`Db::grouped`] for a write that, where one writer holds the database's only lock
-    /// (SQLite), is one batch of statements needing nothing read first: there `plan` builds the
-    /// batch and the decoding of its rows (and may be called again, for a retry), and as the
-    /// only urgent write of its group the batch and its transaction go to sqlx's thread in one
-    /// trip. Where writers lock agents themselves (PostgreSQL), `op` runs instead, locks
-    /// included, like [`Db::grouped`].
-    #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
-    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    /// Runs a write of the execute path and answers once it is committed, and on disk unless
+    /// `durability` says otherwise.
+    ///
+    /// On SQLite the write is `plan`: one batch of statements needing nothing read first, and
+    /// the decoding of its rows. It runs in one transaction with the other writes queued at the
+    /// same time, on the store's writer thread (group commit: one fsync for all of them, see
+    /// [`group`] and [`native`]); `plan` may be called again for a retry of its own when the
+    /// shared transaction fails. PostgreSQL commits concurrent transactions in parallel and
+    /// groups their WAL flushes itself: there `op` runs in a transaction of its own, taking
+    /// the agent locks it needs.
     pub(crate) async fn grouped_plan<T, P, F>(
         &self,
         durability: Durability,
@@ -164,23 +142,40 @@ impl Db {
         P: Fn() -> Plan<T> + Send + Sync + 'static,
         F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
     {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite(db) => db.group.write_plan(durability, plan).await,
-            #[cfg(feature = "postgres")]
-            Db::Postgres(_) => self.grouped_as(false, durability, op).await,
-        }
+        self.grouped_plan_as(false, durability, plan, op).await
+    }
+
+    /// [`Db::grouped_plan`] for writes that need not be on disk at once (telemetry, facts a
+    /// claim file already keeps): they are [`Durability::Committed`], and on SQLite they wait
+    /// up to 50 ms for an urgent write to share their commit, so that they add no commit of
+    /// their own while the broker is busy.
+    pub(crate) async fn grouped_plan_lazily<T, P, F>(&self, plan: P, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        P: Fn() -> Plan<T> + Send + Sync + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
+    {
+        self.grouped_plan_as(true, Durability::Committed, plan, op)
+            .await
     }
 
     #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
-    async fn grouped_as<T, F>(&self, lazy: bool, durability: Durability, op: F) -> Result<T>
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    async fn grouped_plan_as<T, P, F>(
+        &self,
+        lazy: bool,
+        durability: Durability,
+        plan: P,
+        op: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
+        P: Fn() -> Plan<T> + Send + Sync + 'static,
         F: for<'t> Fn(&'t mut Tx) -> TxFuture<'t, T> + Send + Sync + 'static,
     {
         match self {
             #[cfg(feature = "sqlite")]
-            Db::Sqlite(db) => db.group.write(lazy, durability, op).await,
+            Db::Sqlite(db) => db.group.write_plan(lazy, durability, plan).await,
             #[cfg(feature = "postgres")]
             Db::Postgres(db) => {
                 let mut tx = db.begin(postgres::begin_statement(durability)).await?;
@@ -404,12 +399,16 @@ macro_rules! run {
         match $on {
             #[cfg(feature = "sqlite")]
             On::Read(Db::Sqlite(db)) => {
+                let mut lent = db.lend().await?;
                 let $q = sqlite::prepare(&$query.sql, &$query.args);
-                let $ex = &db.readers;
-                $body
+                let $ex = lent.conn();
+                let out = $body;
+                lent.finished();
+                out
             }
             #[cfg(feature = "sqlite")]
             On::Write(Db::Sqlite(db)) => {
+                let _asking = db.asking();
                 let $q = sqlite::prepare(&$query.sql, &$query.args);
                 let $ex = &db.writer;
                 $body
@@ -529,6 +528,12 @@ impl Batch {
         self
     }
 
+    /// The statements, each with its own `$1`, `$2`….
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn into_queries(self) -> Vec<Query> {
+        self.0
+    }
+
     /// Runs every statement and returns the rows of the last. A statement that fails fails the
     /// batch; the caller's transaction rolls back what ran before it.
     pub(crate) async fn fetch_all(self, tx: &mut Tx) -> Result<Vec<Row>> {
@@ -601,6 +606,9 @@ fn renumber(sql: &str, offset: usize) -> String {
 pub(crate) enum Row {
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::sqlite::SqliteRow),
+    /// A row of the SQLite writer thread (see [`native`]).
+    #[cfg(feature = "sqlite")]
+    Native(native::NativeRow),
     #[cfg(feature = "postgres")]
     Postgres(sqlx::postgres::PgRow),
 }
@@ -631,10 +639,12 @@ where
 
 /// Runs `$plain` on a plain column of either backend, or the backend's own decoder.
 macro_rules! column {
-    ($row:expr, $column:expr, sqlite: $sqlite:path, postgres: $postgres:path) => {
+    ($row:expr, $column:expr, $native:ident, sqlite: $sqlite:path, postgres: $postgres:path) => {
         match $row {
             #[cfg(feature = "sqlite")]
             Row::Sqlite(r) => $sqlite(r, $column),
+            #[cfg(feature = "sqlite")]
+            Row::Native(r) => r.$native($column),
             #[cfg(feature = "postgres")]
             Row::Postgres(r) => $postgres(r, $column),
         }
@@ -643,22 +653,22 @@ macro_rules! column {
 
 impl Row {
     fn opt_text(&self, column: &str) -> Result<Option<String>, String> {
-        column!(self, column, sqlite: plain, postgres: plain)
+        column!(self, column, opt_text, sqlite: plain, postgres: plain)
     }
     fn opt_int(&self, column: &str) -> Result<Option<i64>, String> {
-        column!(self, column, sqlite: plain, postgres: plain)
+        column!(self, column, opt_int, sqlite: plain, postgres: plain)
     }
     fn opt_real(&self, column: &str) -> Result<Option<f64>, String> {
-        column!(self, column, sqlite: plain, postgres: plain)
+        column!(self, column, opt_real, sqlite: plain, postgres: plain)
     }
     fn opt_bool(&self, column: &str) -> Result<Option<bool>, String> {
-        column!(self, column, sqlite: sqlite::opt_bool, postgres: plain)
+        column!(self, column, opt_bool, sqlite: sqlite::opt_bool, postgres: plain)
     }
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, String> {
-        column!(self, column, sqlite: sqlite::opt_time, postgres: plain)
+        column!(self, column, opt_time, sqlite: sqlite::opt_time, postgres: plain)
     }
     fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>, String> {
-        column!(self, column, sqlite: sqlite::opt_json, postgres: plain)
+        column!(self, column, opt_json, sqlite: sqlite::opt_json, postgres: plain)
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::db::{now, Arg, Fields, Query, Row};
+use crate::db::{now, Arg, Batch, Fields, Query, Row};
 use crate::{Event, EventFilter, FallbackRow, NewEvent, Result, Store};
 
 /// Default and maximum number of events one `list_events` call returns.
@@ -41,27 +41,45 @@ impl Store {
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
         let at = now();
         let events = Arc::new(events.to_vec());
-        self.db
-            .grouped_lazily(move |tx| {
-                let events = events.clone();
-                Box::pin(async move {
-                    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-                        let mut query = Query::new(
-                            "INSERT INTO events \
-                             (type, agent_id, cli_type, duration_ms, success, metadata, at) \
-                             VALUES ",
-                        );
-                        for (i, event) in chunk.iter().enumerate() {
-                            if i > 0 {
-                                query.push(", ");
-                            }
-                            push_event(&mut query, event, at);
+        let statements = move |events: &[NewEvent]| {
+            events
+                .chunks(EVENTS_PER_STATEMENT)
+                .map(|chunk| {
+                    let mut query = Query::new(
+                        "INSERT INTO events \
+                         (type, agent_id, cli_type, duration_ms, success, metadata, at) \
+                         VALUES ",
+                    );
+                    for (i, event) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            query.push(", ");
                         }
-                        query.execute(&mut *tx).await?;
+                        push_event(&mut query, event, at);
                     }
-                    Ok(())
+                    query
                 })
-            })
+                .collect::<Vec<_>>()
+        };
+        let for_plan = events.clone();
+        self.db
+            .grouped_plan_lazily(
+                move || {
+                    let mut batch = Batch::default();
+                    for query in statements(&for_plan) {
+                        batch.push(query);
+                    }
+                    (batch, Box::new(|_| Ok(())) as Box<_>)
+                },
+                move |tx| {
+                    let events = events.clone();
+                    Box::pin(async move {
+                        for query in statements(&events) {
+                            query.execute(&mut *tx).await?;
+                        }
+                        Ok(())
+                    })
+                },
+            )
             .await
     }
 

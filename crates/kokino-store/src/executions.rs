@@ -47,7 +47,7 @@ impl Store {
 
     /// Records the pid and process start time of a running execution.
     ///
-    /// This write is lazy (see `Db::grouped_lazily`): on SQLite it may wait up to 50 ms to share
+    /// This write is lazy (see `Db::grouped_plan_lazily`): on SQLite it may wait up to 50 ms to share
     /// the next urgent commit. What must survive a crash at any instant is already on disk
     /// before the CLI starts: the supervisor's claim file names the process group, and recovery
     /// reads it; this row is what operators and recovery read besides.
@@ -58,22 +58,34 @@ impl Store {
         start_time: Option<i64>,
     ) -> Result<()> {
         let execution_id = Arc::<str>::from(execution_id);
+        let statement = move |id: &str| {
+            // `RETURNING` says whether the row exists, in the plan's rows as in the op's.
+            Query::new(
+                "UPDATE executions SET pid = $1, pid_start_time = $2 \
+                 WHERE execution_id = $3 RETURNING execution_id",
+            )
+            .bind(pid)
+            .bind(start_time)
+            .bind(id)
+        };
+        let for_plan = execution_id.clone();
         self.db
-            .grouped_lazily(move |tx| {
-                let execution_id = execution_id.clone();
-                Box::pin(async move {
-                    let updated = Query::new(
-                        "UPDATE executions SET pid = $1, pid_start_time = $2 \
-                         WHERE execution_id = $3",
-                    )
-                    .bind(pid)
-                    .bind(start_time)
-                    .bind(&*execution_id)
-                    .execute(tx)
-                    .await?;
-                    found(updated, &execution_id)
-                })
-            })
+            .grouped_plan_lazily(
+                move || {
+                    let mut batch = Batch::default();
+                    batch.push(statement(&for_plan));
+                    let id = for_plan.clone();
+                    let decode = move |rows: Vec<Row>| found(rows.len() as u64, &id);
+                    (batch, Box::new(decode) as Box<_>)
+                },
+                move |tx| {
+                    let execution_id = execution_id.clone();
+                    Box::pin(async move {
+                        let rows = statement(&execution_id).fetch_all(tx).await?;
+                        found(rows.len() as u64, &execution_id)
+                    })
+                },
+            )
             .await
     }
 

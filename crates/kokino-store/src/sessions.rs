@@ -259,36 +259,49 @@ impl Store {
             conversation_id.to_owned(),
             cli_session_id.to_owned(),
         ));
+        // Only the session still attached to this conversation is updated: if the agent moved
+        // to another conversation meanwhile, that session must keep its own CLI session id.
+        let statements = |ids: &(AgentId, String, String)| {
+            let (agent, conversation_id, cli_session_id) = ids;
+            [
+                Query::new(
+                    "UPDATE sessions SET cli_session_id = $1, cli_session_started = TRUE \
+                     WHERE agent_id = $2 AND conversation_id = $3",
+                )
+                .bind(cli_session_id.as_str())
+                .bind(agent)
+                .bind(conversation_id.as_str()),
+                Query::new(
+                    "UPDATE conversations SET session_id = $1 \
+                     WHERE conversation_id = $2 AND agent_id = $3",
+                )
+                .bind(cli_session_id.as_str())
+                .bind(conversation_id.as_str())
+                .bind(agent),
+            ]
+        };
+        let for_plan = ids.clone();
         self.db
-            .grouped(Durability::Committed, move |tx| {
-                let ids = ids.clone();
-                Box::pin(async move {
-                    let (agent, conversation_id, cli_session_id) = &*ids;
-                    tx.lock_agents(&[agent.as_str()]).await?;
-                    // Only the session still attached to this conversation is updated: if the
-                    // agent moved to another conversation meanwhile, that session must keep its
-                    // own CLI session id.
-                    Query::new(
-                        "UPDATE sessions SET cli_session_id = $1, cli_session_started = TRUE \
-                         WHERE agent_id = $2 AND conversation_id = $3",
-                    )
-                    .bind(cli_session_id.as_str())
-                    .bind(agent)
-                    .bind(conversation_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                    Query::new(
-                        "UPDATE conversations SET session_id = $1 \
-                         WHERE conversation_id = $2 AND agent_id = $3",
-                    )
-                    .bind(cli_session_id.as_str())
-                    .bind(conversation_id.as_str())
-                    .bind(agent)
-                    .execute(&mut *tx)
-                    .await?;
-                    Ok(())
-                })
-            })
+            .grouped_plan(
+                Durability::Committed,
+                move || {
+                    let mut batch = Batch::default();
+                    for query in statements(&for_plan) {
+                        batch.push(query);
+                    }
+                    (batch, Box::new(|_| Ok(())) as Box<_>)
+                },
+                move |tx| {
+                    let ids = ids.clone();
+                    Box::pin(async move {
+                        tx.lock_agents(&[ids.0.as_str()]).await?;
+                        for query in statements(&ids) {
+                            query.execute(&mut *tx).await?;
+                        }
+                        Ok(())
+                    })
+                },
+            )
             .await
     }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -55,6 +56,8 @@ const READABLE_PRAGMAS: &[&str] = &[
 pub(crate) struct SqliteDb {
     /// Readers. WAL lets them run beside the writer.
     pub(super) readers: SqlitePool,
+    /// Reader connections kept out of `readers` between single statements (see [`Lent`]).
+    stash: Arc<std::sync::Mutex<Stash>>,
     /// The one writer connection. SQLite admits one writer at a time anyway; queueing writers
     /// in this pool (a FIFO of wakers) instead of letting several connections race for the
     /// file lock avoids SQLite's busy handler, which waits by sleeping and made each contended
@@ -65,6 +68,46 @@ pub(crate) struct SqliteDb {
     /// Set while the writer connection runs with `synchronous=NORMAL` (see [`begin`]);
     /// the writer pool puts it back to `FULL` before anyone else gets the connection.
     relaxed: Arc<AtomicBool>,
+    /// The writers other than the group writer that want the writer connection now.
+    demand: Arc<Demand>,
+}
+
+/// How many writers besides the group writer want the writer connection, and a signal when
+/// one starts to. The group writer keeps the connection while its writes keep coming (see
+/// [`super::group`]) and gives it back as soon as someone else asks.
+#[derive(Debug, Default)]
+pub(crate) struct Demand {
+    waiting: std::sync::atomic::AtomicUsize,
+    asked: tokio::sync::Notify,
+}
+
+impl Demand {
+    /// Counts a writer from now until the guard drops, and tells the group writer.
+    pub(super) fn enter(&self) -> DemandGuard<'_> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.asked.notify_one();
+        DemandGuard(self)
+    }
+
+    /// Whether another writer wants the connection.
+    pub(super) fn any(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves when another writer asks for the connection (at once if one asked since the
+    /// last call).
+    pub(super) async fn asked(&self) {
+        self.asked.notified().await;
+    }
+}
+
+/// A writer counted in [`Demand`].
+pub(super) struct DemandGuard<'a>(&'a Demand);
+
+impl Drop for DemandGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl SqliteDb {
@@ -127,23 +170,47 @@ impl SqliteDb {
             .connect_with(options)
             .await
             .map_err(unavailable)?;
-        let group = super::group::GroupWriter::start(writer.clone(), relaxed.clone());
+        let demand = Arc::new(Demand::default());
+        let native = super::native::Native::open(&path)?;
+        let group = super::group::GroupWriter::start(writer.clone(), demand.clone(), native);
         Ok(Self {
             readers,
+            stash: Arc::default(),
             writer,
             group,
             relaxed,
+            demand,
+        })
+    }
+
+    /// A reader connection for one statement, from the stash when one waits there.
+    pub(super) async fn lend(&self) -> Result<Lent<'_>> {
+        let kept = self.stash.lock().map(|mut s| s.0.pop()).unwrap_or(None);
+        let conn = match kept {
+            Some(conn) => conn,
+            None => self.readers.acquire().await.map_err(from_sqlx)?,
+        };
+        Ok(Lent {
+            conn: Some(conn),
+            stash: &self.stash,
         })
     }
 
     /// Starts a transaction holding SQLite's write lock (see the module documentation).
     pub(super) async fn write_tx(&self, durability: Durability) -> Result<Tx> {
+        let _asking = self.demand.enter();
         begin(&self.writer, &self.relaxed, durability).await
+    }
+
+    /// Counts a lone statement on the writer connection in [`Demand`] while it runs.
+    pub(super) fn asking(&self) -> DemandGuard<'_> {
+        self.demand.enter()
     }
 
     /// Starts a read transaction: under WAL its statements share one snapshot.
     pub(super) async fn read_tx(&self) -> Result<Tx> {
-        Ok(Tx::Sqlite(self.readers.begin().await.map_err(from_sqlx)?))
+        let tx = self.readers.begin().await.map_err(from_sqlx)?;
+        Ok(Tx::Sqlite(tx))
     }
 
     /// Reads one of a few fixed pragmas from a pooled connection, as text, so tests and
@@ -164,6 +231,58 @@ impl SqliteDb {
         }
         let number: i64 = row.try_get(0).map_err(from_sqlx)?;
         Ok(number.to_string())
+    }
+}
+
+/// How many reader connections the stash keeps. The rest of the pool stays with the pool, for
+/// read transactions and for more concurrent readers than the stash holds.
+const STASHED: usize = MAX_CONNECTIONS as usize / 2;
+
+/// A reader connection lent for one statement.
+///
+/// sqlx pings a connection whenever it goes back to its pool (a round trip to the connection's
+/// thread, in a task spawned for it), to catch one left mid-statement by a dropped future. On
+/// the execute path, which reads the agent and its session each time, that doubled the trips
+/// of every read. A lent connection whose statement ran to the end, error or not, is in a known
+/// state, so it goes back to this stash instead, unpinged. One whose future was dropped
+/// mid-statement never gets here: it is dropped with the future and goes back through the
+/// pool's own checks.
+pub(super) struct Lent<'a> {
+    conn: Option<PoolConnection<Sqlite>>,
+    stash: &'a std::sync::Mutex<Stash>,
+}
+
+/// The kept reader connections.
+#[derive(Debug, Default)]
+struct Stash(Vec<PoolConnection<Sqlite>>);
+
+impl Drop for Stash {
+    /// A pooled connection dropped on its own is given back to its pool by a task it spawns,
+    /// which needs a runtime; the store may be dropped where there is none. Detached, a
+    /// connection just closes.
+    fn drop(&mut self) {
+        for conn in self.0.drain(..) {
+            drop(conn.detach());
+        }
+    }
+}
+
+impl Lent<'_> {
+    /// The connection, for the statement.
+    pub(super) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        self.conn
+            .as_mut()
+            .expect("a lent connection is only taken by `finished`")
+    }
+
+    /// The statement ran to its end: keep the connection for the next one (or give it back to
+    /// the pool when the stash is full).
+    pub(super) fn finished(mut self) {
+        if let (Some(conn), Ok(mut stash)) = (self.conn.take(), self.stash.lock()) {
+            if stash.0.len() < STASHED {
+                stash.0.push(conn);
+            }
+        }
     }
 }
 
@@ -223,12 +342,12 @@ fn database_path(url: &str) -> Result<PathBuf> {
 // ---- encoding ----
 
 /// A timestamp in the stored form: fixed-width RFC 3339, UTC, milliseconds.
-fn ts(t: DateTime<Utc>) -> String {
+pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// A list for `json_each` (see `Db::in_list`): SQLite has no arrays.
-fn json_list(items: &[String]) -> String {
+pub(super) fn json_list(items: &[String]) -> String {
     serde_json::Value::from(items).to_string()
 }
 
@@ -377,10 +496,10 @@ mod tests {
         assert_eq!(writer_synchronous(&db).await, 2);
     }
 
-    /// A write that goes in one trip (`PRAGMA …; BEGIN IMMEDIATE; …; COMMIT`, a cached
-    /// statement) runs at its own level every time, and leaves the writer at `FULL`.
+    /// A grouped write (on the writer thread's connection) runs at its own level every time,
+    /// and sqlx's writer connection stays at `FULL`.
     #[tokio::test]
-    async fn one_trip_writes_run_at_their_level_and_leave_the_writer_durable() {
+    async fn grouped_writes_run_at_their_level_and_leave_the_writer_durable() {
         let (db, _dir) = temp_db().await;
         let levels = [
             (Durability::Committed, 1),
@@ -391,7 +510,7 @@ mod tests {
         for (durability, level) in levels {
             let seen: i64 = db
                 .group
-                .write_plan(durability, || {
+                .write_plan(false, durability, || {
                     let mut batch = super::super::Batch::default();
                     // A table-valued pragma is read when the statement runs.
                     batch.push(Query::new("SELECT synchronous FROM pragma_synchronous"));
