@@ -582,3 +582,99 @@ async fn execution_queries_search_an_index() {
         assert!(plan.contains("SEARCH executions USING"), "{query}: {plan}");
     }
 }
+
+/// The group writer keeps the writer connection while its writes keep coming, but another
+/// writer that asks for it gets it at the next batch: registrations and session changes (which
+/// run through sqlx's writer pool) are not starved by a stream of execution writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_writers_get_the_writer_while_grouped_writes_keep_coming() {
+    let (store, _dir) = sqlite_store().await;
+    let conversations = agents_with_sessions(&store, 1).await;
+    let (agent, conv) = conversations[0].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streamed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Several streams of grouped writes, so that there is always a write queued.
+    let mut streams = Vec::new();
+    for s in 0..4 {
+        let (store, stop, streamed) = (store.clone(), stop.clone(), streamed.clone());
+        let (agent, conv) = (agent.clone(), conv.clone());
+        streams.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store
+                    .set_cli_session(&agent, &conv, &format!("cli-{s}-{n}"))
+                    .await
+                    .unwrap();
+                streamed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                n += 1;
+            }
+        }));
+    }
+    // Let the streams get going, then write through the writer pool, again and again, while
+    // they run.
+    while streamed.load(std::sync::atomic::Ordering::Relaxed) < 50 {
+        tokio::task::yield_now().await;
+    }
+    for i in 0..20 {
+        // Bounded, so that a writer that never gives the connection back fails the test
+        // instead of hanging it.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            store
+                .upsert_agent(&conformance::spec(&format!("late-{i}")))
+                .await
+                .unwrap();
+            store
+                .end_session(&AgentId::parse(&format!("late-{i}")).unwrap())
+                .await
+                .unwrap()
+        })
+        .await
+        .expect("the writer pool's user got the connection");
+        assert!(ended.is_none(), "the new agent had no session");
+        // The grouped writes went on meanwhile: the writer pool's users took turns with them
+        // rather than waiting for the streams to end (which they never do on their own).
+        assert!(!streams.iter().any(|s| s.is_finished()), "a stream failed");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in streams {
+        s.await.unwrap();
+    }
+    assert_eq!(store.list_agents().await.unwrap().len(), 21);
+}
+
+/// Reader connections kept between statements never take the whole reader pool: with more
+/// concurrent reads than the pool has connections, every read completes, and a read
+/// transaction (which borrows from the pool itself) still gets a connection afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kept_reader_connections_leave_the_pool_room() {
+    let (store, _dir) = sqlite_store().await;
+    let conversations = agents_with_sessions(&store, 3).await;
+    for round in 0..3 {
+        let reads: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                let (agent, _) = conversations[i % conversations.len()].clone();
+                tokio::spawn(async move { store.get_agent(&agent).await })
+            })
+            .collect();
+        for read in reads {
+            assert!(read.await.unwrap().unwrap().is_some(), "round {round}");
+        }
+        // A read transaction per conversation, several at once.
+        let snapshots: Vec<_> = conversations
+            .iter()
+            .map(|(_, conv)| {
+                let (store, conv) = (store.clone(), conv.clone());
+                tokio::spawn(async move { store.get_conversation(&conv).await })
+            })
+            .collect();
+        for snapshot in snapshots {
+            let found = tokio::time::timeout(std::time::Duration::from_secs(10), snapshot)
+                .await
+                .expect("a read transaction got a connection")
+                .unwrap()
+                .unwrap();
+            assert!(found.is_some());
+        }
+    }
+}
