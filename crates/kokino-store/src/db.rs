@@ -147,8 +147,8 @@ impl Db {
 
     /// [`Db::grouped_plan`] for writes that need not be on disk at once (telemetry, facts a
     /// claim file already keeps): they are [`Durability::Committed`], and on SQLite they wait
-    /// up to 50 ms for an urgent write to share their commit, so that they add no commit of
-    /// their own while the broker is busy.
+    /// up to 50 ms for a durable write (an execution's finish) to share its commit, so that
+    /// they add no commit of their own while the broker is busy.
     pub(crate) async fn grouped_plan_lazily<T, P, F>(&self, plan: P, op: F) -> Result<T>
     where
         T: Send + 'static,

@@ -50,14 +50,14 @@ type PlanFn = Box<dyn Fn() -> Write + Send + Sync>;
 struct Job {
     plan: PlanFn,
     reply: oneshot::Sender<Result<Erased>>,
-    /// The write may wait up to [`LAZY_WINDOW`] for an urgent one to share its commit.
+    /// The write may wait up to [`LAZY_WINDOW`] for a durable one to share its commit.
     lazy: bool,
     durability: Durability,
 }
 
 /// How long lazy writes (telemetry events, a process id already safe in a claim file) wait for
-/// an urgent write to carry them before they are committed on their own. Under load an urgent
-/// write comes long before; when the broker is quiet, this is the delay they see.
+/// a durable write to carry them before they are committed on their own. Under load one comes
+/// long before; when the broker is quiet, this is the delay they see.
 const LAZY_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The handle the store keeps: queues writes for the group-commit task.
@@ -113,7 +113,7 @@ impl GroupWriter {
     }
 
     /// Runs `plan` in the next group transaction and answers once that transaction is
-    /// committed. A `lazy` write may wait a little for an urgent one to share its commit (see
+    /// committed. A `lazy` write may wait a little for a durable one to share its commit (see
     /// [`LAZY_WINDOW`]).
     pub(crate) async fn write_plan<T, P>(
         &self,
@@ -156,69 +156,80 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 /// The writer connection while the task holds it, between batches.
 type Conn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
+/// Why the task woke up.
+enum Wake {
+    /// Writes arrived (0: every handle is gone).
+    Jobs(usize),
+    /// The oldest lazy write has waited [`LAZY_WINDOW`].
+    LazyDue,
+    /// Another writer asked for the connection, or none came for [`LINGER`].
+    Release,
+}
+
 /// The task: one batch at a time, each as large as what is queued when the previous one ends.
+///
+/// Lazy writes wait for a write that must be on disk (an execution's finish) and go in its
+/// transaction: that commit waits for the disk anyway, and a few more statements add little
+/// to it. Carried by a begin instead, they ran on the writer thread while the caller's CLI was
+/// starting, and that run was measurably slower.
 ///
 /// It keeps the writer connection from batch to batch while writes keep coming, and gives it
 /// back to the pool when another writer asks for it (see `sqlite::Demand`), or after
 /// [`LINGER`] without a write.
 async fn run(writer: Writer, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counters>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut incoming = Vec::with_capacity(MAX_BATCH);
+    let mut lazy: Vec<Job> = Vec::new();
+    let mut due: Option<tokio::time::Instant> = None;
     let mut held: Option<Conn> = None;
     loop {
-        let received = if held.is_some() {
-            tokio::select! {
-                n = jobs.recv_many(&mut batch, MAX_BATCH) => n,
-                () = writer.demand.asked() => {
-                    held = None;
-                    continue;
-                }
-                () = tokio::time::sleep(LINGER) => {
-                    held = None;
-                    continue;
-                }
-            }
-        } else {
-            jobs.recv_many(&mut batch, MAX_BATCH).await
+        let wake = tokio::select! {
+            n = jobs.recv_many(&mut incoming, MAX_BATCH) => Wake::Jobs(n),
+            () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                if due.is_some() => Wake::LazyDue,
+            () = writer.demand.asked(), if held.is_some() => Wake::Release,
+            () = tokio::time::sleep(LINGER), if held.is_some() && due.is_none() => Wake::Release,
         };
-        if received == 0 {
-            break;
+        let closed = matches!(wake, Wake::Jobs(0));
+        if matches!(wake, Wake::Release) {
+            held = None;
+            continue;
         }
-        if batch.iter().all(|job| job.lazy) {
-            // Nothing urgent yet: give one a moment to come and carry these. The connection
-            // goes back meanwhile if someone else asks for it.
-            let window = tokio::time::sleep(LAZY_WINDOW);
-            tokio::pin!(window);
-            while batch.len() < MAX_BATCH {
-                let room = MAX_BATCH - batch.len();
-                tokio::select! {
-                    n = jobs.recv_many(&mut batch, room) => {
-                        if n == 0 || batch.iter().any(|job| !job.lazy) {
-                            break;
-                        }
-                    }
-                    () = writer.demand.asked(), if held.is_some() => held = None,
-                    () = &mut window => break,
-                }
+        let mut batch = Vec::with_capacity(incoming.len());
+        for job in incoming.drain(..) {
+            if job.lazy {
+                due.get_or_insert_with(|| tokio::time::Instant::now() + LAZY_WINDOW);
+                lazy.push(job);
+            } else {
+                batch.push(job);
             }
+        }
+        let carried = closed
+            || matches!(wake, Wake::LazyDue)
+            || lazy.len() >= MAX_BATCH
+            || batch.iter().any(|job| job.durability == Durability::OnDisk);
+        if carried {
+            batch.append(&mut lazy);
+            due = None;
         }
         // A caller that stopped waiting (its request was dropped) no longer wants the write;
         // running it anyway would leave, for example, an execution marked running that no one
         // runs.
         batch.retain(|job| !job.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            // In a task of its own, so that a write that panics fails its own batch (whose
+            // callers hear that the writer stopped) instead of ending the writer for every
+            // later write. The panic itself is reported by the panic hook; its callers'
+            // answers were dropped with the batch, which they hear as the writer having
+            // stopped, and the writer connection it held went back to the pool.
+            let task = tokio::spawn(commit(writer.clone(), held.take(), batch, stats.clone()));
+            held = task.await.ok().flatten();
+            if writer.demand.any() {
+                // Another writer waits in the pool's queue: its turn.
+                held = None;
+            }
         }
-        // In a task of its own, so that a write that panics fails its own batch (whose callers
-        // hear that the writer stopped) instead of ending the writer for every later write.
-        // The panic itself is reported by the panic hook; its callers' answers were dropped
-        // with the batch, which they hear as the writer having stopped, and the writer
-        // connection it held went back to the pool.
-        let jobs_now = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let task = tokio::spawn(commit(writer.clone(), held.take(), jobs_now, stats.clone()));
-        held = task.await.ok().flatten();
-        if writer.demand.any() {
-            // Another writer waits in the pool's queue: its turn.
-            held = None;
+        if closed {
+            break;
         }
     }
 }
@@ -227,7 +238,7 @@ async fn run(writer: Writer, mut jobs: mpsc::Receiver<Job>, stats: Arc<Counters>
 async fn commit(
     writer: Writer,
     held: Option<Conn>,
-    mut batch: Vec<Job>,
+    batch: Vec<Job>,
     stats: Arc<Counters>,
 ) -> Option<Conn> {
     // The writer thread writes only while this task holds the writer connection.
@@ -246,6 +257,13 @@ async fn commit(
             }
         },
     };
+    write_group(&writer.native, batch, &stats).await;
+    Some(token)
+}
+
+/// Writes `batch` in one transaction on the writer thread and answers its callers; when that
+/// fails, each write in a transaction of its own, so that each caller gets its own answer.
+async fn write_group(native: &super::native::Native, mut batch: Vec<Job>, stats: &Counters) {
     if batch.len() > 1 {
         let durability = if batch.iter().any(|j| j.durability == Durability::OnDisk) {
             Durability::OnDisk
@@ -253,7 +271,7 @@ async fn commit(
             Durability::Committed
         };
         let writes = batch.iter().map(|job| (job.plan)()).collect();
-        if let Ok(values) = writer.native.run(writes, durability).await {
+        if let Ok(values) = native.run(writes, durability).await {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
                 .writes
@@ -261,13 +279,13 @@ async fn commit(
             for (job, value) in batch.drain(..).zip(values) {
                 let _ = job.reply.send(Ok(value));
             }
-            return Some(token);
+            return;
         }
     }
     // One write alone, or a batch that failed: each in its own transaction, with its own
     // answer.
     for job in batch {
-        let answer = match writer.native.run(vec![(job.plan)()], job.durability).await {
+        let answer = match native.run(vec![(job.plan)()], job.durability).await {
             Ok(mut values) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -279,5 +297,4 @@ async fn commit(
         };
         let _ = job.reply.send(answer);
     }
-    Some(token)
 }

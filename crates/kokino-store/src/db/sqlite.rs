@@ -209,8 +209,7 @@ impl SqliteDb {
 
     /// Starts a read transaction: under WAL its statements share one snapshot.
     pub(super) async fn read_tx(&self) -> Result<Tx> {
-        let tx = self.readers.begin().await.map_err(from_sqlx)?;
-        Ok(Tx::Sqlite(tx))
+        Ok(Tx::Sqlite(self.readers.begin().await.map_err(from_sqlx)?))
     }
 
     /// Reads one of a few fixed pragmas from a pooled connection, as text, so tests and
