@@ -47,8 +47,8 @@ impl Store {
 
     /// Records the pid and process start time of a running execution.
     ///
-    /// This write is lazy (see `Db::grouped_plan_lazily`): on SQLite it may wait up to 50 ms to share
-    /// the next durable commit. What must survive a crash at any instant is already on disk
+    /// This write is lazy (see `Db::grouped_plan_lazily`): on SQLite it may wait up to 50 ms to
+    /// share the next durable commit. What must survive a crash at any instant is already on disk
     /// before the CLI starts: the supervisor's claim file names the process group, and recovery
     /// reads it; this row is what operators and recovery read besides.
     pub async fn set_execution_process(
