@@ -27,8 +27,9 @@ use tokio::sync::oneshot;
 use super::{Arg, Durability, Query, Row};
 use crate::{Result, StoreError};
 
-/// How long the connection waits for a lock held by another connection (it should never need
-/// to, see the module documentation; a reader's checkpoint is the one exception).
+/// How long the connection waits for a lock held by another connection, as sqlx's do. The
+/// store's own writers take turns (see the module documentation); what this waits for is
+/// another process on the same file, `kokino-cleanup` for one.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// Prepared statements kept per connection; the execute path has a few dozen.
