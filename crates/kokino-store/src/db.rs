@@ -521,6 +521,12 @@ impl Query {
 #[derive(Debug, Default)]
 pub(crate) struct Batch(Vec<Query>);
 
+impl FromIterator<Query> for Batch {
+    fn from_iter<I: IntoIterator<Item = Query>>(statements: I) -> Self {
+        Batch(statements.into_iter().collect())
+    }
+}
+
 impl Batch {
     /// Adds a statement.
     pub(crate) fn push(&mut self, query: Query) -> &mut Self {

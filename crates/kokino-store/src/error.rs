@@ -137,6 +137,29 @@ pub(crate) fn from_sqlx(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// Classifies a rusqlite error (the SQLite writer thread, `db::native`) as [`from_sqlx`]
+/// classifies sqlx's SQLite errors.
+#[cfg(feature = "sqlite")]
+pub(crate) fn from_rusqlite(e: rusqlite::Error) -> StoreError {
+    let message = e.to_string();
+    let rusqlite::Error::SqliteFailure(failure, _) = &e else {
+        return StoreError::Database(message);
+    };
+    let primary = i64::from(failure.extended_code) & 0xff;
+    if failure.code == rusqlite::ErrorCode::ConstraintViolation {
+        StoreError::Constraint(message)
+    } else if SQLITE_UNAVAILABLE.contains(&primary) {
+        StoreError::Unavailable(message)
+    } else if SQLITE_CORRUPT.contains(&primary) {
+        StoreError::Corrupt {
+            table: "(database file)",
+            message,
+        }
+    } else {
+        StoreError::Database(message)
+    }
+}
+
 /// Classifies a migration error: a database that went away mid-migration is unavailable, any
 /// other failure is a migration problem.
 pub(crate) fn from_migrate(e: sqlx::migrate::MigrateError) -> StoreError {

@@ -64,10 +64,7 @@ impl Store {
         self.db
             .grouped_plan_lazily(
                 move || {
-                    let mut batch = Batch::default();
-                    for query in statements(&for_plan) {
-                        batch.push(query);
-                    }
+                    let batch = statements(&for_plan).into_iter().collect::<Batch>();
                     (batch, Box::new(|_| Ok(())) as Box<_>)
                 },
                 move |tx| {

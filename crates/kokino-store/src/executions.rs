@@ -72,8 +72,7 @@ impl Store {
         self.db
             .grouped_plan_lazily(
                 move || {
-                    let mut batch = Batch::default();
-                    batch.push(statement(&for_plan));
+                    let batch = Batch::from_iter([statement(&for_plan)]);
                     let id = for_plan.clone();
                     let decode = move |rows: Vec<Row>| found(rows.len() as u64, &id);
                     (batch, Box::new(decode) as Box<_>)

@@ -285,10 +285,7 @@ impl Store {
             .grouped_plan(
                 Durability::Committed,
                 move || {
-                    let mut batch = Batch::default();
-                    for query in statements(&for_plan) {
-                        batch.push(query);
-                    }
+                    let batch = statements(&for_plan).into_iter().collect::<Batch>();
                     (batch, Box::new(|_| Ok(())) as Box<_>)
                 },
                 move |tx| {

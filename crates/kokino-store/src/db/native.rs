@@ -25,6 +25,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::{Arg, Durability, Query, Row};
+use crate::error::from_rusqlite;
 use crate::{Result, StoreError};
 
 /// How long the connection waits for a lock held by another connection, as sqlx's do. The
@@ -161,10 +162,19 @@ fn statement(conn: &Connection, query: &Query) -> Result<Vec<Row>> {
         stmt.raw_bind_parameter(i + 1, value(arg))
             .map_err(from_rusqlite)?;
     }
-    let columns: Arc<[String]> = stmt.column_names().into_iter().map(String::from).collect();
+    // The column names are read once the first row comes: most of the execute path's
+    // statements return none.
+    let mut columns: Option<Arc<[String]>> = None;
+    let count = stmt.column_count();
     let mut rows = stmt.raw_query();
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(from_rusqlite)? {
+        let columns = columns.get_or_insert_with(|| {
+            let stmt = row.as_ref();
+            (0..count)
+                .map(|i| stmt.column_name(i).unwrap_or_default().to_owned())
+                .collect()
+        });
         let values = (0..columns.len())
             .map(|i| row.get::<_, Value>(i))
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -250,53 +260,18 @@ impl NativeRow {
     }
 
     pub(super) fn opt_bool(&self, column: &str) -> Result<Option<bool>, String> {
-        match self.opt_int(column)? {
-            None => Ok(None),
-            Some(0) => Ok(Some(false)),
-            Some(1) => Ok(Some(true)),
-            Some(other) => Err(format!("{other} is not a boolean")),
-        }
+        super::sqlite::bool_of(self.opt_int(column)?)
     }
 
     pub(super) fn opt_time(
         &self,
         column: &str,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
-        self.opt_text(column)?
-            .map(|t| {
-                chrono::DateTime::parse_from_rfc3339(&t)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .map_err(|e| e.to_string())
-            })
-            .transpose()
+        super::sqlite::time_of(self.opt_text(column)?)
     }
 
     pub(super) fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>, String> {
-        self.opt_text(column)?
-            .map(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-            .transpose()
-    }
-}
-
-/// Classifies a rusqlite error like `error::from_sqlx` classifies sqlx's SQLite errors.
-fn from_rusqlite(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode;
-    let message = e.to_string();
-    match &e {
-        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
-            ErrorCode::ConstraintViolation => StoreError::Constraint(message),
-            ErrorCode::DatabaseBusy
-            | ErrorCode::DatabaseLocked
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::DiskFull
-            | ErrorCode::CannotOpen => StoreError::Unavailable(message),
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::Corrupt {
-                table: "(database file)",
-                message,
-            },
-            _ => StoreError::Database(message),
-        },
-        _ => StoreError::Database(message),
+        super::sqlite::json_of(self.opt_text(column)?)
     }
 }
 

@@ -362,7 +362,19 @@ pub(super) fn prepare<'q>(
 // ---- decoding ----
 
 pub(super) fn opt_bool(row: &SqliteRow, column: &str) -> Result<Option<bool>, String> {
-    let value: Option<i64> = row.try_get(column).map_err(|e| e.to_string())?;
+    bool_of(row.try_get(column).map_err(|e| e.to_string())?)
+}
+
+pub(super) fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, String> {
+    time_of(row.try_get(column).map_err(|e| e.to_string())?)
+}
+
+pub(super) fn opt_json(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, String> {
+    json_of(row.try_get(column).map_err(|e| e.to_string())?)
+}
+
+/// A stored boolean (INTEGER 0/1), whichever driver read it.
+pub(super) fn bool_of(value: Option<i64>) -> Result<Option<bool>, String> {
     match value {
         None => Ok(None),
         Some(0) => Ok(Some(false)),
@@ -371,8 +383,8 @@ pub(super) fn opt_bool(row: &SqliteRow, column: &str) -> Result<Option<bool>, St
     }
 }
 
-pub(super) fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, String> {
-    let text: Option<String> = row.try_get(column).map_err(|e| e.to_string())?;
+/// A stored timestamp (RFC 3339 text), whichever driver read it.
+pub(super) fn time_of(text: Option<String>) -> Result<Option<DateTime<Utc>>, String> {
     text.map(|t| {
         DateTime::parse_from_rfc3339(&t)
             .map(|t| t.with_timezone(&Utc))
@@ -381,8 +393,8 @@ pub(super) fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<
     .transpose()
 }
 
-pub(super) fn opt_json(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, String> {
-    let text: Option<String> = row.try_get(column).map_err(|e| e.to_string())?;
+/// A stored JSON value (text), whichever driver read it.
+pub(super) fn json_of(text: Option<String>) -> Result<Option<serde_json::Value>, String> {
     text.map(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
         .transpose()
 }
