@@ -239,6 +239,7 @@ pub async fn run_headless(
     let Spawned {
         mut child,
         io,
+        written,
         pid,
         start_time,
         watchdog,
@@ -252,9 +253,12 @@ pub async fn run_headless(
         pgid: pid,
         armed: true,
     };
-    // The prompt goes in first: the pipe holds it until the CLI reads it, so the CLI never
-    // waits for the broker's bookkeeping below.
-    let mut pipes = Pipes::take(io, cmd.stdin, limits.max_line_bytes);
+    // The prompt goes in first (what the spawner's pipe did not take before the spawn, all of
+    // it under a supervisor): the pipe holds it until the CLI reads it, so the CLI never waits
+    // for the broker's bookkeeping below.
+    let mut input = cmd.stdin;
+    input.drain(..written.min(input.len()));
+    let mut pipes = Pipes::take(io, input, limits.max_line_bytes);
     let start_time = start_time.or_else(|| procfs::start_time(pid));
     // Under a supervisor of its own (not the shared spawner), the group's leader is that
     // supervisor and the CLI is its child, found by looking.
@@ -314,6 +318,9 @@ struct Io {
 struct Spawned {
     child: Proc,
     io: Io,
+    /// How much of the input is already in the CLI's stdin (all of it, with the stdin closed,
+    /// when `io.stdin` is `None`).
+    written: usize,
     /// The group's leader: the supervisor, or the CLI.
     pid: i32,
     /// The leader's start time, when the spawn already knows it.
@@ -367,7 +374,13 @@ async fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
     if let Some(spawner) = cmd.supervisor.as_ref().and_then(|s| s.spawner.as_ref()) {
         use crate::spawner::SpawnError;
         match spawner
-            .spawn(&cmd.program, &cmd.args, &cmd.env, cmd.cwd.as_deref())
+            .spawn(
+                &cmd.program,
+                &cmd.args,
+                &cmd.env,
+                cmd.cwd.as_deref(),
+                &cmd.stdin,
+            )
             .await
         {
             Ok(s) => {
@@ -376,8 +389,11 @@ async fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
                     start_time: Some(s.cli.start),
                     watchdog: Some(s.cli.watchdog()),
                     child: Proc::Remote(s.cli),
+                    written: s.written,
                     io: Io {
-                        stdin: Some(Box::new(s.stdin)),
+                        stdin: s
+                            .stdin
+                            .map(|w| Box::new(w) as Box<dyn AsyncWrite + Send + Unpin>),
                         stdout: Some(Box::new(s.stdout)),
                         stderr: Some(Box::new(s.stderr)),
                     },
@@ -452,6 +468,7 @@ async fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
     Ok(Spawned {
         child: Proc::Local(child),
         io,
+        written: 0,
         pid,
         start_time: None,
         watchdog: cmd.supervisor.as_ref().map(|_| pid),

@@ -87,6 +87,8 @@ async fn open_creates_directory_file_and_pragmas() {
     assert_eq!(store.sqlite_pragma("synchronous").await.unwrap(), "2");
     assert_eq!(store.sqlite_pragma("foreign_keys").await.unwrap(), "1");
     assert_eq!(store.sqlite_pragma("busy_timeout").await.unwrap(), "5000");
+    // Statement journals stay in memory (2 is MEMORY): see `SqliteDb::open`.
+    assert_eq!(store.sqlite_pragma("temp_store").await.unwrap(), "2");
     assert!(matches!(
         store.sqlite_pragma("writable_schema").await,
         Err(StoreError::Unsupported(_))

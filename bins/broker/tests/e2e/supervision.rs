@@ -283,6 +283,32 @@ async fn a_killed_spawner_ends_its_run_and_the_next_execution_gets_a_new_one() {
     assert_ne!(second, first, "a new spawner started the CLI");
 }
 
+/// The spawner's CLIs get their prompt in the stdin pipe before they start, as much as the pipe
+/// takes; the rest follows once they run. A prompt of several pipes' worth (a pipe holds 64 KiB)
+/// arrives whole and in order, and so does one that fits, with the pipe closed behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_larger_than_the_pipe_reach_the_cli_whole() {
+    let w = World::new();
+    let b = w.start();
+    w.register(&b, "p", "claude-code", json!({})).await;
+    let long: String = (0..40_000).map(|i| format!("{i:05} ")).collect();
+    assert!(long.len() > 3 * 64 * 1024, "{}", long.len());
+    for prompt in [long.as_str(), "short"] {
+        let (st, v) = b.execute("p", prompt).await;
+        assert_eq!(st, 200, "{v}");
+        let content = v["content"].as_str().unwrap();
+        assert_eq!(content.len(), "echo: ".len() + prompt.trim().len());
+        assert_eq!(content, format!("echo: {}", prompt.trim()));
+    }
+    let started = events(&b, "type=PROCESS_STARTED&limit=1", 1).await;
+    // The spawner started it: the CLI leads its own group.
+    assert_eq!(
+        started[0]["metadata"]["pid"],
+        started[0]["metadata"]["pgid"]
+    );
+    assert_none_left(&w, &b, Duration::from_secs(2), "after the answers").await;
+}
+
 /// A request too large for the spawner's socket (an environment of hundreds of kilobytes) is
 /// not refused: that CLI runs under a supervisor of its own, which the broker starts itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,14 +68,7 @@ impl Native {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        // The same settings as sqlx's connections (see `sqlite::SqliteDb::open`); WAL is a
-        // property of the file, set there. `synchronous` is stated by every transaction.
-        conn.execute_batch(&format!(
-            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; \
-             PRAGMA synchronous = FULL"
-        ))
-        .map_err(from_rusqlite)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        configure(&conn)?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("kokino-sqlite-writer".into())
@@ -103,6 +96,20 @@ impl Native {
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
+}
+
+/// The same settings as sqlx's connections (see `sqlite::SqliteDb::open`); WAL is a property of
+/// the file, set there. `synchronous` is stated by every transaction. A statement journal never
+/// spills to a temporary file (`temp_store`): the larger batches made one of 64 KiB and more, a
+/// file created, written and deleted inside the transaction.
+fn configure(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; \
+         PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY"
+    ))
+    .map_err(from_rusqlite)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
 }
 
 /// The thread: one transaction at a time.
@@ -278,6 +285,20 @@ impl NativeRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_connection_has_the_stores_settings() {
+        let conn = Connection::open_in_memory().unwrap();
+        configure(&conn).unwrap();
+        let pragma = |name: &str| -> i64 {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(pragma("foreign_keys"), 1);
+        assert_eq!(pragma("busy_timeout"), BUSY_TIMEOUT_MS as i64);
+        assert_eq!(pragma("synchronous"), 2, "FULL");
+        assert_eq!(pragma("temp_store"), 2, "MEMORY");
+    }
 
     #[test]
     fn placeholders_are_numbered_for_sqlite() {

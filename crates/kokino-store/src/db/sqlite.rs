@@ -46,6 +46,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// only these fixed names are ever put into SQL text.
 const READABLE_PRAGMAS: &[&str] = &[
     "journal_mode",
+    "temp_store",
     "synchronous",
     "foreign_keys",
     "busy_timeout",
@@ -131,7 +132,14 @@ impl SqliteDb {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // A statement inside a larger transaction keeps a journal of its own, so that it
+            // can be undone alone; past 64 KiB SQLite spills it to a temporary file, created,
+            // written and deleted within the transaction. The group writer's larger batches
+            // (an execution's finish carrying queued events) crossed that size, and the file
+            // then took half as long as the commit's fsync. Temporary tables and indexes go to
+            // memory too; the store makes none of any size.
+            .pragma("temp_store", "MEMORY");
         let unavailable = |e: sqlx::Error| {
             StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
         };
