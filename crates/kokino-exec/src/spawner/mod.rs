@@ -310,7 +310,8 @@ fn prefill(fd: &OwnedFd, input: &[u8]) -> nix::Result<usize> {
         match nix::unistd::write(fd, &input[written..]) {
             Ok(n) => written += n,
             Err(nix::errno::Errno::EAGAIN) => break,
-            Err(nix::errno::Errno::EINTR) => continue,
+            // Interrupted before writing anything: try again.
+            Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e),
         }
     }
