@@ -140,6 +140,7 @@ async fn main() -> ExitCode {
         cwd: opts.cwd,
         stdin: opts.prompt.into_bytes(),
         supervisor: None,
+        stdin_gate: None,
     };
     let limits = Limits {
         timeout: opts.timeout,

@@ -20,6 +20,9 @@ use crate::group::{group_alive, signal_group, terminate_group, Proc};
 use crate::lines::{BoundedLines, Line};
 use crate::procfs;
 
+/// See [`HeadlessCommand::stdin_gate`]: `None` until decided, then whether to write the prompt.
+pub type StdinGate = tokio::sync::watch::Receiver<Option<bool>>;
+
 /// A fully resolved command: the executor adds nothing to it but the process group and pipes.
 #[derive(Debug, Clone)]
 pub struct HeadlessCommand {
@@ -33,6 +36,12 @@ pub struct HeadlessCommand {
     pub cwd: Option<PathBuf>,
     /// Written to the CLI's stdin, which is then closed. Prompts never go in argv.
     pub stdin: Vec<u8>,
+    /// When set, `stdin` is written only once this says `Some(true)`: the CLI can start (load,
+    /// resume its session) while the caller finishes what must come before the CLI acts on the
+    /// prompt, such as storing it. `Some(false)`, or the sender dropped first, means the prompt
+    /// is never written; the caller then stops the run (its cancellation token), and stdin stays
+    /// open until the sender is dropped, so that the CLI never reads an empty prompt.
+    pub stdin_gate: Option<StdinGate>,
     /// When set, the CLI runs under a supervisor that kills its whole group when the broker
     /// dies, however it dies (and, with a heartbeat deadline, when the broker stalls); see
     /// [`crate::supervisor`]. The broker always sets it; embedders may leave it out.
@@ -258,7 +267,7 @@ pub async fn run_headless(
     // for the broker's bookkeeping below.
     let mut input = cmd.stdin;
     input.drain(..written.min(input.len()));
-    let mut pipes = Pipes::take(io, input, limits.max_line_bytes);
+    let mut pipes = Pipes::take(io, input, cmd.stdin_gate, limits.max_line_bytes);
     let start_time = start_time.or_else(|| procfs::start_time(pid));
     // Under a supervisor of its own (not the shared spawner), the group's leader is that
     // supervisor and the CLI is its child, found by looking.
@@ -379,7 +388,8 @@ async fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
                 &cmd.args,
                 &cmd.env,
                 cmd.cwd.as_deref(),
-                &cmd.stdin,
+                // A gated prompt is written once the gate opens, by `Pipes::take`.
+                cmd.stdin_gate.is_none().then_some(cmd.stdin.as_slice()),
             )
             .await
         {
@@ -504,9 +514,14 @@ impl Pipes {
     /// Takes the child's pipes: the prompt goes in from its own task (a large prompt must not
     /// deadlock against a CLI that writes before it has read everything), stderr is read by
     /// another, stdout by the run itself.
-    fn take(io: Io, input: Vec<u8>, max_line_bytes: usize) -> Pipes {
+    fn take(io: Io, input: Vec<u8>, gate: Option<StdinGate>, max_line_bytes: usize) -> Pipes {
         if let Some(mut stdin) = io.stdin {
             tokio::spawn(async move {
+                if let Some(gate) = gate {
+                    if !gate_opens(gate).await {
+                        return;
+                    }
+                }
                 let _ = stdin.write_all(&input).await;
                 let _ = stdin.shutdown().await;
             });
@@ -529,6 +544,20 @@ impl Pipes {
         let stdout = io.stdout.map(|s| BoundedLines::new(s, max_line_bytes));
         Pipes { stdout, stderr }
     }
+}
+
+/// Waits for the gate's decision: `true` to write the prompt. On `false` it keeps waiting until
+/// the sender is gone (the caller stops the run meanwhile), so that whoever holds stdin keeps it
+/// open: a CLI must not take a closed, empty stdin for its prompt.
+async fn gate_opens(mut gate: StdinGate) -> bool {
+    let open = gate
+        .wait_for(Option::is_some)
+        .await
+        .is_ok_and(|decided| *decided == Some(true));
+    if !open {
+        while gate.changed().await.is_ok() {}
+    }
+    open
 }
 
 /// Something that woke the supervising run.

@@ -21,7 +21,9 @@ pub mod supervisor;
 pub mod tmux;
 
 pub use error::ExecError;
-pub use headless::{run_headless, ExecEvent, HeadlessCommand, Limits, RunResult, StopReason};
+pub use headless::{
+    run_headless, ExecEvent, HeadlessCommand, Limits, RunResult, StdinGate, StopReason,
+};
 pub use resolve::resolve_binary;
 #[cfg(feature = "tmux")]
 pub use tmux::{TmuxExecutor, TmuxRequest};

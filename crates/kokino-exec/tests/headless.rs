@@ -51,6 +51,7 @@ impl World {
             cwd: Some(home.to_path_buf()),
             stdin: prompt.as_bytes().to_vec(),
             supervisor: None,
+            stdin_gate: None,
         }
     }
 }

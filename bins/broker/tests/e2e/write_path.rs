@@ -116,3 +116,84 @@ async fn read_endpoints_never_wait_behind_the_writer() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["content"], Value::from("echo: second"));
 }
+
+/// A plain headless run starts its CLI while its user turn is being stored, and the CLI gets
+/// its prompt only once that write has committed. When the write fails, the caller gets the
+/// store's error, the CLI (already started) is stopped without ever reading the prompt, nothing
+/// of the execution is recorded, and the agent runs again at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_user_turn_write_stops_the_started_cli_before_it_reads_the_prompt() {
+    let w = World::new();
+    let b = w.start();
+    w.register(&b, "gated", "claude-code", json!({})).await;
+    let (status, v) = b.execute("gated", "first").await;
+    assert_eq!(status, 200, "{v}");
+
+    // Every user turn that says "refuse-me" fails to insert, inside the broker's own write.
+    let url = format!("sqlite://{}", w.data_dir().join("kokino.db").display());
+    let mut db = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_turn BEFORE INSERT ON turns WHEN NEW.content LIKE '%refuse-me%' \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let starts = || {
+        w.witness_lines()
+            .iter()
+            .filter(|(kind, ..)| kind == "start")
+            .count()
+    };
+    let started_before = starts();
+    // The write waits behind another writer for half a second: long enough for a CLI that had
+    // its prompt to answer (and record its turn) before the write fails.
+    let mut blocker = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let b = Arc::new(b);
+    let refused = {
+        let b = b.clone();
+        tokio::spawn(async move { b.execute("gated", "refuse-me").await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!refused.is_finished(), "the write did not wait");
+    assert_eq!(starts(), started_before + 1, "the CLI starts meanwhile");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let (status, v) = refused.await.unwrap();
+    assert_eq!(status, 500, "{v}");
+    assert_eq!(v["code"], "STORE_ERROR", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("injected failure"),
+        "{v}"
+    );
+    // The CLI had started (its start overlaps the write), and is gone.
+    assert_eq!(starts(), started_before + 1);
+    crate::common::assert_none_left(&w, &b, Duration::from_secs(5), "after the refusal").await;
+
+    // Had the stopped CLI read its prompt, its session would hold one more user turn.
+    let (status, v) = b.execute("gated", "fake:turns after").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"], "echo: after turns=1", "{v}");
+    let executions: Vec<(String, String)> =
+        sqlx::query_as("SELECT state, COALESCE(outcome, '') FROM executions ORDER BY started_at")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(
+        executions,
+        vec![
+            ("finished".to_owned(), "success".to_owned()),
+            ("finished".to_owned(), "success".to_owned())
+        ]
+    );
+    let refused: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM turns WHERE content LIKE '%refuse-me%'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(refused, 0);
+}

@@ -194,14 +194,14 @@ impl Spawner {
     }
 
     /// Starts `program args…` with exactly `env`, in `cwd`, in a process group of its own,
-    /// with `input` on its stdin.
+    /// with `input` on its stdin; with `None`, stdin stays open and empty for the caller.
     pub(crate) async fn spawn(
         &self,
         program: &Path,
         args: &[String],
         env: &BTreeMap<String, String>,
         cwd: Option<&Path>,
-        input: &[u8],
+        input: Option<&[u8]>,
     ) -> Result<Spawned, SpawnError> {
         let conn = self.connection().await.map_err(SpawnError::Unavailable)?;
         let id = conn.next.fetch_add(1, Ordering::Relaxed);
@@ -215,9 +215,16 @@ impl Spawner {
         // all of it fits (a prompt nearly always does): the CLI then reads its prompt and the
         // end of it as soon as it starts, instead of waiting for the spawner's answer to reach
         // us and for us to write. What does not fit is written once the CLI runs.
-        let written = prefill(&stdin_w, input)
-            .map_err(|e| SpawnError::Unavailable(format!("cannot write the CLI's stdin: {e}")))?;
-        let stdin_w = (written < input.len()).then_some(stdin_w);
+        let (written, all) = match input {
+            Some(input) => {
+                let written = prefill(&stdin_w, input).map_err(|e| {
+                    SpawnError::Unavailable(format!("cannot write the CLI's stdin: {e}"))
+                })?;
+                (written, written == input.len())
+            }
+            None => (0, false),
+        };
+        let stdin_w = (!all).then_some(stdin_w);
         let (stdout_r, stdout_w) = pipe("stdout")?;
         let (stderr_r, stderr_w) = pipe("stderr")?;
         let argc = args.len().to_string();

@@ -8,9 +8,9 @@ use kokino_cli::{first_prompt_with_system, SessionArg, StreamEvent};
 use kokino_core::breaker::ExecutionPermit;
 use kokino_core::lock::LockGuard;
 use kokino_core::{AgentRecord, CommMode, NewExecution, SessionRecord};
-use kokino_exec::{CancellationToken, ExecEvent, RunResult};
+use kokino_exec::{CancellationToken, ExecEvent, RunResult, StdinGate};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::runner::{self, Leg, Output, Runner};
 use crate::cluster::LeaseHold;
@@ -150,27 +150,59 @@ pub(super) async fn run(b: &Broker, admitted: Admitted) -> Result<ExecuteRespons
         renewal: None,
     };
     let rehydrate = admitted.request.req.rehydrate;
-    let mut exec = begin(b, admitted.request, &holds).await?;
-    if rehydrate && exec.resume_id.is_some() {
-        super::rehydrate::prepare(b, &mut exec, "requested").await?;
-    }
-    let persisted_user_turn = exec.phase.elapsed();
+    let (mut exec, new_execution) = prepare(b, admitted.request, &holds).await?;
+    let rehydrating = rehydrate && exec.resume_id.is_some();
     let cancel = CancellationToken::new();
-    holds.renewal = spawn_renewal(b, &exec, holds.lease.as_ref(), &cancel);
     // In shadow mode the primary leg answers and is stored like any run; the secondary runs
     // beside it with its own CLI session and only feeds the comparison.
     let (primary_mode, secondary_mode) = shadow_legs::modes(&exec);
-    let secondary = match secondary_mode {
-        Some(mode) => Some(shadow_legs::start_secondary(b, &exec, mode, cancel.clone()).await),
-        None => None,
+    let (persisted_user_turn, mut result, secondary) = if primary_mode == CommMode::Headless
+        && secondary_mode.is_none()
+        && !rehydrating
+    {
+        // A plain headless run: the CLI starts while the user turn is being stored, and
+        // gets its prompt once that is done, so the store's write and the CLI's start
+        // overlap. Until then the CLI has nothing to act on; if the write fails, the run
+        // is stopped without the CLI ever reading a prompt.
+        holds.renewal = spawn_renewal(b, &exec, holds.lease.as_ref(), &cancel);
+        // The sender lives until the run has ended: a prompt held back stays held back
+        // (stdin open) until the stopped CLI is gone.
+        let (gate, gate_rx) = watch::channel(None);
+        let stored = async {
+            let stored = store_begin(b, &exec, &new_execution, &holds).await;
+            let _ = gate.send(Some(stored.is_ok()));
+            if stored.is_err() {
+                cancel.cancel();
+            }
+            (stored, exec.phase.elapsed())
+        };
+        let run = run_primary(b, &exec, primary_mode, cancel.clone(), Some(gate_rx));
+        let ((stored, persisted), result) = tokio::join!(stored, run);
+        if let Err(e) = stored {
+            holds.release(b).await;
+            return Err(e);
+        }
+        (persisted, result, None)
+    } else {
+        store_begin(b, &exec, &new_execution, &holds).await?;
+        if rehydrating {
+            super::rehydrate::prepare(b, &mut exec, "requested").await?;
+        }
+        let persisted = exec.phase.elapsed();
+        holds.renewal = spawn_renewal(b, &exec, holds.lease.as_ref(), &cancel);
+        let secondary = match secondary_mode {
+            Some(mode) => Some(shadow_legs::start_secondary(b, &exec, mode, cancel.clone()).await),
+            None => None,
+        };
+        let result = run_primary(b, &exec, primary_mode, cancel.clone(), None).await;
+        (persisted, result, secondary)
     };
-    let mut result = run_primary(b, &exec, primary_mode, cancel.clone()).await;
     // The CLI no longer has the session it was asked to resume (its files were cleaned up,
     // `HOME` was wiped, the agent moved machines): continue in a new CLI session seeded with
     // the stored conversation rather than fail this and every later execute.
     if result.parsed.session_not_found && exec.resume_id.is_some() && !cancel.is_cancelled() {
         super::rehydrate::prepare(b, &mut exec, "session_not_found").await?;
-        result = run_primary(b, &exec, primary_mode, cancel).await;
+        result = run_primary(b, &exec, primary_mode, cancel, None).await;
     }
     let primary_result = secondary.as_ref().map(|_| result.clone());
     let ran = exec.phase.elapsed();
@@ -178,7 +210,8 @@ pub(super) async fn run(b: &Broker, admitted: Admitted) -> Result<ExecuteRespons
     // Where the time of an execution goes, for `cargo xtask bench` and for operators
     // chasing latency (KOKINO_LOG=kokino_service=debug): before the user turn is stored (the
     // agent and session reads, admission, the lock wait), storing it, the run, storing the
-    // outcome.
+    // outcome. A plain headless run's CLI starts while its user turn is stored: there `run_ms`
+    // is the part of the run after the store's commit.
     tracing::debug!(
         agent = %exec.agent.spec.agent_id,
         before_ms = exec.phase.duration_since(entered).as_secs_f64() * 1e3,
@@ -219,16 +252,39 @@ pub(super) async fn run(b: &Broker, admitted: Admitted) -> Result<ExecuteRespons
     answer
 }
 
-/// Resolves the conversation and CLI session, stores the user turn and the running
-/// execution (fenced by the lease when there is one), and announces the start.
-async fn begin(b: &Broker, request: Request, holds: &Holds) -> Result<Execution> {
+/// Stores the user turn and the running execution (fenced by the lease when there is one),
+/// and announces the start.
+async fn store_begin(
+    b: &Broker,
+    exec: &Execution,
+    new_execution: &NewExecution,
+    holds: &Holds,
+) -> Result<()> {
+    let store = &b.inner.store;
+    match &holds.lease {
+        Some(l) => {
+            // The execution is recorded as this broker's (its `instance_id`) in the same write.
+            store
+                .begin_execution_fenced(new_execution, &l.owner, l.token)
+                .await?;
+        }
+        None => {
+            store.begin_execution(new_execution).await?;
+        }
+    }
+    announce(b, exec);
+    Ok(())
+}
+
+/// Resolves the conversation and CLI session, and makes the execution and the record of its
+/// start (not stored yet).
+async fn prepare(b: &Broker, request: Request, holds: &Holds) -> Result<(Execution, NewExecution)> {
     let Request {
         agent,
         mode,
         req,
         progress,
     } = request;
-    let store = &b.inner.store;
     let session = resolve_session(b, &agent, req.conversation_id.as_deref()).await?;
     let resume_id = session
         .cli_session_id
@@ -258,17 +314,6 @@ async fn begin(b: &Broker, request: Request, holds: &Holds) -> Result<Execution>
         prompt: req.prompt.clone(),
         turn_metadata: user_meta,
     };
-    match &holds.lease {
-        Some(l) => {
-            // The execution is recorded as this broker's (its `instance_id`) in the same write.
-            store
-                .begin_execution_fenced(&new_execution, &l.owner, l.token)
-                .await?;
-        }
-        None => {
-            store.begin_execution(&new_execution).await?;
-        }
-    }
     let timeout = Duration::from_millis(
         req.timeout_ms
             .or(agent.spec.timeout_ms)
@@ -290,8 +335,7 @@ async fn begin(b: &Broker, request: Request, holds: &Holds) -> Result<Execution>
         progress,
         phase,
     };
-    announce(b, &exec);
-    Ok(exec)
+    Ok((exec, new_execution))
 }
 
 /// The conversation the execution belongs to: the requested one (made the agent's session),
@@ -358,12 +402,15 @@ fn spawn_renewal(
     ))
 }
 
-/// Builds and runs the primary leg; a leg that cannot be built is a `spawn_error` run.
+/// Builds and runs the primary leg; a leg that cannot be built is a `spawn_error` run. With
+/// `gate`, the CLI gets its prompt, and the run's process is recorded, only once the gate says
+/// the execution is stored.
 async fn run_primary(
     b: &Broker,
     exec: &Execution,
     mode: CommMode,
     cancel: CancellationToken,
+    gate: Option<StdinGate>,
 ) -> RunResult {
     let leg = Leg {
         agent: &exec.agent,
@@ -371,10 +418,11 @@ async fn run_primary(
         session: exec.session_arg(),
         prompt: exec.cli_prompt(),
         timeout: exec.timeout,
+        gate: gate.clone(),
     };
     match runner::build(b, leg).await {
         Err(e) => runner::spawn_error_result(e.0),
-        Ok(runner) => run_process(b, exec, runner, cancel).await,
+        Ok(runner) => run_process(b, exec, runner, cancel, gate).await,
     }
 }
 
@@ -385,6 +433,7 @@ async fn run_process(
     exec: &Execution,
     runner: Runner,
     cancel: CancellationToken,
+    stored: Option<StdinGate>,
 ) -> RunResult {
     let limits = runner.limits().clone();
     let (id, cli, mode) = (
@@ -422,6 +471,7 @@ async fn run_process(
             exec,
             known_session: exec.known_session(),
             malformed: 0,
+            stored,
         };
         while let Some(ev) = rx.recv().await {
             watch.on_event(ev).await;
@@ -453,10 +503,24 @@ struct Watch<'a> {
     exec: &'a Execution,
     known_session: Option<String>,
     malformed: u64,
+    /// Says when the execution is stored, when the run started before that: the process and
+    /// the CLI's session id are recorded against a stored execution only.
+    stored: Option<StdinGate>,
 }
 
 impl Watch<'_> {
     async fn on_event(&mut self, ev: ExecEvent) {
+        if let Some(gate) = &mut self.stored {
+            let stored = gate
+                .wait_for(Option::is_some)
+                .await
+                .is_ok_and(|d| *d == Some(true));
+            if !stored {
+                // The run is being stopped: nothing of it gets recorded.
+                return;
+            }
+            self.stored = None;
+        }
         let (b, exec) = (self.b, self.exec);
         let id = &exec.agent.spec.agent_id;
         match ev {

@@ -44,6 +44,9 @@ pub(crate) struct Leg<'a> {
     pub session: SessionArg<'a>,
     pub prompt: String,
     pub timeout: Duration,
+    /// Holds the prompt back until the execution is stored (headless runs only; see
+    /// `run::run`).
+    pub gate: Option<kokino_exec::StdinGate>,
 }
 
 /// Finds the agent's CLI binary on the broker's PATH, caching successful lookups.
@@ -125,6 +128,7 @@ pub(crate) async fn build(b: &Broker, leg: Leg<'_>) -> Result<Runner, CannotStar
         cwd: agent.spec.cwd.as_ref().map(PathBuf::from),
         stdin: leg.prompt.into_bytes(),
         supervisor: b.inner.supervisor.clone(),
+        stdin_gate: leg.gate,
     };
     Ok(Runner::Headless(
         cmd,

@@ -80,6 +80,7 @@ pub(crate) async fn start_secondary(
         session,
         prompt,
         timeout: exec.timeout,
+        gate: None,
     };
     let runner = runner::build(b, leg).await;
     let this = b.clone();
