@@ -247,25 +247,26 @@ pub(crate) async fn finish_execution_in(
     fin: &FinishExecution,
     fence: Option<&Fence<'_>>,
 ) -> Result<Option<Turn>> {
-    // Where the writes must lock the agent (PostgreSQL) or check a lease, the execution's
-    // conversation and agent are read first; SQLite's write transaction holds its one lock
-    // already, so there the statements below find the conversation themselves.
+    // Where the writes must lock the agent (PostgreSQL) or check a lease, the execution's agent
+    // is read first; SQLite's write transaction holds its one lock already, so there the
+    // statements below find the conversation themselves.
     if tx.locks_agents() || fence.is_some() {
-        let row =
-            Query::new("SELECT conversation_id, agent_id FROM executions WHERE execution_id = $1")
-                .bind(&fin.execution_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row = Query::new("SELECT agent_id FROM executions WHERE execution_id = $1")
+            .bind(&fin.execution_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             // The caller drops the transaction on the error, which rolls it back; nothing was
             // written yet anyway.
             return Err(StoreError::ExecutionNotFound(fin.execution_id.clone()));
         };
         let f = Fields::new(&row, "executions");
-        tx.lock_conversation_agent(&f.text("conversation_id")?)
-            .await?;
+        // An execution's agent is its conversation's, which never changes: its lock is the one
+        // `lock_conversation_agent` would look up.
+        let agent_id = f.text("agent_id")?;
+        tx.lock_agents(&[agent_id.as_str()]).await?;
         if let Some(fence) = fence {
-            fence.check_covers(&fin.execution_id, &f.text("agent_id")?)?;
+            fence.check_covers(&fin.execution_id, &agent_id)?;
             fence.check(tx).await?;
         }
     }
