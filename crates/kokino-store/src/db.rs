@@ -56,6 +56,11 @@ pub(crate) enum Tx {
 /// [`Db::grouped_plan`]).
 pub(crate) type Plan<T> = (Batch, Box<dyn FnOnce(Vec<Row>) -> Result<T> + Send>);
 
+/// The plan of a write whose statements answer nothing the caller needs.
+pub(crate) fn plan_of(statements: impl IntoIterator<Item = Query>) -> Plan<()> {
+    (statements.into_iter().collect(), Box::new(|_| Ok(())))
+}
+
 /// How far a write has gone when its caller hears that it is done.
 ///
 /// Both levels are atomic and visible to every reader at once, and both survive the broker's

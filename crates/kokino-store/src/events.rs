@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::db::{now, Arg, Batch, Fields, Query, Row};
+use crate::db::{now, plan_of, Arg, Fields, Query, Row};
 use crate::{Event, EventFilter, FallbackRow, NewEvent, Result, Store};
 
 /// Default and maximum number of events one `list_events` call returns.
@@ -63,10 +63,7 @@ impl Store {
         let for_plan = events.clone();
         self.db
             .grouped_plan_lazily(
-                move || {
-                    let batch = statements(&for_plan).into_iter().collect::<Batch>();
-                    (batch, Box::new(|_| Ok(())) as Box<_>)
-                },
+                move || plan_of(statements(&for_plan)),
                 move |tx| {
                     let events = events.clone();
                     Box::pin(async move {

@@ -6,7 +6,7 @@ use kokino_core::{
 
 use std::sync::Arc;
 
-use crate::db::{now, saturating_i64, Arg, Batch, Durability, Fields, Query, Row, Tx};
+use crate::db::{now, plan_of, saturating_i64, Arg, Batch, Durability, Fields, Query, Row, Tx};
 use crate::{Result, Store};
 use chrono::{DateTime, Utc};
 
@@ -284,10 +284,7 @@ impl Store {
         self.db
             .grouped_plan(
                 Durability::Committed,
-                move || {
-                    let batch = statements(&for_plan).into_iter().collect::<Batch>();
-                    (batch, Box::new(|_| Ok(())) as Box<_>)
-                },
+                move || plan_of(statements(&for_plan)),
                 move |tx| {
                     let ids = ids.clone();
                     Box::pin(async move {
