@@ -248,7 +248,6 @@ pub async fn run_headless(
     let Spawned {
         mut child,
         io,
-        written,
         pid,
         start_time,
         watchdog,
@@ -262,12 +261,9 @@ pub async fn run_headless(
         pgid: pid,
         armed: true,
     };
-    // The prompt goes in first (what the spawner's pipe did not take before the spawn, all of
-    // it under a supervisor): the pipe holds it until the CLI reads it, so the CLI never waits
-    // for the broker's bookkeeping below.
-    let mut input = cmd.stdin;
-    input.drain(..written.min(input.len()));
-    let mut pipes = Pipes::take(io, input, cmd.stdin_gate, limits.max_line_bytes);
+    // The prompt goes in first (once its gate opens, if it has one): the pipe holds it until the
+    // CLI reads it, so the CLI never waits for the broker's bookkeeping below.
+    let mut pipes = Pipes::take(io, cmd.stdin, cmd.stdin_gate, limits.max_line_bytes);
     let start_time = start_time.or_else(|| procfs::start_time(pid));
     // Under a supervisor of its own (not the shared spawner), the group's leader is that
     // supervisor and the CLI is its child, found by looking.
@@ -327,9 +323,6 @@ struct Io {
 struct Spawned {
     child: Proc,
     io: Io,
-    /// How much of the input is already in the CLI's stdin (all of it, with the stdin closed,
-    /// when `io.stdin` is `None`).
-    written: usize,
     /// The group's leader: the supervisor, or the CLI.
     pid: i32,
     /// The leader's start time, when the spawn already knows it.
@@ -383,14 +376,7 @@ async fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
     if let Some(spawner) = cmd.supervisor.as_ref().and_then(|s| s.spawner.as_ref()) {
         use crate::spawner::SpawnError;
         match spawner
-            .spawn(
-                &cmd.program,
-                &cmd.args,
-                &cmd.env,
-                cmd.cwd.as_deref(),
-                // A gated prompt is written once the gate opens, by `Pipes::take`.
-                cmd.stdin_gate.is_none().then_some(cmd.stdin.as_slice()),
-            )
+            .spawn(&cmd.program, &cmd.args, &cmd.env, cmd.cwd.as_deref())
             .await
         {
             Ok(s) => {
@@ -399,11 +385,8 @@ async fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
                     start_time: Some(s.cli.start),
                     watchdog: Some(s.cli.watchdog()),
                     child: Proc::Remote(s.cli),
-                    written: s.written,
                     io: Io {
-                        stdin: s
-                            .stdin
-                            .map(|w| Box::new(w) as Box<dyn AsyncWrite + Send + Unpin>),
+                        stdin: Some(Box::new(s.stdin)),
                         stdout: Some(Box::new(s.stdout)),
                         stderr: Some(Box::new(s.stderr)),
                     },
@@ -478,7 +461,6 @@ async fn spawn(cmd: &HeadlessCommand) -> Result<Spawned, String> {
     Ok(Spawned {
         child: Proc::Local(child),
         io,
-        written: 0,
         pid,
         start_time: None,
         watchdog: cmd.supervisor.as_ref().map(|_| pid),

@@ -283,9 +283,9 @@ async fn a_killed_spawner_ends_its_run_and_the_next_execution_gets_a_new_one() {
     assert_ne!(second, first, "a new spawner started the CLI");
 }
 
-/// The spawner's CLIs get their prompt in the stdin pipe before they start, as much as the pipe
-/// takes; the rest follows once they run. A prompt of several pipes' worth (a pipe holds 64 KiB)
-/// arrives whole and in order, and so does one that fits, with the pipe closed behind it.
+/// A CLI started by the spawner gets its prompt through a pipe once its user turn is stored. A
+/// prompt of several pipes' worth (a pipe holds 64 KiB), which the CLI must read while the
+/// broker still writes, arrives whole and in order, and so does one that fits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_larger_than_the_pipe_reach_the_cli_whole() {
     let w = World::new();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::common::World;
+use crate::common::{assert_none_left, World};
 
 /// A counter's value in the Prometheus text exposition, 0 when absent.
 fn counter(text: &str, name: &str) -> f64 {
@@ -172,7 +172,7 @@ async fn a_failed_user_turn_write_stops_the_started_cli_before_it_reads_the_prom
     );
     // The CLI had started (its start overlaps the write), and is gone.
     assert_eq!(starts(), started_before + 1);
-    crate::common::assert_none_left(&w, &b, Duration::from_secs(5), "after the refusal").await;
+    assert_none_left(&w, &b, Duration::from_secs(5), "after the refusal").await;
 
     // Had the stopped CLI read its prompt, its session would hold one more user turn.
     let (status, v) = b.execute("gated", "fake:turns after").await;

@@ -87,11 +87,7 @@ pub(crate) enum SpawnError {
 /// A CLI the spawner started, and the broker's ends of its stdin, stdout and stderr.
 pub(crate) struct Spawned {
     pub(crate) cli: Remote,
-    /// The CLI's stdin with the part of the input the pipe could not take at once still to
-    /// write; `None` when all of it went in and the pipe is closed.
-    pub(crate) stdin: Option<pipe::Sender>,
-    /// How many bytes of the input are already in the pipe.
-    pub(crate) written: usize,
+    pub(crate) stdin: pipe::Sender,
     pub(crate) stdout: pipe::Receiver,
     pub(crate) stderr: pipe::Receiver,
 }
@@ -193,15 +189,13 @@ impl Spawner {
         Ok(conn)
     }
 
-    /// Starts `program args…` with exactly `env`, in `cwd`, in a process group of its own,
-    /// with `input` on its stdin; with `None`, stdin stays open and empty for the caller.
+    /// Starts `program args…` with exactly `env`, in `cwd`, in a process group of its own.
     pub(crate) async fn spawn(
         &self,
         program: &Path,
         args: &[String],
         env: &BTreeMap<String, String>,
         cwd: Option<&Path>,
-        input: Option<&[u8]>,
     ) -> Result<Spawned, SpawnError> {
         let conn = self.connection().await.map_err(SpawnError::Unavailable)?;
         let id = conn.next.fetch_add(1, Ordering::Relaxed);
@@ -211,20 +205,6 @@ impl Spawner {
             })
         };
         let (stdin_r, stdin_w) = pipe("stdin")?;
-        // The input goes into the pipe before the request does, and the pipe is closed when
-        // all of it fits (a prompt nearly always does): the CLI then reads its prompt and the
-        // end of it as soon as it starts, instead of waiting for the spawner's answer to reach
-        // us and for us to write. What does not fit is written once the CLI runs.
-        let (written, all) = match input {
-            Some(input) => {
-                let written = prefill(&stdin_w, input).map_err(|e| {
-                    SpawnError::Unavailable(format!("cannot write the CLI's stdin: {e}"))
-                })?;
-                (written, written == input.len())
-            }
-            None => (0, false),
-        };
-        let stdin_w = (!all).then_some(stdin_w);
         let (stdout_r, stdout_w) = pipe("stdout")?;
         let (stderr_r, stderr_w) = pipe("stderr")?;
         let argc = args.len().to_string();
@@ -283,10 +263,7 @@ impl Spawner {
         let opened = |e: std::io::Error| {
             SpawnError::Unavailable(format!("cannot watch the CLI's pipes: {e}"))
         };
-        let stdin = stdin_w
-            .map(pipe::Sender::from_owned_fd)
-            .transpose()
-            .map_err(opened)?;
+        let stdin = pipe::Sender::from_owned_fd(stdin_w).map_err(opened)?;
         let stdout = pipe::Receiver::from_owned_fd(stdout_r).map_err(opened)?;
         let stderr = pipe::Receiver::from_owned_fd(stderr_r).map_err(opened)?;
         Ok(Spawned {
@@ -299,30 +276,10 @@ impl Spawner {
                 status: None,
             },
             stdin,
-            written,
             stdout,
             stderr,
         })
     }
-}
-
-/// Writes as much of `input` into the empty pipe `fd` as it takes without blocking, and says
-/// how much that was.
-fn prefill(fd: &OwnedFd, input: &[u8]) -> nix::Result<usize> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    let mut written = 0;
-    while written < input.len() {
-        match nix::unistd::write(fd, &input[written..]) {
-            Ok(n) => written += n,
-            Err(nix::errno::Errno::EAGAIN) => break,
-            // Interrupted before writing anything: try again.
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(written)
 }
 
 /// A CLI started by the spawner: the broker waits for its exit through the spawner.
